@@ -1,0 +1,28 @@
+//! Attribute keys: the semantic-convention names mqtrace records, and its own `mqtrace.*` keys
+//! for what the conventions do not name.
+
+pub use opentelemetry_semantic_conventions::attribute::{
+    ERROR_TYPE, MESSAGING_BATCH_MESSAGE_COUNT, MESSAGING_CLIENT_ID,
+    MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_DESTINATION_NAME,
+    MESSAGING_DESTINATION_PARTITION_ID, MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+    MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME, MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, MESSAGING_SYSTEM, SERVER_ADDRESS, SERVER_PORT,
+};
+
+/// How the handling of the message ended: a value of [`crate::Outcome::as_str`].
+pub const OUTCOME: &str = "mqtrace.outcome";
+/// Why the message was settled that way (e.g. the dead-letter reason given by the handler).
+pub const OUTCOME_REASON: &str = "mqtrace.outcome.reason";
+/// Which delivery attempt of this message this is, starting at 1.
+pub const DELIVERY_ATTEMPT: &str = "mqtrace.delivery.attempt";
+/// True when the broker flagged the delivery as a redelivery.
+pub const DELIVERY_REDELIVERED: &str = "mqtrace.delivery.redelivered";
+/// Why the incoming trace context was rejected (in full or in part).
+pub const CONTEXT_ERROR: &str = "mqtrace.context.error";
+/// True when the message came from a source marked untrusted (its context is only linked).
+pub const CONTEXT_UNTRUSTED: &str = "mqtrace.context.untrusted";
+/// Why the message was dead-lettered, as reported by the broker (e.g. `rejected`).
+pub const DEAD_LETTER_REASON: &str = "mqtrace.dead_letter.reason";
+/// The queue or topic the message was dead-lettered from.
+pub const DEAD_LETTER_SOURCE: &str = "mqtrace.dead_letter.source";

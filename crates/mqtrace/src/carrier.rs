@@ -1,0 +1,110 @@
+//! Header carriers: how the core reads and writes a broker's message headers.
+//!
+//! Writing uses OpenTelemetry's own [`Injector`] trait, implemented by each broker crate
+//! directly on its header type (no intermediate map). Reading uses [`HeaderExtractor`], which
+//! unlike OpenTelemetry's `Extractor` can say why a header present on the message could not
+//! be read (not UTF-8, wrong type, several values), so the reason reaches the consumer span.
+
+use std::collections::HashMap;
+use std::fmt;
+
+pub use opentelemetry::propagation::Injector;
+
+/// Why a header that is present could not be read as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidHeader {
+    /// The value's bytes are not UTF-8.
+    NotUtf8,
+    /// The value has a type that cannot carry text (e.g. an AMQP integer); names the type.
+    WrongType(&'static str),
+    /// The header appears more than once (or is an array) with this many values.
+    Multiple(usize),
+}
+
+impl fmt::Display for InvalidHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotUtf8 => f.write_str("value is not valid UTF-8"),
+            Self::WrongType(t) => write!(f, "value has type {t}, expected a string"),
+            Self::Multiple(n) => write!(f, "{n} values, expected one"),
+        }
+    }
+}
+
+/// Read access to a message's headers, as text.
+///
+/// Broker crates implement it on a borrowed view of their header type. Values must be
+/// returned without copying where the broker's representation allows it.
+///
+/// ```
+/// use mqtrace::carrier::{HeaderExtractor, InvalidHeader};
+/// struct Pairs<'a>(&'a [(&'a str, &'a [u8])]);
+/// impl HeaderExtractor for Pairs<'_> {
+///     fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>> {
+///         let mut found = self.0.iter().filter(|(k, _)| *k == key);
+///         let (_, v) = found.next()?;
+///         if found.next().is_some() {
+///             return Some(Err(InvalidHeader::Multiple(2)));
+///         }
+///         Some(std::str::from_utf8(v).map_err(|_| InvalidHeader::NotUtf8))
+///     }
+///     fn header_keys(&self) -> Vec<&str> {
+///         self.0.iter().map(|(k, _)| *k).collect()
+///     }
+/// }
+/// let h = [("traceparent", &b"00-..."[..])];
+/// assert_eq!(Pairs(&h).header("traceparent"), Some(Ok("00-...")));
+/// ```
+pub trait HeaderExtractor {
+    /// The value of `key`: `None` when absent, `Some(Err(_))` when present but unreadable.
+    fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>>;
+
+    /// All header keys (used by propagators that look for key prefixes).
+    fn header_keys(&self) -> Vec<&str>;
+}
+
+impl<S: std::hash::BuildHasher> HeaderExtractor for HashMap<String, String, S> {
+    fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>> {
+        self.get(key).map(|v| Ok(v.as_str()))
+    }
+
+    fn header_keys(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
+    }
+}
+
+impl HeaderExtractor for Vec<(String, Vec<u8>)> {
+    fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>> {
+        let mut values = self.iter().filter(|(k, _)| k == key);
+        let (_, first) = values.next()?;
+        let extra = values.count();
+        if extra > 0 {
+            return Some(Err(InvalidHeader::Multiple(extra + 1)));
+        }
+        Some(std::str::from_utf8(first).map_err(|_| InvalidHeader::NotUtf8))
+    }
+
+    fn header_keys(&self) -> Vec<&str> {
+        self.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_pairs_report_duplicates_and_bad_utf8() {
+        let h: Vec<(String, Vec<u8>)> = vec![
+            ("a".into(), b"x".to_vec()),
+            ("a".into(), b"y".to_vec()),
+            ("b".into(), vec![0xff, 0xfe]),
+            ("c".into(), b"ok".to_vec()),
+        ];
+        assert_eq!(h.header("a"), Some(Err(InvalidHeader::Multiple(2))));
+        assert_eq!(h.header("b"), Some(Err(InvalidHeader::NotUtf8)));
+        assert_eq!(h.header("c"), Some(Ok("ok")));
+        assert_eq!(h.header("d"), None);
+    }
+}

@@ -1,0 +1,344 @@
+//! What a user can configure: tracer provider, propagation, parent-or-link policy, trust,
+//! capture options and an attribute hook.
+
+use crate::carrier::HeaderExtractor;
+use crate::operation::Operation;
+use crate::propagation::Propagation;
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::{Span, Tracer, TracerProvider};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use std::fmt;
+use std::sync::Arc;
+
+/// How a process span relates to the message's creation context and to an ambient span.
+///
+/// ```
+/// use mqtrace::{Config, ParentPolicy};
+/// let config = Config::new().with_parent_policy(ParentPolicy::AlwaysLink);
+/// # let _ = config;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParentPolicy {
+    /// The creation context is the parent and also a link, so one trace runs through the
+    /// pipeline; when an ambient span is active it is the parent instead and the creation
+    /// context is only linked. The default.
+    #[default]
+    CreationContext,
+    /// The creation context is always the parent; an ambient span becomes a second link.
+    CreationContextOverAmbient,
+    /// The creation context is only linked; the process span is a child of the ambient span
+    /// or a new root (the messaging conventions' default).
+    AlwaysLink,
+}
+
+/// Which message sources may continue their producers' traces.
+///
+/// Messages from an untrusted source never have their context as parent (it is only linked)
+/// and their baggage is dropped. The predicate receives the source name: the queue
+/// (RabbitMQ), topic (Kafka) or subscription (Pub/Sub).
+///
+/// ```
+/// use mqtrace::{Config, Trust};
+/// let config = Config::new().with_trust(Trust::untrusted_sources(["partner-feed"]));
+/// # let _ = config;
+/// assert!(!Trust::untrusted_sources(["partner-feed"]).is_trusted("partner-feed"));
+/// assert!(Trust::All.is_trusted("orders"));
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Trust {
+    /// Every source is trusted. The default.
+    #[default]
+    All,
+    /// No source is trusted.
+    Nothing,
+    /// Sources for which the predicate returns `true` are untrusted.
+    Untrusted(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl Trust {
+    /// Untrusts exactly the named sources.
+    ///
+    /// ```
+    /// let t = mqtrace::Trust::untrusted_sources(vec!["a".to_string()]);
+    /// assert!(!t.is_trusted("a") && t.is_trusted("b"));
+    /// ```
+    pub fn untrusted_sources<I, S>(sources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let set: std::collections::HashSet<String> = sources.into_iter().map(Into::into).collect();
+        Self::Untrusted(Arc::new(move |s| set.contains(s)))
+    }
+
+    /// Whether messages from `source` may parent their process spans and carry baggage.
+    ///
+    /// ```
+    /// assert!(!mqtrace::Trust::Nothing.is_trusted("orders"));
+    /// ```
+    pub fn is_trusted(&self, source: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Nothing => false,
+            Self::Untrusted(f) => !f(source),
+        }
+    }
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("All"),
+            Self::Nothing => f.write_str("Nothing"),
+            Self::Untrusted(_) => f.write_str("Untrusted(..)"),
+        }
+    }
+}
+
+/// What is passed to an attribute hook.
+///
+/// ```
+/// use mqtrace::{Config, SpanInfo};
+/// use opentelemetry::KeyValue;
+/// let config = Config::new().with_attributes_hook(|info: &SpanInfo<'_>| {
+///     match info.headers.and_then(|h| h.header("tenant")) {
+///         Some(Ok(t)) => vec![KeyValue::new("app.tenant", t.to_owned())],
+///         _ => vec![],
+///     }
+/// });
+/// # let _ = config;
+/// ```
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct SpanInfo<'a> {
+    /// The operation of the span.
+    pub operation: Operation,
+    /// `messaging.destination.name`.
+    pub destination: &'a str,
+    /// The message's headers, when the span is about one message.
+    pub headers: Option<&'a dyn HeaderExtractor>,
+}
+
+type TracerFactory = Arc<dyn Fn(InstrumentationScope) -> BoxedTracer + Send + Sync>;
+type AttributesHook = Arc<dyn Fn(&SpanInfo<'_>) -> Vec<KeyValue> + Send + Sync>;
+
+/// Configuration shared by every traced producer and consumer.
+///
+/// Cheap to clone. The defaults follow the design notes: the global tracer provider and
+/// propagator, creation context as parent, every source trusted, message bodies never recorded.
+///
+/// ```
+/// use mqtrace::{Config, ParentPolicy, Propagation, Trust};
+/// let config = Config::new()
+///     .with_propagation(Propagation::W3c)
+///     .with_parent_policy(ParentPolicy::CreationContext)
+///     .with_trust(Trust::All)
+///     .with_body_size(true);
+/// assert!(config.body_size());
+/// ```
+#[derive(Clone, Default)]
+pub struct Config {
+    tracer: Option<TracerFactory>,
+    propagation: Propagation,
+    parent_policy: ParentPolicy,
+    trust: Trust,
+    body_size: bool,
+    message_key: bool,
+    hook: Option<AttributesHook>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("tracer_provider", &self.tracer.as_ref().map_or("global", |_| "custom"))
+            .field("propagation", &self.propagation)
+            .field("parent_policy", &self.parent_policy)
+            .field("trust", &self.trust)
+            .field("body_size", &self.body_size)
+            .field("message_key", &self.message_key)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    /// The default configuration.
+    ///
+    /// ```
+    /// let c = mqtrace::Config::new();
+    /// assert_eq!(c.parent_policy(), mqtrace::ParentPolicy::CreationContext);
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses this tracer provider instead of the global one.
+    ///
+    /// ```
+    /// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    /// let c = mqtrace::Config::new().with_tracer_provider(provider);
+    /// # let _ = c;
+    /// ```
+    pub fn with_tracer_provider<P>(mut self, provider: P) -> Self
+    where
+        P: TracerProvider + Send + Sync + 'static,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
+    {
+        self.tracer = Some(Arc::new(move |scope| {
+            BoxedTracer::new(Box::new(provider.tracer_with_scope(scope)))
+        }));
+        self
+    }
+
+    /// Sets where trace context is written and read.
+    ///
+    /// ```
+    /// let c = mqtrace::Config::new().with_propagation(mqtrace::Propagation::W3c);
+    /// # let _ = c;
+    /// ```
+    pub fn with_propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// Sets how process spans relate to the creation context.
+    ///
+    /// ```
+    /// let c = mqtrace::Config::new().with_parent_policy(mqtrace::ParentPolicy::AlwaysLink);
+    /// assert_eq!(c.parent_policy(), mqtrace::ParentPolicy::AlwaysLink);
+    /// ```
+    pub fn with_parent_policy(mut self, policy: ParentPolicy) -> Self {
+        self.parent_policy = policy;
+        self
+    }
+
+    /// Sets which sources are trusted.
+    ///
+    /// ```
+    /// let c = mqtrace::Config::new().with_trust(mqtrace::Trust::Nothing);
+    /// # let _ = c;
+    /// ```
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Records `messaging.message.body.size` (opt-in; bodies themselves are never recorded).
+    ///
+    /// ```
+    /// assert!(mqtrace::Config::new().with_body_size(true).body_size());
+    /// ```
+    pub fn with_body_size(mut self, on: bool) -> Self {
+        self.body_size = on;
+        self
+    }
+
+    /// Records message keys where the broker has them (Kafka); off by default because keys
+    /// can hold personal data.
+    ///
+    /// ```
+    /// assert!(mqtrace::Config::new().with_message_key(true).message_key());
+    /// ```
+    pub fn with_message_key(mut self, on: bool) -> Self {
+        self.message_key = on;
+        self
+    }
+
+    /// Adds attributes of your own to every recording span mqtrace starts.
+    ///
+    /// The hook runs only for spans that are sampled, after mqtrace's own attributes.
+    ///
+    /// ```
+    /// use opentelemetry::KeyValue;
+    /// let c = mqtrace::Config::new()
+    ///     .with_attributes_hook(|info| vec![KeyValue::new("app.stage", info.destination.to_owned())]);
+    /// # let _ = c;
+    /// ```
+    pub fn with_attributes_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&SpanInfo<'_>) -> Vec<KeyValue> + Send + Sync + 'static,
+    {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The propagation in use.
+    ///
+    /// ```
+    /// assert!(matches!(mqtrace::Config::new().propagation(), mqtrace::Propagation::Global));
+    /// ```
+    pub fn propagation(&self) -> &Propagation {
+        &self.propagation
+    }
+
+    /// The parent policy in use.
+    ///
+    /// ```
+    /// assert_eq!(mqtrace::Config::new().parent_policy(), mqtrace::ParentPolicy::default());
+    /// ```
+    pub fn parent_policy(&self) -> ParentPolicy {
+        self.parent_policy
+    }
+
+    /// The trust policy in use.
+    ///
+    /// ```
+    /// assert!(mqtrace::Config::new().trust().is_trusted("anything"));
+    /// ```
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// Whether body sizes are recorded.
+    ///
+    /// ```
+    /// assert!(!mqtrace::Config::new().body_size());
+    /// ```
+    pub fn body_size(&self) -> bool {
+        self.body_size
+    }
+
+    /// Whether message keys are recorded.
+    ///
+    /// ```
+    /// assert!(!mqtrace::Config::new().message_key());
+    /// ```
+    pub fn message_key(&self) -> bool {
+        self.message_key
+    }
+
+    /// A tracer for an instrumentation scope, from the configured or the global provider.
+    ///
+    /// ```
+    /// let scope = opentelemetry::InstrumentationScope::builder("my-lib").build();
+    /// let _tracer = mqtrace::Config::new().tracer(scope);
+    /// ```
+    pub fn tracer(&self, scope: InstrumentationScope) -> BoxedTracer {
+        match &self.tracer {
+            Some(f) => f(scope),
+            None => global::tracer_provider().tracer_with_scope(scope),
+        }
+    }
+
+    pub(crate) fn apply_hook(&self, span: &mut dyn SpanSink, info: &SpanInfo<'_>) {
+        if let Some(hook) = &self.hook {
+            for kv in hook(info) {
+                span.put(kv);
+            }
+        }
+    }
+}
+
+/// Something attributes can be set on (a span or a span reference).
+pub(crate) trait SpanSink {
+    fn put(&mut self, kv: KeyValue);
+}
+
+impl<S: Span> SpanSink for S {
+    fn put(&mut self, kv: KeyValue) {
+        self.set_attribute(kv);
+    }
+}

@@ -1,0 +1,433 @@
+//! Test support shared by every mqtrace crate (feature `testing`): an in-memory span
+//! exporter fixture and assertions on the exported trace tree.
+//!
+//! ```
+//! use mqtrace::testing::{SpanDataExt, TestTelemetry};
+//! use opentelemetry::trace::{Tracer, TracerProvider};
+//! let telemetry = TestTelemetry::new();
+//! let tracer = telemetry.provider().tracer("doc");
+//! tracer.in_span("parent", |_| tracer.in_span("child", |_| {}));
+//! let spans = telemetry.spans();
+//! spans.one("child").assert_child_of(spans.one("parent"));
+//! ```
+
+use crate::config::Config;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
+use opentelemetry::{Key, Value};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// A tracer provider that exports every span, synchronously, into memory.
+///
+/// Each test makes its own, so tests running in parallel never see each other's spans.
+///
+/// ```
+/// let t = mqtrace::testing::TestTelemetry::new();
+/// let config = t.config(); // pass to a traced producer or consumer
+/// # let _ = config;
+/// assert!(t.spans().all().is_empty());
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestTelemetry {
+    provider: SdkTracerProvider,
+    exporter: InMemorySpanExporter,
+}
+
+impl Default for TestTelemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestTelemetry {
+    /// A fresh provider with an always-on sampler and an in-memory exporter.
+    ///
+    /// ```
+    /// let _ = mqtrace::testing::TestTelemetry::new();
+    /// ```
+    pub fn new() -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        Self { provider, exporter }
+    }
+
+    /// A fresh fixture whose provider uses `sampler`.
+    ///
+    /// ```
+    /// use opentelemetry_sdk::trace::Sampler;
+    /// let _ = mqtrace::testing::TestTelemetry::with_sampler(Sampler::AlwaysOff);
+    /// ```
+    pub fn with_sampler(sampler: opentelemetry_sdk::trace::Sampler) -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_sampler(sampler)
+            .build();
+        Self { provider, exporter }
+    }
+
+    /// The tracer provider.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// let _tracer = mqtrace::testing::TestTelemetry::new().provider().tracer("t");
+    /// ```
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// A default [`Config`] using this provider.
+    ///
+    /// ```
+    /// let _ = mqtrace::testing::TestTelemetry::new().config().with_body_size(true);
+    /// ```
+    pub fn config(&self) -> Config {
+        Config::new().with_tracer_provider(self.provider.clone())
+    }
+
+    /// Every span ended so far.
+    ///
+    /// ```
+    /// assert!(mqtrace::testing::TestTelemetry::new().spans().all().is_empty());
+    /// ```
+    pub fn spans(&self) -> Spans {
+        // The simple processor exports on end; a failing flush only means nothing is pending.
+        let _ = self.provider.force_flush();
+        Spans(self.exporter.get_finished_spans().unwrap_or_default())
+    }
+
+    /// Waits until `done` holds for the exported spans, polling every 20 ms, up to
+    /// `timeout`; on time-out the error shows what was exported.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let t = mqtrace::testing::TestTelemetry::new();
+    /// let r = t.wait_for(|s| s.all().len() == 1, std::time::Duration::from_millis(50)).await;
+    /// assert!(r.is_err());
+    /// # }
+    /// ```
+    pub async fn wait_for(
+        &self,
+        done: impl Fn(&Spans) -> bool,
+        timeout: Duration,
+    ) -> Result<Spans, String> {
+        let start = Instant::now();
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return Ok(spans);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "condition not met within {timeout:?}; spans exported:\n{}",
+                    spans.tree()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A set of exported spans, with lookups that explain themselves when they fail.
+///
+/// ```
+/// let spans = mqtrace::testing::TestTelemetry::new().spans();
+/// assert!(spans.find("nothing").is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Spans(pub Vec<SpanData>);
+
+impl Spans {
+    /// All spans, in end order.
+    ///
+    /// ```
+    /// assert_eq!(mqtrace::testing::TestTelemetry::new().spans().all().len(), 0);
+    /// ```
+    pub fn all(&self) -> &[SpanData] {
+        &self.0
+    }
+
+    /// The spans named `name`.
+    ///
+    /// ```
+    /// assert!(mqtrace::testing::TestTelemetry::new().spans().named("x").is_empty());
+    /// ```
+    pub fn named(&self, name: &str) -> Vec<&SpanData> {
+        self.0.iter().filter(|s| s.name == name).collect()
+    }
+
+    /// The first span named `name`, if any.
+    ///
+    /// ```
+    /// assert!(mqtrace::testing::TestTelemetry::new().spans().find("x").is_none());
+    /// ```
+    pub fn find(&self, name: &str) -> Option<&SpanData> {
+        self.0.iter().find(|s| s.name == name)
+    }
+
+    /// The only span named `name`; panics with the whole tree if there is not exactly one.
+    ///
+    /// ```should_panic
+    /// mqtrace::testing::TestTelemetry::new().spans().one("missing");
+    /// ```
+    pub fn one(&self, name: &str) -> &SpanData {
+        let found = self.named(name);
+        match found.as_slice() {
+            [one] => one,
+            _ => panic!(
+                "expected exactly one span named {name:?}, found {}; spans:\n{}",
+                found.len(),
+                self.tree()
+            ),
+        }
+    }
+
+    /// The span with this span id.
+    ///
+    /// ```
+    /// assert!(mqtrace::testing::TestTelemetry::new().spans().by_id(opentelemetry::trace::SpanId::from(1_u64)).is_none());
+    /// ```
+    pub fn by_id(&self, id: SpanId) -> Option<&SpanData> {
+        self.0.iter().find(|s| s.span_context.span_id() == id)
+    }
+
+    /// The spans whose parent is `parent`.
+    ///
+    /// ```
+    /// # use opentelemetry::trace::{Tracer, TracerProvider};
+    /// let t = mqtrace::testing::TestTelemetry::new();
+    /// let tracer = t.provider().tracer("doc");
+    /// tracer.in_span("p", |_| tracer.in_span("c", |_| {}));
+    /// let spans = t.spans();
+    /// assert_eq!(spans.children_of(spans.one("p")).len(), 1);
+    /// ```
+    pub fn children_of(&self, parent: &SpanData) -> Vec<&SpanData> {
+        self.0
+            .iter()
+            .filter(|s| {
+                s.parent_span_id == parent.span_context.span_id()
+                    && s.span_context.trace_id() == parent.span_context.trace_id()
+            })
+            .collect()
+    }
+
+    /// The spans of one trace.
+    ///
+    /// ```
+    /// let spans = mqtrace::testing::TestTelemetry::new().spans();
+    /// assert!(spans.in_trace(opentelemetry::trace::TraceId::from(1_u128)).all().is_empty());
+    /// ```
+    pub fn in_trace(&self, trace_id: TraceId) -> Spans {
+        Spans(
+            self.0
+                .iter()
+                .filter(|s| s.span_context.trace_id() == trace_id)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// A readable rendering: one line per span, indented under its parent, with kind, ids,
+    /// links and attributes. Used in every failure message.
+    ///
+    /// ```
+    /// assert_eq!(mqtrace::testing::TestTelemetry::new().spans().tree(), "");
+    /// ```
+    pub fn tree(&self) -> String {
+        let mut out = String::new();
+        let is_root = |s: &SpanData| {
+            s.parent_span_id == SpanId::INVALID
+                || !self.0.iter().any(|p| {
+                    p.span_context.span_id() == s.parent_span_id
+                        && p.span_context.trace_id() == s.span_context.trace_id()
+                })
+        };
+        let mut roots: Vec<&SpanData> = self.0.iter().filter(|s| is_root(s)).collect();
+        roots.sort_by_key(|s| s.start_time);
+        for root in roots {
+            self.render(root, 0, &mut out);
+        }
+        out
+    }
+
+    fn render(&self, span: &SpanData, depth: usize, out: &mut String) {
+        let attrs: Vec<String> = span
+            .attributes
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect();
+        let links: Vec<String> = span
+            .links
+            .links
+            .iter()
+            .map(|l| l.span_context.span_id().to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:indent$}{} [{:?}] trace={} span={} parent={}{} links=[{}] status={:?} {{{}}}",
+            "",
+            span.name,
+            span.span_kind,
+            span.span_context.trace_id(),
+            span.span_context.span_id(),
+            span.parent_span_id,
+            if span.parent_span_is_remote {
+                "(remote)"
+            } else {
+                ""
+            },
+            links.join(","),
+            span.status,
+            attrs.join(", "),
+            indent = depth * 2
+        );
+        let mut children = self.children_of(span);
+        children.sort_by_key(|s| s.start_time);
+        for c in children {
+            self.render(c, depth + 1, out);
+        }
+    }
+}
+
+/// Assertions and lookups on one exported span.
+///
+/// ```
+/// use mqtrace::testing::{SpanDataExt, TestTelemetry};
+/// use opentelemetry::trace::{Tracer, TracerProvider, Span};
+/// let t = TestTelemetry::new();
+/// let mut s = t.provider().tracer("doc").start("s");
+/// s.set_attribute(opentelemetry::KeyValue::new("k", "v"));
+/// s.end();
+/// assert_eq!(t.spans().one("s").attr_str("k").as_deref(), Some("v"));
+/// ```
+pub trait SpanDataExt {
+    /// The value of attribute `key`.
+    fn attr(&self, key: &str) -> Option<&Value>;
+    /// The value of attribute `key` as a string (any type, formatted).
+    fn attr_str(&self, key: &str) -> Option<String>;
+    /// The value of integer attribute `key`.
+    fn attr_i64(&self, key: &str) -> Option<i64>;
+    /// Panics unless this span is a direct child of `parent` (same trace, parent id).
+    fn assert_child_of(&self, parent: &SpanData);
+    /// Panics unless this span's parent is the (remote) span context `parent`.
+    fn assert_parent_context(&self, parent: &SpanContext);
+    /// Panics unless this span has no parent.
+    fn assert_root(&self);
+    /// Whether this span links to `target`.
+    fn links_to(&self, target: &SpanContext) -> bool;
+    /// Panics unless this span links to `target`.
+    fn assert_links_to(&self, target: &SpanContext);
+    /// Panics unless this span has kind `kind`.
+    fn assert_kind(&self, kind: SpanKind);
+    /// Panics unless attribute `key` formats as `value`.
+    fn assert_attr(&self, key: &str, value: &str);
+    /// Whether the status is an error.
+    fn is_error(&self) -> bool;
+}
+
+impl SpanDataExt for SpanData {
+    fn attr(&self, key: &str) -> Option<&Value> {
+        let key = Key::from(key.to_owned());
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| &kv.value)
+    }
+
+    fn attr_str(&self, key: &str) -> Option<String> {
+        self.attr(key).map(ToString::to_string)
+    }
+
+    fn attr_i64(&self, key: &str) -> Option<i64> {
+        match self.attr(key)? {
+            Value::I64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn assert_child_of(&self, parent: &SpanData) {
+        assert_eq!(
+            self.span_context.trace_id(),
+            parent.span_context.trace_id(),
+            "span {:?} is not in the trace of {:?}",
+            self.name,
+            parent.name
+        );
+        assert_eq!(
+            self.parent_span_id,
+            parent.span_context.span_id(),
+            "span {:?} is not a child of {:?}",
+            self.name,
+            parent.name
+        );
+    }
+
+    fn assert_parent_context(&self, parent: &SpanContext) {
+        assert_eq!(
+            self.span_context.trace_id(),
+            parent.trace_id(),
+            "span {:?} is not in trace {}",
+            self.name,
+            parent.trace_id()
+        );
+        assert_eq!(
+            self.parent_span_id,
+            parent.span_id(),
+            "span {:?} does not have parent {}",
+            self.name,
+            parent.span_id()
+        );
+    }
+
+    fn assert_root(&self) {
+        assert_eq!(
+            self.parent_span_id,
+            SpanId::INVALID,
+            "span {:?} should be a root",
+            self.name
+        );
+    }
+
+    fn links_to(&self, target: &SpanContext) -> bool {
+        self.links.links.iter().any(|l| {
+            l.span_context.trace_id() == target.trace_id()
+                && l.span_context.span_id() == target.span_id()
+        })
+    }
+
+    fn assert_links_to(&self, target: &SpanContext) {
+        assert!(
+            self.links_to(target),
+            "span {:?} does not link to {}/{}; links: {:?}",
+            self.name,
+            target.trace_id(),
+            target.span_id(),
+            self.links
+                .links
+                .iter()
+                .map(|l| l.span_context.span_id())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    fn assert_kind(&self, kind: SpanKind) {
+        assert_eq!(self.span_kind, kind, "kind of span {:?}", self.name);
+    }
+
+    fn assert_attr(&self, key: &str, value: &str) {
+        assert_eq!(
+            self.attr_str(key).as_deref(),
+            Some(value),
+            "attribute {key} of span {:?}; attributes: {:?}",
+            self.name,
+            self.attributes
+        );
+    }
+
+    fn is_error(&self) -> bool {
+        matches!(self.status, Status::Error { .. })
+    }
+}
