@@ -152,7 +152,10 @@ pub struct Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("tracer_provider", &self.tracer.as_ref().map_or("global", |_| "custom"))
+            .field(
+                "tracer_provider",
+                &self.tracer.as_ref().map_or("global", |_| "custom"),
+            )
             .field("propagation", &self.propagation)
             .field("parent_policy", &self.parent_policy)
             .field("trust", &self.trust)

@@ -135,7 +135,10 @@ fn extract_flat(obj: &Map<String, Value>) -> Extracted {
         _ => None,
     };
     if trace_id.is_none() {
-        issues.push(ContextIssue::new(TRACE_ID, "not a 128-bit or 64-bit hex id"));
+        issues.push(ContextIssue::new(
+            TRACE_ID,
+            "not a 128-bit or 64-bit hex id",
+        ));
     }
     let span_id = match span {
         Some(Value::String(s)) => parse_span_id(s),
@@ -222,7 +225,10 @@ mod tests {
             &Propagation::W3c,
             &json!({"trace_id": "8448eb211c80319c", "parent_span_id": "b7ad6b7169203331", "sampled": false}),
         );
-        assert_eq!(x.span_context().trace_id(), TraceId::from(0x8448eb211c80319c_u128));
+        assert_eq!(
+            x.span_context().trace_id(),
+            TraceId::from(0x8448eb211c80319c_u128)
+        );
         assert!(!x.span_context().is_sampled());
     }
 
@@ -230,13 +236,23 @@ mod tests {
     fn wrong_shapes_are_issues_not_panics() {
         let x = extract(&Propagation::W3c, &json!({"trace_context": "00-abc"}));
         assert_eq!(x.issues()[0].header(), TRACE_CONTEXT);
-        let x = extract(&Propagation::W3c, &json!({"trace_context": {"traceparent": 5}}));
+        let x = extract(
+            &Propagation::W3c,
+            &json!({"trace_context": {"traceparent": 5}}),
+        );
         assert_eq!(
             x.issues()[0].to_string(),
             "traceparent: value has type number, expected a string"
         );
-        let x = extract(&Propagation::W3c, &json!({"trace_id": 5, "parent_span_id": null}));
+        let x = extract(
+            &Propagation::W3c,
+            &json!({"trace_id": 5, "parent_span_id": null}),
+        );
         assert_eq!(x.issues().len(), 2);
-        assert!(!extract(&Propagation::W3c, &json!([1, 2])).span_context().is_valid());
+        assert!(
+            !extract(&Propagation::W3c, &json!([1, 2]))
+                .span_context()
+                .is_valid()
+        );
     }
 }

@@ -369,7 +369,10 @@ impl Instrumentation {
         body_size: Option<usize>,
     ) {
         if let Some(a) = &self.inner.server_address {
-            span.put(KeyValue::new(attr::SERVER_ADDRESS, Value::String(a.clone())));
+            span.put(KeyValue::new(
+                attr::SERVER_ADDRESS,
+                Value::String(a.clone()),
+            ));
         }
         if let Some(p) = self.inner.server_port {
             span.put(KeyValue::new(attr::SERVER_PORT, p));

@@ -313,7 +313,12 @@ impl ProcessSpan {
         self.end(outcome, None, None);
     }
 
-    fn end(&mut self, outcome: Outcome, reason: Option<Cow<'static, str>>, error: Option<SettleError>) {
+    fn end(
+        &mut self,
+        outcome: Outcome,
+        reason: Option<Cow<'static, str>>,
+        error: Option<SettleError>,
+    ) {
         if self.done {
             return;
         }

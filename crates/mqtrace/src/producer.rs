@@ -110,7 +110,11 @@ impl SendSpan {
     /// let span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h);
     /// span.end_error("nack", "the broker refused the message");
     /// ```
-    pub fn end_error(mut self, error_type: impl Into<Cow<'static, str>>, description: impl fmt::Display) {
+    pub fn end_error(
+        mut self,
+        error_type: impl Into<Cow<'static, str>>,
+        description: impl fmt::Display,
+    ) {
         if let Some(mut span) = self.span.take() {
             let error_type = error_type.into();
             if span.is_recording() {

@@ -14,8 +14,8 @@
 use crate::carrier::HeaderExtractor;
 use crate::w3c;
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::trace::noop::NoopTextMapPropagator;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::noop::NoopTextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{Context, global};
 use std::cell::RefCell;
@@ -386,14 +386,11 @@ fn extract_with(p: &dyn TextMapPropagator, headers: &dyn HeaderExtractor) -> Ext
             .filter(|f| headers.header(f).is_some())
             .map(str::to_owned)
             .collect();
-        if let Some(Some(Ok(tp))) = present
-            .iter()
-            .any(|f| f == w3c::TRACEPARENT)
-            .then(|| headers.header(w3c::TRACEPARENT))
+        if present.iter().any(|f| f == w3c::TRACEPARENT)
+            && let Some(Ok(tp)) = headers.header(w3c::TRACEPARENT)
+            && let Err(e) = w3c::parse_traceparent(tp)
         {
-            if let Err(e) = w3c::parse_traceparent(tp) {
-                issues.push(ContextIssue::new(w3c::TRACEPARENT, e));
-            }
+            issues.push(ContextIssue::new(w3c::TRACEPARENT, e));
         }
         if issues.is_empty() && !present.is_empty() {
             issues.push(ContextIssue::new(
@@ -402,15 +399,15 @@ fn extract_with(p: &dyn TextMapPropagator, headers: &dyn HeaderExtractor) -> Ext
             ));
         }
     }
-    if cx.baggage().is_empty() {
-        if let Some(Ok(v)) = headers.header(w3c::BAGGAGE) {
-            if v.len() > w3c::MAX_BAGGAGE_BYTES && p.fields().any(|f| f == w3c::BAGGAGE) {
-                issues.push(ContextIssue::new(
-                    w3c::BAGGAGE,
-                    w3c::BaggageError::TooLarge(v.len()),
-                ));
-            }
-        }
+    if cx.baggage().is_empty()
+        && let Some(Ok(v)) = headers.header(w3c::BAGGAGE)
+        && v.len() > w3c::MAX_BAGGAGE_BYTES
+        && p.fields().any(|f| f == w3c::BAGGAGE)
+    {
+        issues.push(ContextIssue::new(
+            w3c::BAGGAGE,
+            w3c::BaggageError::TooLarge(v.len()),
+        ));
     }
     Extracted::from_parts(cx, issues)
 }
@@ -438,7 +435,10 @@ mod tests {
         ]);
         let x = Propagation::W3c.extract(&h);
         assert!(x.issues().is_empty(), "{:?}", x.issues());
-        assert_eq!(x.span_context().trace_state().get("rojo"), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            x.span_context().trace_state().get("rojo"),
+            Some("00f067aa0ba902b7")
+        );
         assert_eq!(
             x.context().baggage().get("tenant").map(|v| v.as_str()),
             Some("acme")
@@ -458,7 +458,10 @@ mod tests {
         let p = Propagation::Custom(Arc::new(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         ));
-        let h = headers(&[("traceparent", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]);
+        let h = headers(&[(
+            "traceparent",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]);
         let x = p.extract(&h);
         assert!(!x.span_context().is_valid());
         assert_eq!(

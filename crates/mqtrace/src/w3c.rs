@@ -388,7 +388,10 @@ mod tests {
         use TraceparentError::*;
         let cases = [
             ("", Empty),
-            ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", Length(52)),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+                Length(52),
+            ),
             (
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
                 Length(57),

@@ -1,0 +1,205 @@
+//! The traced channel: `basic_publish` and `basic_consume` with trace context.
+
+use crate::confirm::TracedPublisherConfirm;
+use crate::consumer::TracedConsumer;
+use crate::error::error_type;
+use crate::headers::{AmqpHeaders, AmqpHeadersMut};
+use crate::{PUBLISH, publish_destination};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use mqtrace::attributes as attr;
+use mqtrace::{Instrumentation, Outgoing};
+use opentelemetry::KeyValue;
+use std::ops::Deref;
+
+/// A `lapin::Channel` that traces what it publishes and consumes.
+///
+/// `basic_publish` and `basic_consume` have lapin's signatures; everything else
+/// (declarations, bindings, `confirm_select`, `basic_qos`, ...) is the `Channel` itself,
+/// reached through `Deref`. Swapping `lapin::Channel` for this type is a change of type.
+///
+/// ```no_run
+/// # async fn demo(conn: mqtrace_lapin::TracedConnection) -> lapin::Result<()> {
+/// use lapin::{BasicProperties, options::*, types::FieldTable};
+/// let channel = conn.create_channel().await?;
+/// channel.confirm_select(ConfirmSelectOptions::default()).await?; // lapin's own method
+/// let confirm = channel
+///     .basic_publish("".into(), "orders".into(), BasicPublishOptions::default(), b"{}", BasicProperties::default())
+///     .await?
+///     .await?; // the PRODUCER span ends here, at the broker's confirm
+/// assert!(confirm.is_ack());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TracedChannel {
+    channel: Channel,
+    inst: Instrumentation,
+}
+
+impl std::fmt::Debug for TracedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedChannel")
+            .field("id", &self.channel.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedChannel {
+    /// Wraps a channel.
+    ///
+    /// ```no_run
+    /// # fn demo(channel: lapin::Channel) {
+    /// let inst = mqtrace_lapin::instrumentation(mqtrace::Config::new(), Some(("127.0.0.1", 5672)));
+    /// let traced = mqtrace_lapin::TracedChannel::new(channel, inst);
+    /// # let _ = traced; }
+    /// ```
+    pub fn new(channel: Channel, inst: Instrumentation) -> Self {
+        Self { channel, inst }
+    }
+
+    /// The instrumentation this channel uses.
+    ///
+    /// ```no_run
+    /// # fn demo(ch: mqtrace_lapin::TracedChannel) {
+    /// let _ = ch.instrumentation().config();
+    /// # }
+    /// ```
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// The wrapped channel.
+    ///
+    /// ```no_run
+    /// # fn demo(ch: mqtrace_lapin::TracedChannel) {
+    /// let raw: lapin::Channel = ch.into_inner();
+    /// # let _ = raw; }
+    /// ```
+    pub fn into_inner(self) -> Channel {
+        self.channel
+    }
+
+    /// Publishes like [`Channel::basic_publish`], under a PRODUCER span named
+    /// `publish {exchange}:{routing key}` whose context is added to the message headers as
+    /// AMQP long strings. The user's headers are kept as they are (a message without headers
+    /// only gets a table when there is context to carry).
+    ///
+    /// In confirm mode the span ends when the returned future resolves to the broker's
+    /// confirm (a nack or a returned mandatory message is recorded as an error); if that
+    /// future is dropped unawaited, the span still ends at the confirm, in a background task.
+    /// Without confirms the span ends once the message is handed to the connection.
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
+    /// use lapin::{BasicProperties, options::BasicPublishOptions};
+    /// channel.basic_publish("orders".into(), "created".into(), BasicPublishOptions::default(),
+    ///     br#"{"id":1}"#, BasicProperties::default().with_message_id("m-1".into())).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_publish(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        options: BasicPublishOptions,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<TracedPublisherConfirm> {
+        let destination = publish_destination(exchange.as_str(), routing_key.as_str());
+        let mut headers = properties.headers().clone();
+        let mut span = {
+            let before = AmqpHeaders(properties.headers().as_ref());
+            let msg = Outgoing::new(PUBLISH, &destination)
+                .with_message_id(properties.message_id().as_ref().map(ShortString::as_str))
+                .with_conversation_id(
+                    properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(ShortString::as_str),
+                )
+                .with_body_size(payload.len())
+                .with_headers(&before);
+            let mut table = headers.take().unwrap_or_default();
+            let span = self.inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
+            if properties.headers().is_some() || !table.inner().is_empty() {
+                headers = Some(table);
+            }
+            span
+        };
+        span.record(|| {
+            (!routing_key.as_str().is_empty()).then(|| {
+                KeyValue::new(
+                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                    routing_key.as_str().to_owned(),
+                )
+            })
+        });
+        let properties = match headers {
+            Some(h) => properties.with_headers(h),
+            None => properties,
+        };
+        let confirm_mode = self.channel.status().confirm();
+        match self
+            .channel
+            .basic_publish(exchange, routing_key, options, payload, properties)
+            .await
+        {
+            Err(e) => {
+                span.end_error(error_type(&e), &e);
+                Err(e)
+            }
+            Ok(confirm) if confirm_mode => Ok(TracedPublisherConfirm::new(confirm, Some(span))),
+            Ok(confirm) => {
+                span.end_ok();
+                Ok(TracedPublisherConfirm::new(confirm, None))
+            }
+        }
+    }
+
+    /// Starts a consumer like [`Channel::basic_consume`]; its deliveries carry process spans.
+    ///
+    /// With `no_ack: true` the broker settles on delivery and each process span ends with
+    /// outcome `auto_ack` when the delivery is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use lapin::{options::*, types::FieldTable};
+    /// let mut consumer = channel
+    ///     .basic_consume("orders".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default())
+    ///     .await?;
+    /// while let Some(delivery) = consumer.next().await {
+    ///     let delivery = delivery?;
+    ///     delivery.in_span(async { /* handle the message */ }).await;
+    ///     delivery.ack(BasicAckOptions::default()).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_consume(
+        &self,
+        queue: ShortString,
+        consumer_tag: ShortString,
+        options: BasicConsumeOptions,
+        arguments: FieldTable,
+    ) -> lapin::Result<TracedConsumer> {
+        let no_ack = options.no_ack;
+        let consumer = self
+            .channel
+            .basic_consume(queue.clone(), consumer_tag, options, arguments)
+            .await?;
+        Ok(TracedConsumer::new(
+            consumer,
+            self.inst.clone(),
+            queue,
+            no_ack,
+        ))
+    }
+}
+
+impl Deref for TracedChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.channel
+    }
+}

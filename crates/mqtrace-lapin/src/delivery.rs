@@ -1,0 +1,323 @@
+//! The traced delivery: a `lapin::message::Delivery` whose settle operations are recorded.
+
+use crate::attempt::DeliveryHistory;
+use crate::error::error_type;
+use crate::headers::AmqpHeaders;
+use crate::{ACK, NACK, PROCESS, REJECT, consume_destination};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::ShortString;
+use mqtrace::attributes as attr;
+use mqtrace::{Incoming, Instrumentation, Outcome, ProcessSpan, Settle, SettleError};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::{Context, KeyValue};
+use std::borrow::Cow;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Mutex;
+
+/// A delivery with its process span.
+///
+/// It dereferences to the `lapin::message::Delivery` (`data`, `properties`, `routing_key`,
+/// `delivery_tag`, `redelivered` are all there, unchanged). Settle it with [`ack`](Self::ack),
+/// [`nack`](Self::nack), [`reject`](Self::reject) or [`dead_letter`](Self::dead_letter): each
+/// performs lapin's operation under a CLIENT settle span and ends the process span with the
+/// outcome. Dropped unsettled, the process span ends with outcome `unsettled` (an error),
+/// or `auto_ack` for a `no_ack` consumer. Settling through `delivery.acker` directly bypasses
+/// the recording.
+///
+/// ```no_run
+/// # async fn demo(delivery: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+/// use lapin::options::BasicNackOptions;
+/// let parsed: Result<u32, _> = std::str::from_utf8(&delivery.data).unwrap_or("").parse();
+/// match parsed {
+///     Ok(_) => { delivery.ack(Default::default()).await?; }
+///     Err(_) => { delivery.dead_letter("payload is not a number").await?; }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct TracedDelivery {
+    delivery: Delivery,
+    span: Mutex<Option<ProcessSpan>>,
+    context: Context,
+    span_context: SpanContext,
+    attempt: u32,
+}
+
+impl std::fmt::Debug for TracedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedDelivery")
+            .field("delivery_tag", &self.delivery.delivery_tag)
+            .field("attempt", &self.attempt)
+            .field("span_context", &self.span_context)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check(result: &lapin::Result<bool>) -> Option<SettleError> {
+    match result {
+        Ok(true) => None,
+        Ok(false) => Some(SettleError::new(
+            "acker_unusable",
+            "the delivery was already settled or its channel is closed",
+        )),
+        Err(e) => Some(SettleError::new(error_type(e), e)),
+    }
+}
+
+impl TracedDelivery {
+    /// Starts the process span of `delivery`, consumed from `queue`.
+    ///
+    /// ```no_run
+    /// # fn demo(d: lapin::message::Delivery) {
+    /// let inst = mqtrace_lapin::instrumentation(mqtrace::Config::new(), None);
+    /// let traced = mqtrace_lapin::TracedDelivery::new(d, &inst, "orders", false);
+    /// # let _ = traced; }
+    /// ```
+    pub fn new(delivery: Delivery, inst: &Instrumentation, queue: &str, no_ack: bool) -> Self {
+        let table = delivery.properties.headers().as_ref();
+        let headers = AmqpHeaders(table);
+        let history = DeliveryHistory::read(table, delivery.redelivered, queue);
+        let destination = consume_destination(
+            delivery.exchange.as_str(),
+            delivery.routing_key.as_str(),
+            queue,
+        );
+        let msg = Incoming::new(PROCESS, &destination, queue)
+            .with_message_id(
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ShortString::as_str),
+            )
+            .with_conversation_id(
+                delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(ShortString::as_str),
+            )
+            .with_body_size(delivery.data.len())
+            .with_attempt(Some(history.attempt))
+            .with_headers(&headers);
+        let mut span = inst.start_process(msg, inst.extract(&headers));
+        span.record(|| {
+            let mut kv = Vec::with_capacity(5);
+            if !delivery.routing_key.as_str().is_empty() {
+                kv.push(KeyValue::new(
+                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                    delivery.routing_key.as_str().to_owned(),
+                ));
+            }
+            kv.push(KeyValue::new(
+                attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
+            ));
+            if delivery.redelivered {
+                kv.push(KeyValue::new(attr::DELIVERY_REDELIVERED, true));
+            }
+            if let Some(r) = &history.dead_letter_reason {
+                kv.push(KeyValue::new(attr::DEAD_LETTER_REASON, r.clone()));
+            }
+            if let Some(q) = &history.dead_letter_queue {
+                kv.push(KeyValue::new(attr::DEAD_LETTER_SOURCE, q.clone()));
+            }
+            kv
+        });
+        if no_ack {
+            span.set_drop_outcome(Outcome::AutoAck);
+        }
+        Self {
+            context: span.context().clone(),
+            span_context: span.span_context().clone(),
+            attempt: history.attempt,
+            span: Mutex::new(Some(span)),
+            delivery,
+        }
+    }
+
+    fn take_span(&self) -> Option<ProcessSpan> {
+        self.span
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// The context holding the process span, to make it current in synchronous code.
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// let _guard = d.context().clone().attach();
+    /// # }
+    /// ```
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The process span's context (e.g. to log its trace id).
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// println!("trace {}", d.span_context().trace_id());
+    /// # }
+    /// ```
+    pub fn span_context(&self) -> &SpanContext {
+        &self.span_context
+    }
+
+    /// The delivery attempt (1 = first delivery); see [`crate::DeliveryHistory`].
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// if d.attempt() > 3 { /* give up */ }
+    /// # }
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Runs `fut` inside the process span: OpenTelemetry and `tracing` spans created in it,
+    /// across `.await`s, are children of the process span.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// d.in_span(async {
+    ///     tracing::info_span!("validate").in_scope(|| { /* ... */ });
+    /// }).await;
+    /// # }
+    /// ```
+    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
+        opentelemetry::context::FutureExt::with_context(fut, self.context.clone())
+    }
+
+    /// Records a handler error on the process span (it does not settle the message).
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// d.record_error("validation", &"amount must be positive");
+    /// # }
+    /// ```
+    pub fn record_error(
+        &self,
+        error_type: impl Into<Cow<'static, str>>,
+        error: &dyn std::fmt::Display,
+    ) {
+        if let Some(span) = self
+            .span
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            span.record_error(error_type, error);
+        }
+    }
+
+    async fn settle(
+        &self,
+        settle: Settle,
+        op: impl Future<Output = lapin::Result<bool>>,
+    ) -> lapin::Result<bool> {
+        match self.take_span() {
+            Some(span) => span.settle(settle, op, check).await,
+            None => op.await,
+        }
+    }
+
+    /// Acknowledges, like `Acker::ack`: outcome `ack`.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// d.ack(lapin::options::BasicAckOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ack(&self, options: BasicAckOptions) -> lapin::Result<bool> {
+        self.settle(
+            Settle::new(ACK, Outcome::Ack),
+            self.delivery.acker.ack(options),
+        )
+        .await
+    }
+
+    /// Negatively acknowledges, like `Acker::nack`: outcome `requeue` when `requeue` is set,
+    /// `reject` otherwise (discarded, or dead-lettered by the queue's dead-letter exchange).
+    ///
+    /// ```no_run
+    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// d.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn nack(&self, options: BasicNackOptions) -> lapin::Result<bool> {
+        let outcome = if options.requeue {
+            Outcome::Requeue
+        } else {
+            Outcome::Reject
+        };
+        self.settle(
+            Settle::new(NACK, outcome),
+            self.delivery.acker.nack(options),
+        )
+        .await
+    }
+
+    /// Rejects, like `Acker::reject`: outcome `requeue` or `reject`, as for [`Self::nack`].
+    ///
+    /// ```no_run
+    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// d.reject(lapin::options::BasicRejectOptions { requeue: false }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn reject(&self, options: BasicRejectOptions) -> lapin::Result<bool> {
+        let outcome = if options.requeue {
+            Outcome::Requeue
+        } else {
+            Outcome::Reject
+        };
+        self.settle(
+            Settle::new(REJECT, outcome),
+            self.delivery.acker.reject(options),
+        )
+        .await
+    }
+
+    /// Rejects without requeue so the queue's dead-letter exchange takes the message, and
+    /// records outcome `dead_letter` with `reason`. The queue must have a dead-letter exchange
+    /// (`x-dead-letter-exchange`), otherwise RabbitMQ discards the message.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// d.dead_letter("order has no items").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn dead_letter(&self, reason: impl Into<Cow<'static, str>>) -> lapin::Result<bool> {
+        self.settle(
+            Settle::new(REJECT, Outcome::DeadLetter).with_reason(reason),
+            self.delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false }),
+        )
+        .await
+    }
+
+    /// The wrapped delivery and its process span, for settling by other means (the span ends
+    /// when you finish or drop it).
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// let (delivery, span) = d.into_parts();
+    /// if let Some(span) = span { span.finish(mqtrace::Outcome::Ack); }
+    /// # let _ = delivery; }
+    /// ```
+    pub fn into_parts(self) -> (Delivery, Option<ProcessSpan>) {
+        let span = self.take_span();
+        (self.delivery, span)
+    }
+}
+
+impl Deref for TracedDelivery {
+    type Target = Delivery;
+
+    fn deref(&self) -> &Delivery {
+        &self.delivery
+    }
+}

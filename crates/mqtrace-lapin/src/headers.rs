@@ -1,0 +1,98 @@
+//! AMQP header tables as mqtrace carriers.
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use mqtrace::carrier::{HeaderExtractor, Injector, InvalidHeader};
+
+/// Writes trace context into an AMQP header table as `LongString` values.
+///
+/// `LongString` is what Python's pika/aio-pika consumers (and their OpenTelemetry
+/// instrumentation) can read; they fail on a `ByteArray` value.
+///
+/// ```
+/// use lapin::types::{AMQPValue, FieldTable};
+/// use mqtrace::carrier::Injector;
+/// let mut table = FieldTable::default();
+/// mqtrace_lapin::AmqpHeadersMut(&mut table).set("traceparent", "00-...".to_owned());
+/// assert!(matches!(table.inner().get("traceparent"), Some(AMQPValue::LongString(_))));
+/// ```
+#[derive(Debug)]
+pub struct AmqpHeadersMut<'a>(pub &'a mut FieldTable);
+
+impl Injector for AmqpHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0
+            .insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+}
+
+/// Reads trace context from an AMQP header table.
+///
+/// `LongString`, `ShortString` and `ByteArray` values are read as UTF-8 text; a one-element
+/// `FieldArray` of those is read as its element. Any other type, a longer array, or non-UTF-8
+/// bytes are reported as an [`InvalidHeader`] so the consumer span records the reason.
+///
+/// ```
+/// use lapin::types::{AMQPValue, ByteArray, FieldTable};
+/// use mqtrace::carrier::{HeaderExtractor, InvalidHeader};
+/// let mut table = FieldTable::default();
+/// table.insert("a".into(), AMQPValue::ByteArray(ByteArray::from(b"text".to_vec())));
+/// table.insert("b".into(), AMQPValue::LongLongInt(5));
+/// let h = mqtrace_lapin::AmqpHeaders(Some(&table));
+/// assert_eq!(h.header("a"), Some(Ok("text")));
+/// assert_eq!(h.header("b"), Some(Err(InvalidHeader::WrongType("long-long-int"))));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct AmqpHeaders<'a>(pub Option<&'a FieldTable>);
+
+fn as_text(value: &AMQPValue) -> Result<&str, InvalidHeader> {
+    match value {
+        AMQPValue::LongString(s) => {
+            std::str::from_utf8(s.as_bytes()).map_err(|_| InvalidHeader::NotUtf8)
+        }
+        AMQPValue::ShortString(s) => Ok(s.as_str()),
+        AMQPValue::ByteArray(b) => {
+            std::str::from_utf8(b.as_slice()).map_err(|_| InvalidHeader::NotUtf8)
+        }
+        AMQPValue::FieldArray(a) => match a.as_slice() {
+            [one] if !matches!(one, AMQPValue::FieldArray(_)) => as_text(one),
+            many => Err(InvalidHeader::Multiple(many.len())),
+        },
+        other => Err(InvalidHeader::WrongType(type_name(other))),
+    }
+}
+
+/// The AMQP type name of a value, for error messages.
+pub(crate) fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "boolean",
+        AMQPValue::ShortShortInt(_) => "short-short-int",
+        AMQPValue::ShortShortUInt(_) => "short-short-uint",
+        AMQPValue::ShortInt(_) => "short-int",
+        AMQPValue::ShortUInt(_) => "short-uint",
+        AMQPValue::LongInt(_) => "long-int",
+        AMQPValue::LongUInt(_) => "long-uint",
+        AMQPValue::LongLongInt(_) => "long-long-int",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "short-string",
+        AMQPValue::LongString(_) => "long-string",
+        AMQPValue::FieldArray(_) => "field-array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "field-table",
+        AMQPValue::ByteArray(_) => "byte-array",
+        AMQPValue::Void => "void",
+    }
+}
+
+impl HeaderExtractor for AmqpHeaders<'_> {
+    fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>> {
+        self.0?.inner().get(key).map(as_text)
+    }
+
+    fn header_keys(&self) -> Vec<&str> {
+        self.0
+            .map(|t| t.inner().keys().map(|k| k.as_str()).collect())
+            .unwrap_or_default()
+    }
+}
