@@ -286,7 +286,9 @@ impl InstrumentationBuilder {
                 tracer,
                 config,
                 system: self.system,
-                server_address: self.server_address.map(StringValue::from),
+                server_address: self
+                    .server_address
+                    .map(|a| StringValue::from(Arc::<str>::from(a))),
                 server_port: self.server_port.map(i64::from),
             }),
         }
@@ -351,12 +353,19 @@ impl Instrumentation {
     }
 
     /// The attributes every span needs at creation (they may drive sampling decisions).
-    pub(crate) fn creation_attributes(&self, op: Operation, destination: &str) -> Vec<KeyValue> {
+    pub(crate) fn creation_attributes(
+        &self,
+        op: Operation,
+        destination: impl Into<StringValue>,
+    ) -> Vec<KeyValue> {
         vec![
             KeyValue::new(attr::MESSAGING_SYSTEM, self.inner.system.as_str()),
             KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
             KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
-            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, destination.to_owned()),
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                Value::String(destination.into()),
+            ),
         ]
     }
 
@@ -409,7 +418,7 @@ impl Instrumentation {
         let parent = Context::current();
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
             .with_kind(msg.operation.kind().span_kind())
-            .with_attributes(self.creation_attributes(msg.operation, msg.destination));
+            .with_attributes(self.creation_attributes(msg.operation, msg.destination.to_owned()));
         let mut span = self.inner.tracer.build_with_context(builder, &parent);
         if span.is_recording() {
             self.common_attributes(
@@ -499,9 +508,10 @@ impl Instrumentation {
             ambient
         };
 
+        let destination: Arc<str> = Arc::from(msg.destination);
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
             .with_kind(msg.operation.kind().span_kind())
-            .with_attributes(self.creation_attributes(msg.operation, msg.destination))
+            .with_attributes(self.creation_attributes(msg.operation, destination.clone()))
             .with_links(links);
         let mut span = self.inner.tracer.build_with_context(builder, &parent);
         if span.is_recording() {
@@ -535,7 +545,7 @@ impl Instrumentation {
         ProcessSpan::new(
             self.clone(),
             parent.with_span(span),
-            msg.destination,
+            destination,
             msg.attempt,
         )
     }
@@ -544,13 +554,13 @@ impl Instrumentation {
     pub(crate) fn start_settle(
         &self,
         op: Operation,
-        destination: &str,
+        destination: &Arc<str>,
         parent: &Context,
     ) -> opentelemetry::global::BoxedSpan {
         debug_assert_eq!(op.kind(), OperationType::Settle);
         let builder = SpanBuilder::from_name(span_name(op.name(), destination))
             .with_kind(op.kind().span_kind())
-            .with_attributes(self.creation_attributes(op, destination));
+            .with_attributes(self.creation_attributes(op, destination.clone()));
         let mut span = self.inner.tracer.build_with_context(builder, parent);
         if span.is_recording() {
             self.common_attributes(&mut span, None, None, None);

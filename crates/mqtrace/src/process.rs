@@ -10,6 +10,7 @@ use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 /// A settle operation about to be performed on a message.
 ///
@@ -117,7 +118,7 @@ pub struct ProcessSpan {
     inst: Instrumentation,
     cx: Context,
     span_context: SpanContext,
-    destination: Box<str>,
+    destination: Arc<str>,
     attempt: Option<u32>,
     drop_outcome: Outcome,
     done: bool,
@@ -137,7 +138,7 @@ impl ProcessSpan {
     pub(crate) fn new(
         inst: Instrumentation,
         cx: Context,
-        destination: &str,
+        destination: Arc<str>,
         attempt: Option<u32>,
     ) -> Self {
         let span_context = cx.span().span_context().clone();
@@ -145,7 +146,7 @@ impl ProcessSpan {
             inst,
             cx,
             span_context,
-            destination: destination.into(),
+            destination,
             attempt,
             drop_outcome: Outcome::Unsettled,
             done: false,
@@ -325,9 +326,11 @@ impl ProcessSpan {
         self.done = true;
         let span = self.cx.span();
         if span.is_recording() {
-            span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
-            if let Some(r) = &reason {
-                span.set_attribute(KeyValue::new(attr::OUTCOME_REASON, r.clone()));
+            let outcome_kv = KeyValue::new(attr::OUTCOME, outcome.as_str());
+            match &reason {
+                Some(r) => span
+                    .set_attributes([outcome_kv, KeyValue::new(attr::OUTCOME_REASON, r.clone())]),
+                None => span.set_attribute(outcome_kv),
             }
             if let Some(e) = &error {
                 span.set_status(Status::error(format!(
