@@ -22,7 +22,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use mqtrace::{Config, Incoming, Instrumentation, Outcome, Outgoing};
 use mqtrace_lapin::{AmqpHeaders, AmqpHeadersMut, PROCESS, PUBLISH, TracedChannel};
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::error::OTelSdkResult;
