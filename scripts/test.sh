@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/start-brokers.sh all
+# The Python peers of the interop tests (pinned, from PyPI; created once, outside the checkout).
+scripts/interop-venv.sh >/dev/null
 
 cargo test --workspace --all-features --no-fail-fast -- "$@"

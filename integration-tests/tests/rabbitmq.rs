@@ -1119,3 +1119,94 @@ async fn json_envelope_carries_context_through_the_payload() {
     })
     .await;
 }
+
+/// Runs the Python peer (pika + OpenTelemetry's pika instrumentation) and returns its JSON.
+async fn python_peer(mode: &str, queue: &str) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (mode, queue) = (mode.to_owned(), queue.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
+            .output()
+            .expect("scripts/interop-venv.sh runs");
+        assert!(
+            venv.status.success(),
+            "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
+            String::from_utf8_lossy(&venv.stderr)
+        );
+        let python = String::from_utf8_lossy(&venv.stdout).trim().to_owned();
+        std::process::Command::new(python)
+            .arg(root.join("integration-tests/interop/rabbitmq_peer.py"))
+            .args([&mode, &queue])
+            .env("AMQP_URL", mqtrace_integration_tests::amqp_url())
+            .output()
+            .expect("python peer runs")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "python peer failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python peer prints JSON")
+}
+
+fn python_span<'a>(peer: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    peer["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} span from the python peer: {peer}"))
+}
+
+#[tokio::test]
+async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+
+        // Python publishes (traceparent with flags 03), Rust consumes.
+        let from_py = unique("from-python");
+        declare_queue(&ch, &from_py, FieldTable::default()).await;
+        let peer = python_peer("publish", &from_py).await;
+        let py_send = python_span(&peer, "PRODUCER");
+        let mut consumer = consume(&ch, &from_py).await;
+        let d = next_delivery(&mut consumer).await;
+        assert_eq!(d.data, b"from python");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+        let spans = wait(&t, &format!("ack {from_py}"), 1).await;
+        let process = spans.one(&format!("process {from_py}"));
+        let py_context = SpanContext::new(
+            TraceId::from_hex(py_send["trace_id"].as_str().expect("trace id")).expect("hex"),
+            SpanId::from_hex(py_send["span_id"].as_str().expect("span id")).expect("hex"),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        );
+        process.assert_parent_context(&py_context);
+        process.assert_links_to(&py_context);
+        assert!(process.attr(attr::CONTEXT_ERROR).is_none());
+
+        // Rust publishes, Python consumes.
+        let to_py = unique("to-python");
+        declare_queue(&ch, &to_py, FieldTable::default()).await;
+        publish(&ch, "", &to_py, b"from rust", BasicProperties::default()).await;
+        let peer = python_peer("consume", &to_py).await;
+        assert_eq!(peer["body"], "from rust");
+        let py_receive = python_span(&peer, "CONSUMER");
+        let spans = wait(&t, &format!("publish {to_py}"), 1).await;
+        let publish = spans.one(&format!("publish {to_py}"));
+        assert_eq!(
+            py_receive["trace_id"].as_str(),
+            Some(publish.span_context.trace_id().to_string().as_str()),
+            "python's consumer span is not in our trace: {peer}"
+        );
+        assert_eq!(
+            py_receive["parent_id"].as_str(),
+            Some(publish.span_context.span_id().to_string().as_str())
+        );
+    })
+    .await;
+}

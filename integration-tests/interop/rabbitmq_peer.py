@@ -1,0 +1,74 @@
+"""A Python peer for mqtrace's RabbitMQ interop test.
+
+Uses pika with OpenTelemetry's own pika instrumentation (opentelemetry-instrumentation-pika),
+the way a Python service would, and prints the spans it exported as one JSON object on stdout.
+
+    python rabbitmq_peer.py publish QUEUE     # publish one message to QUEUE
+    python rabbitmq_peer.py consume QUEUE     # consume and ack one message from QUEUE
+"""
+
+import json
+import os
+import sys
+
+import pika
+from opentelemetry import trace
+from opentelemetry.instrumentation.pika import PikaInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+def spans_json(exporter, extra):
+    out = []
+    for s in exporter.get_finished_spans():
+        ctx = s.get_span_context()
+        out.append(
+            {
+                "name": s.name,
+                "kind": s.kind.name,
+                "trace_id": format(ctx.trace_id, "032x"),
+                "span_id": format(ctx.span_id, "016x"),
+                "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
+            }
+        )
+    return json.dumps({"spans": out, **extra})
+
+
+def main():
+    mode, queue = sys.argv[1], sys.argv[2]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+    url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    PikaInstrumentor().instrument_channel(channel, tracer_provider=provider)
+
+    extra = {}
+    if mode == "publish":
+        channel.basic_publish("", queue, b"from python", pika.BasicProperties(headers={"x-origin": "python"}))
+    elif mode == "consume":
+
+        def on_message(ch, method, properties, body):
+            extra["body"] = body.decode("utf-8", "replace")
+            extra["headers"] = {k: (v if isinstance(v, str) else repr(v)) for k, v in (properties.headers or {}).items()}
+            ch.basic_ack(method.delivery_tag)
+            ch.stop_consuming()
+
+        channel.basic_consume(queue, on_message)
+        connection.call_later(20, channel.stop_consuming)
+        channel.start_consuming()
+        if "body" not in extra:
+            print(json.dumps({"error": f"no message on {queue} within 20 s"}))
+            sys.exit(1)
+    else:
+        sys.exit(f"unknown mode {mode}")
+    connection.close()
+    print(spans_json(exporter, extra))
+
+
+if __name__ == "__main__":
+    main()
