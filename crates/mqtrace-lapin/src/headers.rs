@@ -96,3 +96,44 @@ impl HeaderExtractor for AmqpHeaders<'_> {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{ByteArray, FieldArray, ShortString};
+
+    #[test]
+    fn every_text_type_is_read_and_others_are_named() {
+        let mut t = FieldTable::default();
+        t.insert("long".into(), AMQPValue::LongString("a".into()));
+        t.insert(
+            "short".into(),
+            AMQPValue::ShortString(ShortString::from("b")),
+        );
+        t.insert(
+            "bytes".into(),
+            AMQPValue::ByteArray(ByteArray::from(b"c".to_vec())),
+        );
+        t.insert(
+            "one".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString("d".into())])),
+        );
+        t.insert(
+            "bad".into(),
+            AMQPValue::LongString(LongString::from(vec![0xff_u8])),
+        );
+        t.insert("table".into(), AMQPValue::FieldTable(FieldTable::default()));
+        let h = AmqpHeaders(Some(&t));
+        assert_eq!(h.header("long"), Some(Ok("a")));
+        assert_eq!(h.header("short"), Some(Ok("b")));
+        assert_eq!(h.header("bytes"), Some(Ok("c")));
+        assert_eq!(h.header("one"), Some(Ok("d")));
+        assert_eq!(h.header("bad"), Some(Err(InvalidHeader::NotUtf8)));
+        assert_eq!(
+            h.header("table"),
+            Some(Err(InvalidHeader::WrongType("field-table")))
+        );
+        assert_eq!(h.header("absent"), None);
+        assert_eq!(AmqpHeaders(None).header("long"), None);
+    }
+}

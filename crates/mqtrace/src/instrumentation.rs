@@ -574,3 +574,55 @@ impl Instrumentation {
         span
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::{Outcome, ParentPolicy};
+    use opentelemetry::trace::TracerProvider;
+    use std::collections::HashMap;
+
+    const SEND: Operation = Operation::new("send", OperationType::Send);
+    const PROCESS: Operation = Operation::new("process", OperationType::Process);
+
+    fn round_trip(policy: ParentPolicy, ambient: bool) -> crate::testing::Spans {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test")
+            .build(t.config().with_parent_policy(policy));
+        let mut headers: HashMap<String, String> = HashMap::new();
+        inst.start_send(Outgoing::new(SEND, "t"), &mut headers)
+            .end_ok();
+        let tracer = t.provider().tracer("app");
+        let outer = tracer.start("ambient");
+        let cx = Context::current_with_span(outer);
+        let _guard = ambient.then(|| cx.clone().attach());
+        inst.start_process(Incoming::new(PROCESS, "t", "t"), inst.extract(&headers))
+            .finish(Outcome::Ack);
+        drop(_guard);
+        cx.span().end();
+        t.spans()
+    }
+
+    #[test]
+    fn creation_context_over_ambient_parents_to_the_message_and_links_both() {
+        let spans = round_trip(ParentPolicy::CreationContextOverAmbient, true);
+        let (send, process, ambient) = (
+            spans.one("send t"),
+            spans.one("process t"),
+            spans.one("ambient"),
+        );
+        process.assert_child_of(send);
+        process.assert_links_to(&send.span_context);
+        process.assert_links_to(&ambient.span_context);
+    }
+
+    #[test]
+    fn default_policy_without_ambient_parents_to_the_message() {
+        let spans = round_trip(ParentPolicy::CreationContext, false);
+        let (send, process) = (spans.one("send t"), spans.one("process t"));
+        process.assert_child_of(send);
+        process.assert_links_to(&send.span_context);
+        assert_eq!(process.links.links.len(), 1);
+    }
+}
