@@ -34,6 +34,7 @@ pub struct Outgoing<'a> {
     pub(crate) conversation_id: Option<&'a str>,
     pub(crate) body_size: Option<usize>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
+    pub(crate) attributes: &'a [KeyValue],
 }
 
 impl<'a> Outgoing<'a> {
@@ -50,6 +51,7 @@ impl<'a> Outgoing<'a> {
             conversation_id: None,
             body_size: None,
             headers: None,
+            attributes: &[],
         }
     }
 
@@ -97,6 +99,19 @@ impl<'a> Outgoing<'a> {
         self.headers = Some(headers);
         self
     }
+
+    /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
+    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`).
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// let kv = [opentelemetry::KeyValue::new("messaging.destination.partition.id", "0")];
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_attributes(&kv);
+    /// ```
+    pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.attributes = attributes;
+        self
+    }
 }
 
 /// One delivered message, as the core needs to see it.
@@ -117,6 +132,7 @@ pub struct Incoming<'a> {
     pub(crate) body_size: Option<usize>,
     pub(crate) attempt: Option<u32>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
+    pub(crate) attributes: &'a [KeyValue],
 }
 
 impl<'a> Incoming<'a> {
@@ -138,6 +154,7 @@ impl<'a> Incoming<'a> {
             body_size: None,
             attempt: None,
             headers: None,
+            attributes: &[],
         }
     }
 
@@ -194,6 +211,19 @@ impl<'a> Incoming<'a> {
     /// ```
     pub fn with_headers(mut self, headers: &'a dyn HeaderExtractor) -> Self {
         self.headers = Some(headers);
+        self
+    }
+
+    /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
+    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`).
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// let kv = [opentelemetry::KeyValue::new("messaging.destination.partition.id", "0")];
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "t", "t").with_attributes(&kv);
+    /// ```
+    pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.attributes = attributes;
         self
     }
 }
@@ -369,6 +399,20 @@ impl Instrumentation {
         ]
     }
 
+    /// [`Self::creation_attributes`] and the broker's own creation-time attributes.
+    pub(crate) fn creation_attributes_with(
+        &self,
+        op: Operation,
+        destination: impl Into<StringValue>,
+        extra: &[KeyValue],
+    ) -> Vec<KeyValue> {
+        let mut kv = self.creation_attributes(op, destination);
+        if !extra.is_empty() {
+            kv.extend_from_slice(extra);
+        }
+        kv
+    }
+
     /// Attributes recorded only on sampled spans.
     pub(crate) fn common_attributes(
         &self,
@@ -418,7 +462,11 @@ impl Instrumentation {
         let parent = Context::current();
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
             .with_kind(msg.operation.kind().span_kind())
-            .with_attributes(self.creation_attributes(msg.operation, msg.destination.to_owned()));
+            .with_attributes(self.creation_attributes_with(
+                msg.operation,
+                msg.destination.to_owned(),
+                msg.attributes,
+            ));
         let mut span = self.inner.tracer.build_with_context(builder, &parent);
         if span.is_recording() {
             self.common_attributes(
@@ -511,7 +559,11 @@ impl Instrumentation {
         let destination: Arc<str> = Arc::from(msg.destination);
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
             .with_kind(msg.operation.kind().span_kind())
-            .with_attributes(self.creation_attributes(msg.operation, destination.clone()))
+            .with_attributes(self.creation_attributes_with(
+                msg.operation,
+                destination.clone(),
+                msg.attributes,
+            ))
             .with_links(links);
         let mut span = self.inner.tracer.build_with_context(builder, &parent);
         if span.is_recording() {

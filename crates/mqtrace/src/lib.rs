@@ -55,6 +55,7 @@ mod outcome;
 mod process;
 mod producer;
 pub mod propagation;
+mod receive;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod w3c;
@@ -63,9 +64,10 @@ pub use config::{Config, ParentPolicy, SpanInfo, Trust};
 pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Outgoing};
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
-pub use process::{ProcessSpan, Settle, SettleError};
+pub use process::{PendingSettle, ProcessSpan, Settle, SettleError};
 pub use producer::SendSpan;
 pub use propagation::{ContextIssue, Extracted, Propagation};
+pub use receive::Receive;
 
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";

@@ -10,6 +10,9 @@ use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+
+mod pending;
+pub use pending::PendingSettle;
 use std::sync::Arc;
 
 /// A settle operation about to be performed on a message.

@@ -284,6 +284,25 @@ impl Propagation {
             Codec::Other => p.fields().map(str::to_owned).collect(),
         })
     }
+
+    /// Whether this propagation writes header `key` (without allocating, unlike
+    /// [`Propagation::fields`]): broker crates use it to replace a context the user's headers
+    /// already carry (e.g. forwarded from another message) instead of adding a second one.
+    ///
+    /// ```
+    /// assert!(mqtrace::Propagation::W3c.is_field("traceparent"));
+    /// assert!(!mqtrace::Propagation::W3c.is_field("content-type"));
+    /// ```
+    pub fn is_field(&self, key: &str) -> bool {
+        self.with_codec(|codec, p| match codec {
+            Codec::W3c { baggage } => {
+                key == w3c::TRACEPARENT
+                    || key == w3c::TRACESTATE
+                    || (baggage && key == w3c::BAGGAGE)
+            }
+            Codec::Other => p.fields().any(|f| f == key),
+        })
+    }
 }
 
 fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {

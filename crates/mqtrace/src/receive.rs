@@ -1,0 +1,225 @@
+//! The CLIENT receive span of a poll or pull that returned a batch of messages.
+
+use crate::attributes as attr;
+use crate::config::SpanInfo;
+use crate::instrumentation::{Instrumentation, span_name};
+use crate::operation::{Operation, OperationType};
+use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, Tracer};
+use opentelemetry::{Context, KeyValue};
+use std::time::SystemTime;
+
+/// A receive operation (a poll or pull that returned messages), as the core needs to see it.
+///
+/// ```
+/// use mqtrace::{Operation, OperationType, Receive};
+/// let started = std::time::SystemTime::now();
+/// // ... poll the broker ...
+/// let r = Receive::new(Operation::new("poll", OperationType::Receive), started)
+///     .with_destination(Some("orders"));
+/// # let _ = r;
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Receive<'a> {
+    operation: Operation,
+    destination: Option<&'a str>,
+    started: SystemTime,
+    attributes: &'a [KeyValue],
+}
+
+impl<'a> Receive<'a> {
+    /// A receive operation `operation` that started at `started` (before the poll).
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// let _ = Receive::new(Operation::new("receive", OperationType::Receive), std::time::SystemTime::now());
+    /// ```
+    pub fn new(operation: Operation, started: SystemTime) -> Self {
+        Self {
+            operation,
+            destination: None,
+            started,
+            attributes: &[],
+        }
+    }
+
+    /// `messaging.destination.name`, when every message of the batch came from it (the span
+    /// is then named `{operation} {destination}`, otherwise just `{operation}`).
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// let _ = Receive::new(Operation::new("poll", OperationType::Receive), std::time::SystemTime::now())
+    ///     .with_destination(Some("orders"));
+    /// ```
+    pub fn with_destination(mut self, destination: Option<&'a str>) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    /// Attributes of the broker's own, set at span creation (e.g.
+    /// `messaging.consumer.group.name`).
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// let kv = [opentelemetry::KeyValue::new("messaging.consumer.group.name", "billing")];
+    /// let _ = Receive::new(Operation::new("poll", OperationType::Receive), std::time::SystemTime::now())
+    ///     .with_attributes(&kv);
+    /// ```
+    pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.attributes = attributes;
+        self
+    }
+}
+
+impl Instrumentation {
+    /// Records the CLIENT receive span of a poll that returned a batch: it starts at
+    /// [`Receive::new`]'s `started`, ends now, is a child of the current context, records
+    /// `messaging.batch.message_count` (one per item of `creation`) and links every valid
+    /// creation context in `creation`. Returns the receive span's context.
+    ///
+    /// It is not made current: each message's process span is still the child of its own
+    /// creation context (see [`crate::ParentPolicy`]).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
+    /// let started = std::time::SystemTime::now();
+    /// let batch: Vec<HashMap<String, String>> = vec![HashMap::new(), HashMap::new()]; // polled
+    /// let contexts: Vec<Extracted> = batch.iter().map(|h| inst.extract(h)).collect();
+    /// let receive = Receive::new(Operation::new("poll", OperationType::Receive), started)
+    ///     .with_destination(Some("orders"));
+    /// inst.record_receive(receive, contexts.iter().map(Extracted::span_context));
+    /// for x in contexts {
+    ///     let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"), x);
+    ///     span.finish(Outcome::Ack);
+    /// }
+    /// ```
+    pub fn record_receive<'c>(
+        &self,
+        receive: Receive<'_>,
+        creation: impl IntoIterator<Item = &'c SpanContext>,
+    ) -> SpanContext {
+        debug_assert_eq!(receive.operation.kind(), OperationType::Receive);
+        let mut count: i64 = 0;
+        let links: Vec<Link> = creation
+            .into_iter()
+            .inspect(|_| count += 1)
+            .filter(|sc| sc.is_valid())
+            .map(|sc| Link::with_context(sc.clone()))
+            .collect();
+        let op = receive.operation;
+        let (name, mut attributes) = match receive.destination {
+            Some(d) => (
+                span_name(op.name(), d),
+                self.creation_attributes(op, d.to_owned()),
+            ),
+            None => (
+                std::borrow::Cow::Borrowed(op.name()),
+                vec![
+                    KeyValue::new(attr::MESSAGING_SYSTEM, self.system().as_str()),
+                    KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
+                    KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
+                ],
+            ),
+        };
+        attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
+        attributes.extend_from_slice(receive.attributes);
+        let builder = SpanBuilder::from_name(name)
+            .with_kind(op.kind().span_kind())
+            .with_start_time(receive.started)
+            .with_attributes(attributes)
+            .with_links(links);
+        let mut span = self
+            .tracer()
+            .build_with_context(builder, &Context::current());
+        if span.is_recording() {
+            self.common_attributes(&mut span, None, None, None);
+            let info = SpanInfo {
+                operation: op,
+                destination: receive.destination.unwrap_or(""),
+                headers: None,
+            };
+            self.config().apply_hook(&mut span, &info);
+        }
+        let span_context = span.span_context().clone();
+        span.end();
+        span_context
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::*;
+    use opentelemetry::trace::SpanKind;
+    use std::collections::HashMap;
+
+    #[test]
+    fn links_every_message_and_process_spans_stay_children_of_their_creation_context() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let mut sent = Vec::new();
+        for _ in 0..2 {
+            let mut h: HashMap<String, String> = HashMap::new();
+            let s = inst.start_send(
+                Outgoing::new(Operation::new("send", OperationType::Send), "t"),
+                &mut h,
+            );
+            sent.push((s.span_context().clone(), h));
+            s.end_ok();
+        }
+        sent.push((
+            opentelemetry::trace::SpanContext::empty_context(),
+            HashMap::new(),
+        ));
+        let started = std::time::SystemTime::now();
+        let xs: Vec<Extracted> = sent.iter().map(|(_, h)| inst.extract(h)).collect();
+        let group = [opentelemetry::KeyValue::new(
+            attributes::MESSAGING_CONSUMER_GROUP_NAME,
+            "g",
+        )];
+        let receive = Receive::new(Operation::new("poll", OperationType::Receive), started)
+            .with_destination(Some("t"))
+            .with_attributes(&group);
+        let rsc = inst.record_receive(receive, xs.iter().map(Extracted::span_context));
+        for x in xs {
+            inst.start_process(
+                Incoming::new(Operation::new("process", OperationType::Process), "t", "t"),
+                x,
+            )
+            .finish(Outcome::Ack);
+        }
+        let spans = t.spans();
+        let poll = spans.one("poll t");
+        assert_eq!(poll.span_context.span_id(), rsc.span_id());
+        poll.assert_kind(SpanKind::Client);
+        poll.assert_root();
+        poll.assert_attr("messaging.batch.message_count", "3");
+        poll.assert_attr("messaging.operation.type", "receive");
+        poll.assert_attr("messaging.consumer.group.name", "g");
+        assert_eq!(poll.links.links.len(), 2);
+        let processes = spans.named("process t");
+        for (sc, _) in &sent[..2] {
+            poll.assert_links_to(sc);
+            assert!(
+                processes.iter().any(|p| p.parent_span_id == sc.span_id()
+                    && p.span_context.trace_id() == sc.trace_id())
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_destinations_name_the_span_by_operation_only() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let receive = Receive::new(
+            Operation::new("poll", OperationType::Receive),
+            std::time::SystemTime::now(),
+        );
+        inst.record_receive(receive, std::iter::empty());
+        let spans = t.spans();
+        let poll = spans.one("poll");
+        assert!(poll.attr("messaging.destination.name").is_none());
+        poll.assert_attr("messaging.batch.message_count", "0");
+    }
+}
