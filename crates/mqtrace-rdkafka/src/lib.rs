@@ -1,0 +1,90 @@
+//! # mqtrace-rdkafka
+//!
+//! Traced [`rdkafka`] (Kafka) producers and consumers, built on the [`mqtrace`] core. Swap
+//! the rdkafka type for its traced twin and keep the rest of your code:
+//!
+//! | rdkafka | mqtrace-rdkafka |
+//! | --- | --- |
+//! | `FutureProducer` | [`TracedFutureProducer`] |
+//! | `BaseProducer`, `ThreadedProducer` | [`TracedBaseProducer`], [`TracedThreadedProducer`] |
+//! | `StreamConsumer` | [`TracedStreamConsumer`] |
+//! | `BaseConsumer` | [`TracedBaseConsumer`] |
+//!
+//! - sending starts a PRODUCER span `send {topic}` and adds `traceparent` / `tracestate` /
+//!   `baggage` (whatever the configured propagator writes) to the record's headers as UTF-8
+//!   bytes, keeping your headers (binary, empty, null-valued, repeated) as they were; the span
+//!   ends on the delivery report with `messaging.destination.partition.id` and
+//!   `messaging.kafka.offset`, or with `error.type` (the Kafka error code, e.g.
+//!   `MessageSizeTooLarge`);
+//! - receiving yields a [`TracedMessage`] with a CONSUMER span `process {topic}` that continues
+//!   the producer's trace and covers your handler ([`TracedMessage::in_span`]);
+//! - `commit_message` and `store_offset_from_message` on the traced consumer are recorded as
+//!   CLIENT settle spans (`commit {topic}`, `store_offset {topic}`) and as the process span's
+//!   outcome; with auto-commit a message dropped after handling ends with outcome `auto_ack`;
+//! - batches ([`TracedStreamConsumer::recv_batch`], [`TracedBaseConsumer::poll_batch`]) add a
+//!   CLIENT span `poll {topic}` linking every message.
+//!
+//! ```no_run
+//! use rdkafka::ClientConfig;
+//! use rdkafka::consumer::{CommitMode, Consumer};
+//! use rdkafka::message::Message;
+//! use rdkafka::producer::FutureRecord;
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), rdkafka::error::KafkaError> {
+//! let producer: mqtrace_rdkafka::TracedFutureProducer = ClientConfig::new()
+//!     .set("bootstrap.servers", "127.0.0.1:9092")
+//!     .create()?; // or TracedFutureProducer::create(&client_config, mqtrace::Config::new())
+//! producer
+//!     .send(FutureRecord::to("orders").key("o-1").payload("{}"), Duration::from_secs(5))
+//!     .await
+//!     .map_err(|(e, _)| e)?;
+//!
+//! let consumer: mqtrace_rdkafka::TracedStreamConsumer = ClientConfig::new()
+//!     .set("bootstrap.servers", "127.0.0.1:9092")
+//!     .set("group.id", "billing")
+//!     .set("enable.auto.commit", "false")
+//!     .create()?;
+//! consumer.subscribe(&["orders"])?; // rdkafka's own method, through Deref
+//! let message = consumer.recv().await?; // CONSUMER span "process orders"
+//! message.in_span(async { /* your handler: its spans join the trace */ }).await;
+//! consumer.commit_message(&message, CommitMode::Sync)?; // CLIENT span "commit orders"
+//! # let _ = message.payload(); Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod consumer;
+mod error;
+mod headers;
+mod message;
+mod partition;
+mod producer;
+
+pub use client::{ClientInfo, instrumentation};
+pub use consumer::{
+    CommitReporting, CommitTracker, TracedBaseConsumer, TracedConsumerContext, TracedIter,
+    TracedMessageStream, TracedStreamConsumer,
+};
+pub use error::error_type;
+pub use headers::{KafkaHeaders, KafkaHeadersMut, delivery_attempt};
+pub use message::TracedMessage;
+pub use producer::{
+    TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
+    TracedProducerContext, TracedThreadedProducer,
+};
+
+use mqtrace::{Operation, OperationType};
+
+/// `send`: the PRODUCER operation (`messaging.operation.type = send`), as in the messaging
+/// conventions' Kafka page.
+pub const SEND: Operation = Operation::new("send", OperationType::Send);
+/// `process`: the CONSUMER operation.
+pub const PROCESS: Operation = Operation::new("process", OperationType::Process);
+/// `poll`: the CLIENT receive operation of a batch.
+pub const POLL: Operation = Operation::new("poll", OperationType::Receive);
+/// `commit`: a settle operation (an offset commit).
+pub const COMMIT: Operation = Operation::new("commit", OperationType::Settle);
+/// `store_offset`: a settle operation (an offset stored for a later commit).
+pub const STORE_OFFSET: Operation = Operation::new("store_offset", OperationType::Settle);

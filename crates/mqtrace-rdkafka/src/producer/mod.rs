@@ -1,0 +1,123 @@
+//! Traced producers: the PRODUCER span of each record, ended by its delivery report.
+
+mod base;
+mod future;
+
+pub use base::{TracedBaseProducer, TracedOpaque, TracedProducerContext, TracedThreadedProducer};
+pub use future::{TracedDeliveryFuture, TracedFutureProducer};
+
+use crate::SEND;
+use crate::client::{self, ClientInfo};
+use crate::error::error_type;
+use crate::headers::{KafkaHeaders, KafkaHeadersMut};
+use crate::partition::partition_id;
+use mqtrace::attributes as attr;
+use mqtrace::{Config, Instrumentation, Outgoing, SendSpan};
+use opentelemetry::KeyValue;
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{OwnedHeaders, ToBytes};
+
+/// What every producer shares: the instrumentation and what its configuration says.
+#[derive(Debug)]
+pub(crate) struct Producing {
+    pub(crate) inst: Instrumentation,
+    pub(crate) info: ClientInfo,
+}
+
+/// The parts of a record the send span needs.
+pub(crate) struct Record<'r, K: ?Sized, P: ?Sized> {
+    pub(crate) topic: &'r str,
+    pub(crate) partition: Option<i32>,
+    pub(crate) key: Option<&'r K>,
+    pub(crate) payload: Option<&'r P>,
+}
+
+impl Producing {
+    pub(crate) fn new(config: Config, client: &ClientConfig) -> Self {
+        let info = ClientInfo::read(client);
+        Self {
+            inst: client::build(config, &info),
+            info,
+        }
+    }
+
+    /// Starts the PRODUCER span of a record and returns its headers with the context added.
+    pub(crate) fn start<K, P>(
+        &self,
+        record: Record<'_, K, P>,
+        headers: Option<OwnedHeaders>,
+    ) -> (SendSpan, Option<OwnedHeaders>)
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let mut context = KafkaHeadersMut::new();
+        let mut span = {
+            let before = KafkaHeaders(headers.as_ref());
+            let partition;
+            let extra: &[KeyValue] = match record.partition {
+                Some(p) => {
+                    partition = [KeyValue::new(
+                        attr::MESSAGING_DESTINATION_PARTITION_ID,
+                        partition_id(p),
+                    )];
+                    &partition
+                }
+                None => &[],
+            };
+            let msg = Outgoing::new(SEND, record.topic)
+                .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()))
+                .with_headers(&before)
+                .with_attributes(extra);
+            self.inst.start_send(msg, &mut context)
+        };
+        span.record(|| {
+            let mut kv = Vec::with_capacity(3);
+            kv.push(self.info.client_id_kv());
+            if self.inst.config().message_key()
+                && let Some(key) = record
+                    .key
+                    .and_then(|k| std::str::from_utf8(k.to_bytes()).ok())
+            {
+                kv.push(KeyValue::new(
+                    attr::MESSAGING_KAFKA_MESSAGE_KEY,
+                    key.to_owned(),
+                ));
+            }
+            if record.payload.is_none() {
+                kv.push(KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
+            }
+            kv
+        });
+        let headers = context.apply(headers, self.inst.config().propagation());
+        (span, headers)
+    }
+}
+
+/// Ends a send span with the broker's acknowledgement.
+pub(crate) fn delivered(mut span: SendSpan, partition: i32, offset: i64) {
+    span.record(|| {
+        [
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                partition_id(partition),
+            ),
+            KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset),
+        ]
+    });
+    span.end_ok();
+}
+
+/// Ends a send span with a delivery failure.
+pub(crate) fn failed(mut span: SendSpan, error: &KafkaError, partition: i32) {
+    if partition >= 0 {
+        span.record(|| {
+            [KeyValue::new(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                partition_id(partition),
+            )]
+        });
+    }
+    span.end_error(error_type(error), error);
+}
