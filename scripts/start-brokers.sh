@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Starts the brokers the tests and examples need, natively (no Docker), if they are not
-# already running. Usage: scripts/start-brokers.sh [rabbitmq ...]   (default: all)
+# already running. Usage: scripts/start-brokers.sh [rabbitmq|kafka|all ...]   (default: all)
 #
-# Addresses follow the usual variables: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
+# Addresses follow the usual variables: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
+# KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092; the first server is the one checked).
 # A broker reachable at its address is left alone, whoever started it.
+#
+# Kafka without Docker is Tansu (a Kafka-protocol broker written in Rust, Apache-2.0), installed
+# once with cargo into MQTRACE_TOOLS (default /var/tmp/mqtrace-tools, outside the checkout,
+# reused across runs; the first install takes about 17 minutes on 2 cores) and run with
+# in-memory storage. Its log: $MQTRACE_TOOLS/tansu.log.
 set -euo pipefail
 
 log() { printf '[start-brokers] %s\n' "$*" >&2; }
@@ -56,12 +62,54 @@ start_rabbitmq() {
   log "RabbitMQ is up on $host:$port"
 }
 
+TANSU_VERSION=0.6.0
+
+start_kafka() {
+  local servers="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
+  local first="${servers%%,*}"
+  first="${first#*://}"
+  local host="${first%:*}" port="${first##*:}"
+  [ "$port" = "$first" ] && port=9092
+  if port_open "$host" "$port"; then
+    log "Kafka already listening on $host:$port"
+    return 0
+  fi
+  if [ "$host" != "127.0.0.1" ] && [ "$host" != "localhost" ]; then
+    log "Kafka at $host:$port is not reachable and is not local; start it there"
+    return 1
+  fi
+  local tools="${MQTRACE_TOOLS:-/var/tmp/mqtrace-tools}"
+  local root="$tools/tansu"
+  local bin="$root/bin/tansu"
+  mkdir -p "$tools"
+  if [ ! -x "$bin" ]; then
+    log "installing tansu $TANSU_VERSION into $root (cargo install; about 17 min the first time)"
+    cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --root "$root" \
+      >"$tools/tansu-install.log" 2>&1 || {
+      log "cargo install tansu failed; see $tools/tansu-install.log"
+      return 1
+    }
+  fi
+  log "starting tansu on $host:$port (log: $tools/tansu.log)"
+  nohup "$bin" broker \
+    --listener-url "tcp://$host:$port" \
+    --advertised-listener-url "tcp://$host:$port" \
+    --storage-engine memory://tansu/ \
+    >"$tools/tansu.log" 2>&1 </dev/null &
+  wait_port "$host" "$port" 30 tansu || {
+    tail -n 20 "$tools/tansu.log" >&2 || true
+    return 1
+  }
+  log "Kafka (tansu) is up on $host:$port"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(rabbitmq)
+[ ${#targets[@]} -eq 0 ] && targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
     rabbitmq) start_rabbitmq ;;
-    all) start_rabbitmq ;;
-    *) log "unknown broker: $t (known: rabbitmq)"; exit 2 ;;
+    kafka) start_kafka ;;
+    all) start_rabbitmq; start_kafka ;;
+    *) log "unknown broker: $t (known: rabbitmq, kafka, all)"; exit 2 ;;
   esac
 done

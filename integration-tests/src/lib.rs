@@ -5,6 +5,8 @@
 //! assert!(mqtrace_integration_tests::amqp_url().starts_with("amqp://"));
 //! ```
 
+pub mod kafka;
+
 use futures_util::StreamExt;
 use lapin::ConnectionProperties;
 use mqtrace::Config;

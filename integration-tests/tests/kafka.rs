@@ -1,0 +1,1196 @@
+//! mqtrace-rdkafka against a real Kafka-protocol broker over TCP (`KAFKA_BOOTSTRAP_SERVERS`,
+//! default 127.0.0.1:9092: Tansu from `scripts/start-brokers.sh kafka`, or Apache Kafka), plus
+//! librdkafka's in-process mock cluster for fault injection only (failing commits and
+//! deliveries).
+//!
+//! Every test uses its own tracer provider and uniquely named topics and groups, so they run
+//! in parallel. Every test and every receive has a time limit.
+
+use futures_util::StreamExt;
+use mqtrace::Outcome;
+use mqtrace::attributes as attr;
+use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace_integration_tests::kafka::{
+    self, client_config, consumer, consumer_config, consumer_with, create_topic, first_server,
+    next_message, try_kafka,
+};
+use mqtrace_integration_tests::{WAIT, unique};
+use mqtrace_rdkafka::{
+    CommitReporting, TracedBaseConsumer, TracedBaseProducer, TracedFutureProducer, TracedMessage,
+    TracedStreamConsumer, TracedThreadedProducer,
+};
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+};
+use rdkafka::topic_partition_list::Offset;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, ClientContext};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Runs a test body with an overall time limit.
+async fn within<F: Future<Output = ()>>(body: F) {
+    if tokio::time::timeout(Duration::from_secs(120), body)
+        .await
+        .is_err()
+    {
+        panic!("test did not finish within 120 s");
+    }
+}
+
+async fn wait(t: &TestTelemetry, name: &str, count: usize) -> Spans {
+    t.wait_for(|s| s.named(name).len() >= count, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
+}
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one record and waits for the delivery report.
+async fn send(
+    p: &TracedFutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
+) -> rdkafka::producer::future_producer::Delivery {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
+    record.payload = payload;
+    record.headers = headers;
+    p.send(record, SEND_TIMEOUT)
+        .await
+        .unwrap_or_else(|(e, _)| panic!("delivery to {topic}: {e}"))
+}
+
+type Pairs = Vec<(String, Option<Vec<u8>>)>;
+
+fn pairs<H: Headers>(h: Option<&H>) -> Pairs {
+    h.map(|h| {
+        h.iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Headers of every kind a user may send: binary, empty, null-valued, repeated, non-ASCII.
+fn user_headers() -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "bin",
+            value: Some(&[0_u8, 159, 146, 150, 255][..]),
+        })
+        .insert(Header {
+            key: "empty",
+            value: Some(&b""[..]),
+        })
+        .insert(Header {
+            key: "null",
+            value: None::<&[u8]>,
+        })
+        .insert(Header {
+            key: "dup",
+            value: Some("first"),
+        })
+        .insert(Header {
+            key: "dup",
+            value: Some("second"),
+        })
+        .insert(Header {
+            key: "utf8",
+            value: Some("héllo"),
+        })
+}
+
+fn traceparent_of(sc: &SpanContext) -> String {
+    format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
+}
+
+/// What a consumer saw of a message: key, payload, headers.
+type Seen = (Option<Vec<u8>>, Option<Vec<u8>>, Pairs);
+
+fn seen(m: &BorrowedMessage<'_>) -> Seen {
+    (
+        m.key().map(<[u8]>::to_vec),
+        m.payload().map(<[u8]>::to_vec),
+        pairs(m.headers()),
+    )
+}
+
+#[tokio::test]
+async fn send_then_consume_in_a_group_is_one_trace_with_exact_parents_links_names_kinds_and_attributes()
+ {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("orders");
+        let group = unique("billing");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config().with_message_key(true));
+
+        // The application's own span around the send.
+        let app = t.provider().tracer("app");
+        let cx = Context::current_with_span(app.start("checkout"));
+        let delivery =
+            async { send(&producer, &topic, "order-1", Some(b"{\"order\":1}"), None).await }
+                .with_context(cx.clone())
+                .await;
+        cx.span().end();
+
+        let consumer = consumer(t.config().with_message_key(true), &group, &[&topic]);
+        let message = next_message(&consumer).await;
+        assert_eq!(message.payload(), Some(&b"{\"order\":1}"[..]));
+        assert_eq!(message.key(), Some(&b"order-1"[..]));
+        assert_eq!(message.offset(), delivery.offset);
+        let headers = pairs(message.headers());
+        let traceparents: Vec<_> = headers.iter().filter(|(k, _)| k == "traceparent").collect();
+        assert_eq!(traceparents.len(), 1, "{headers:?}");
+        let traceparent = String::from_utf8(traceparents[0].1.clone().expect("a value"))
+            .expect("UTF-8 traceparent");
+        assert!(
+            headers.iter().all(|(k, _)| k != "tracestate"),
+            "an empty tracestate must not be written"
+        );
+        assert_eq!(message.attempt(), 1);
+        let handler = t.provider().tracer("handler");
+        message
+            .in_span(async {
+                tokio::task::yield_now().await;
+                handler.start("handle").end();
+            })
+            .await;
+        consumer
+            .commit_message(&message, CommitMode::Sync)
+            .expect("commit");
+        drop(message);
+
+        let spans = wait(&t, &format!("commit {topic}"), 1).await;
+        let checkout = spans.one("checkout");
+        let send = spans.one(&format!("send {topic}"));
+        let process = spans.one(&format!("process {topic}"));
+        let handle = spans.one("handle");
+        let commit = spans.one(&format!("commit {topic}"));
+
+        // One trace: checkout -> send -> process -> (handle, commit).
+        send.assert_child_of(checkout);
+        process.assert_child_of(send);
+        assert!(process.parent_span_is_remote);
+        process.assert_links_to(&send.span_context);
+        assert_eq!(process.links.links.len(), 1);
+        handle.assert_child_of(process);
+        commit.assert_child_of(process);
+        assert_eq!(traceparent, traceparent_of(&send.span_context));
+
+        send.assert_kind(SpanKind::Producer);
+        process.assert_kind(SpanKind::Consumer);
+        commit.assert_kind(SpanKind::Client);
+        let (host, port) = first_server();
+        let offset = delivery.offset.to_string();
+        for (span, op, ty) in [
+            (send, "send", "send"),
+            (process, "process", "process"),
+            (commit, "commit", "settle"),
+        ] {
+            span.assert_attr(attr::MESSAGING_SYSTEM, "kafka");
+            span.assert_attr(attr::MESSAGING_OPERATION_NAME, op);
+            span.assert_attr(attr::MESSAGING_OPERATION_TYPE, ty);
+            span.assert_attr(attr::MESSAGING_DESTINATION_NAME, &topic);
+            span.assert_attr(attr::MESSAGING_DESTINATION_PARTITION_ID, "0");
+            span.assert_attr(attr::MESSAGING_KAFKA_OFFSET, &offset);
+            span.assert_attr(attr::MESSAGING_CLIENT_ID, "rdkafka");
+            span.assert_attr(attr::SERVER_ADDRESS, &host);
+            span.assert_attr(attr::SERVER_PORT, &port.to_string());
+            assert!(
+                !span.is_error(),
+                "{} is an error: {:?}",
+                span.name,
+                span.status
+            );
+            assert!(span.attr(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE).is_none());
+            assert!(span.attr(attr::MESSAGING_MESSAGE_BODY_SIZE).is_none());
+        }
+        assert!(send.attr(attr::MESSAGING_CONSUMER_GROUP_NAME).is_none());
+        for span in [process, commit] {
+            span.assert_attr(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
+            span.assert_attr(attr::OUTCOME, "ack");
+        }
+        for span in [send, process] {
+            span.assert_attr(attr::MESSAGING_KAFKA_MESSAGE_KEY, "order-1");
+        }
+        process.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        assert!(process.attr(attr::CONTEXT_ERROR).is_none());
+        assert!(
+            process.end_time >= commit.end_time,
+            "the process span covers the commit"
+        );
+
+        // The commit reached the broker.
+        let committed = consumer.committed(SEND_TIMEOUT).expect("committed offsets");
+        let elem = committed
+            .find_partition(&topic, 0)
+            .expect("partition 0 committed");
+        assert_eq!(elem.offset(), Offset::Offset(delivery.offset + 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_headers_arrive_byte_for_byte_as_the_raw_client_delivers_them() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("headers");
+        create_topic(&topic, 1).await;
+        let raw: FutureProducer = client_config().create().expect("raw producer");
+        let traced = kafka::producer(t.config());
+
+        // 1. The raw client, 2. the traced producer, 3. the traced producer forwarding a
+        // context copied from another message (replaced, not duplicated).
+        let record = |payload: &'static [u8], headers| {
+            FutureRecord::<str, [u8]>::to(&topic)
+                .key("k")
+                .payload(payload)
+                .headers(headers)
+        };
+        raw.send(record(b"one", user_headers()), SEND_TIMEOUT)
+            .await
+            .expect("raw send");
+        let forwarded = user_headers()
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            })
+            .insert(Header {
+                key: "tracestate",
+                value: Some("old=1"),
+            });
+        traced
+            .send(record(b"two", user_headers()), SEND_TIMEOUT)
+            .await
+            .expect("traced send");
+        traced
+            .send(record(b"three", forwarded), SEND_TIMEOUT)
+            .await
+            .expect("traced send");
+
+        // What the raw client delivers.
+        let raw_consumer: StreamConsumer = consumer_config(&unique("raw"))
+            .create()
+            .expect("raw consumer");
+        raw_consumer.subscribe(&[&topic]).expect("subscribe");
+        let mut raw_seen = Vec::new();
+        for _ in 0..3 {
+            let m = tokio::time::timeout(WAIT, raw_consumer.recv())
+                .await
+                .expect("a message in time")
+                .expect("a message");
+            raw_seen.push(seen(&m));
+        }
+        // What the traced consumer hands to the application: the same.
+        let traced_consumer = consumer(t.config(), &unique("traced"), &[&topic]);
+        for expected in &raw_seen {
+            let m = next_message(&traced_consumer).await;
+            assert_eq!(&seen(m.message()), expected);
+            m.finish(Outcome::Ack);
+        }
+
+        let spans = wait(&t, &format!("send {topic}"), 2).await;
+        let sends = spans.named(&format!("send {topic}"));
+        let user = pairs(Some(&user_headers()));
+        assert_eq!(raw_seen[0].2, user, "the raw client's baseline");
+        for (i, body) in [(1, &b"two"[..]), (2, &b"three"[..])] {
+            assert_eq!(raw_seen[i].1.as_deref(), Some(body));
+            assert_eq!(raw_seen[i].0.as_deref(), Some(&b"k"[..]));
+            let (ours, theirs): (Pairs, Pairs) = raw_seen[i]
+                .2
+                .iter()
+                .cloned()
+                .partition(|(k, _)| k == "traceparent");
+            assert_eq!(theirs, user, "message {body:?}: user headers kept exactly");
+            assert_eq!(ours.len(), 1, "one traceparent on {body:?}: {ours:?}");
+            let tp = String::from_utf8(ours[0].1.clone().expect("value")).expect("UTF-8");
+            assert!(
+                sends.iter().any(|s| traceparent_of(&s.span_context) == tp),
+                "traceparent {tp} is the send span's"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_context_gives_a_new_root_with_the_reason_and_the_message_arrives_unchanged() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("malformed");
+        create_topic(&topic, 1).await;
+        let raw: FutureProducer = client_config().create().expect("raw producer");
+        let cases: Vec<(&str, OwnedHeaders, &str)> = vec![
+            (
+                "not-hex",
+                OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some("00-not-hex"),
+                }),
+                "traceparent: length 10, expected 55",
+            ),
+            (
+                "zero-trace-id",
+                OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some("00-00000000000000000000000000000000-b7ad6b7169203331-01"),
+                }),
+                "traceparent: trace-id is all zeros",
+            ),
+            (
+                "not-utf8",
+                OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(&[0xff_u8, 0xfe, 0x00][..]),
+                }),
+                "traceparent: value is not valid UTF-8",
+            ),
+            (
+                "null",
+                OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: None::<&[u8]>,
+                }),
+                "traceparent: value has type null, expected a string",
+            ),
+            (
+                "twice",
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                    })
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),
+                    }),
+                "traceparent: 2 values, expected one",
+            ),
+        ];
+        let mut sent = Vec::new();
+        for (name, headers, _) in &cases {
+            let expected = pairs(Some(headers));
+            raw.send(
+                FutureRecord::to(&topic)
+                    .key(*name)
+                    .payload(name.as_bytes())
+                    .headers(headers.clone()),
+                SEND_TIMEOUT,
+            )
+            .await
+            .expect("raw send");
+            sent.push(expected);
+        }
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut trace_of = HashMap::new();
+        for ((name, _, _), expected) in cases.iter().zip(&sent) {
+            let m = next_message(&c).await;
+            assert_eq!(m.key(), Some(name.as_bytes()));
+            assert_eq!(m.payload(), Some(name.as_bytes()), "payload unchanged");
+            assert_eq!(&pairs(m.headers()), expected, "headers unchanged");
+            trace_of.insert(m.span_context().trace_id(), *name);
+            c.commit_message(&m, CommitMode::Sync).expect("commit");
+        }
+        let process = format!("process {topic}");
+        let spans = wait(&t, &process, cases.len()).await;
+        for span in spans.named(&process) {
+            let name = trace_of[&span.span_context.trace_id()];
+            let (_, _, reason) = cases.iter().find(|(n, _, _)| *n == name).expect("a case");
+            span.assert_root();
+            assert!(span.links.links.is_empty(), "{name}: nothing to link");
+            span.assert_attr(attr::CONTEXT_ERROR, reason);
+            span.assert_attr(attr::OUTCOME, "ack");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn async_commits_and_auto_commits_of_stored_offsets_are_recorded() {
+    within(async {
+        let t = TestTelemetry::new();
+        let producer = kafka::producer(t.config());
+
+        // A manual asynchronous commit: librdkafka reports no answer, so the commit span
+        // ends once the commit is handed over, saying so.
+        let manual = unique("manual");
+        create_topic(&manual, 1).await;
+        send(&producer, &manual, "k", Some(b"a"), None).await;
+        let c = consumer(t.config(), &unique("g"), &[&manual]);
+        let m = next_message(&c).await;
+        c.commit_message(&m, CommitMode::Async)
+            .expect("async commit");
+        drop(m);
+        let spans = wait(&t, &format!("commit {manual}"), 1).await;
+        let commit = spans.one(&format!("commit {manual}"));
+        let process = spans.one(&format!("process {manual}"));
+        commit.assert_child_of(process);
+        commit.assert_attr(attr::OUTCOME, "ack");
+        assert!(!commit.is_error());
+        assert!(
+            commit
+                .events
+                .iter()
+                .any(|e| e.name == "mqtrace.settle.unreported")
+        );
+        process.assert_attr(attr::OUTCOME, "ack");
+
+        // A stored offset committed by librdkafka's auto-commit: the commit span ends when
+        // the commit callback reports it; the process span ends at the store.
+        let auto = unique("auto");
+        create_topic(&auto, 1).await;
+        let delivery = send(&producer, &auto, "k", Some(b"b"), None).await;
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "200");
+        let c = consumer_with(t.config(), client, &[&auto]);
+        let m = next_message(&c).await;
+        c.store_offset_from_message(&m).expect("store");
+        drop(m);
+        let commit_name = format!("commit {auto}");
+        assert!(
+            t.spans().find(&commit_name).is_none(),
+            "waits for the report"
+        );
+        assert_eq!(c.context().commit_tracker().waiting(), 1);
+        let deadline = Instant::now() + WAIT;
+        while t.spans().find(&commit_name).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            // Polling delivers the commit callback.
+            let _ = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
+        }
+        assert_eq!(c.context().commit_tracker().waiting(), 0);
+        let spans = t.spans();
+        let commit = spans.one(&commit_name);
+        let process = spans.one(&format!("process {auto}"));
+        commit.assert_child_of(process);
+        commit.assert_kind(SpanKind::Client);
+        commit.assert_attr(attr::OUTCOME, "ack");
+        commit.assert_attr(attr::MESSAGING_KAFKA_OFFSET, &delivery.offset.to_string());
+        assert!(!commit.is_error(), "{:?}", commit.status);
+        assert!(
+            commit
+                .events
+                .iter()
+                .all(|e| e.name != "mqtrace.settle.unreported")
+        );
+        process.assert_attr(attr::OUTCOME, "ack");
+        assert!(
+            commit.end_time > process.end_time,
+            "the process span ended at the store"
+        );
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&auto, 0).map(|e| e.offset()),
+            Some(Offset::Offset(delivery.offset + 1))
+        );
+    })
+    .await;
+}
+
+/// A mock cluster with one topic of one partition and `n` messages on it, sent traced.
+async fn mock_with_messages(
+    t: &TestTelemetry,
+    topic: &str,
+    n: usize,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(topic, 1, 1).expect("mock topic");
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", mock.bootstrap_servers());
+    let producer = TracedFutureProducer::create(&client, t.config()).expect("producer");
+    for i in 0..n {
+        let key = format!("k{i}");
+        producer
+            .send(FutureRecord::to(topic).key(&key).payload("x"), SEND_TIMEOUT)
+            .await
+            .unwrap_or_else(|(e, _)| panic!("mock delivery: {e}"));
+    }
+    mock
+}
+
+fn mock_consumer(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    t: &TestTelemetry,
+    topic: &str,
+    auto_commit: bool,
+) -> TracedStreamConsumer {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set(
+            "enable.auto.commit",
+            if auto_commit { "true" } else { "false" },
+        )
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "200");
+    let c = TracedStreamConsumer::create(&client, t.config()).expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+#[tokio::test]
+async fn failing_commits_are_recorded_as_errors_on_the_mock_cluster() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("failing");
+        let mock = mock_with_messages(&t, &topic, 2).await;
+
+        // A synchronous commit the broker refuses.
+        let c = mock_consumer(&mock, &t, &topic, false);
+        let m = next_message(&c).await;
+        mock.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+        );
+        let err = c.commit_message(&m, CommitMode::Sync).expect_err("refused");
+        assert_eq!(
+            err.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::GroupAuthorizationFailed)
+        );
+        drop(m);
+        drop(c);
+        let spans = wait(&t, &format!("commit {topic}"), 1).await;
+        let commit = spans.one(&format!("commit {topic}"));
+        let process = spans.one(&format!("process {topic}"));
+        commit.assert_child_of(process);
+        assert!(commit.is_error() && process.is_error());
+        commit.assert_attr(attr::ERROR_TYPE, "GroupAuthorizationFailed");
+        process.assert_attr(attr::OUTCOME, "ack");
+
+        // An auto-commit of a stored offset the broker refuses, reported by the callback.
+        let t = TestTelemetry::new();
+        let c = mock_consumer(&mock, &t, &topic, true);
+        let m = next_message(&c).await;
+        mock.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+        );
+        c.store_offset_from_message(&m).expect("store");
+        m.finish(Outcome::Ack); // already settled: nothing more is recorded
+        drop(m);
+        let commit_name = format!("commit {topic}");
+        let deadline = Instant::now() + WAIT;
+        while t.spans().find(&commit_name).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            // Polling delivers the commit callback (and the second message).
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+                m.finish(Outcome::Ack);
+            }
+        }
+        let spans = t.spans();
+        let commit = spans.one(&commit_name);
+        assert!(commit.is_error(), "{:?}", commit.status);
+        commit.assert_attr(attr::ERROR_TYPE, "GroupAuthorizationFailed");
+        let process = spans
+            .named(&format!("process {topic}"))
+            .into_iter()
+            .find(|p| p.attr_i64(attr::MESSAGING_KAFKA_OFFSET) == Some(0))
+            .expect("the process span of offset 0");
+        commit.assert_child_of(process);
+        // The process span ended at the store, before the answer: the error is the commit's.
+        process.assert_attr(attr::OUTCOME, "ack");
+        assert!(!process.is_error());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delivery_failures_are_recorded_with_the_kafka_error_code() {
+    within(async {
+        let t = TestTelemetry::new();
+        // An oversized message, against the real broker.
+        let topic = unique("big");
+        create_topic(&topic, 1).await;
+        let mut client = client_config();
+        client.set("message.max.bytes", "10000");
+        let producer = TracedFutureProducer::create(&client, t.config()).expect("producer");
+        let big = vec![7_u8; 20_000];
+        let (err, message) = producer
+            .send(
+                FutureRecord::to(&topic).key("k").payload(&big),
+                SEND_TIMEOUT,
+            )
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            err,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+        );
+        assert_eq!(message.payload(), Some(&big[..]), "the message comes back");
+        let spans = wait(&t, &format!("send {topic}"), 1).await;
+        let span = spans.one(&format!("send {topic}"));
+        assert!(span.is_error());
+        span.assert_attr(attr::ERROR_TYPE, "MessageSizeTooLarge");
+        assert!(span.attr(attr::MESSAGING_KAFKA_OFFSET).is_none());
+
+        // A produce request the broker refuses (mock cluster), through the future producer
+        // and through the delivery callback of a threaded producer.
+        let t = TestTelemetry::new();
+        let topic = unique("refused");
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(&topic, 1, 1).expect("mock topic");
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("message.timeout.ms", "5000");
+        let producer = TracedFutureProducer::create(&client, t.config()).expect("producer");
+        send(&producer, &topic, "warm-up", Some(b"ok"), None).await;
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+        let (err, _) = producer
+            .send(FutureRecord::to(&topic).key("k").payload("x"), SEND_TIMEOUT)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err,
+            KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)
+        );
+        let context = Recording::default();
+        let reports = context.reports.clone();
+        let threaded = TracedThreadedProducer::create_with_context(&client, context, t.config())
+            .expect("producer");
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+        threaded
+            .send(BaseRecord::with_opaque_to(&topic, 7).key("k").payload("x"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        threaded.flush(SEND_TIMEOUT).expect("flush");
+        assert_eq!(
+            *reports.lock().expect("reports"),
+            vec![(7, Err("TopicAuthorizationFailed".to_owned()))],
+            "your context still gets the report, with your opaque"
+        );
+        let spans = wait(&t, &format!("send {topic}"), 3).await;
+        let failed: Vec<_> = spans
+            .named(&format!("send {topic}"))
+            .into_iter()
+            .filter(|s| s.is_error())
+            .collect();
+        assert_eq!(failed.len(), 2, "{}", spans.tree());
+        for span in failed {
+            span.assert_attr(attr::ERROR_TYPE, "TopicAuthorizationFailed");
+            span.assert_kind(SpanKind::Producer);
+        }
+    })
+    .await;
+}
+
+/// A delivery report as the user's context saw it: its opaque, and the offset or error type.
+type Report = (usize, Result<i64, String>);
+
+/// A producer context of the user's own: records each delivery report with its opaque.
+#[derive(Default)]
+struct Recording {
+    reports: Arc<Mutex<Vec<Report>>>,
+}
+
+impl ClientContext for Recording {}
+
+impl ProducerContext for Recording {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let r = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(mqtrace_rdkafka::error_type(e).into_owned()),
+        };
+        self.reports.lock().expect("reports").push((opaque, r));
+    }
+}
+
+#[tokio::test]
+async fn base_and_threaded_producers_end_their_spans_on_delivery_reports_and_base_consumers_continue_the_trace()
+ {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("base");
+        create_topic(&topic, 1).await;
+        let context = Recording::default();
+        let reports = context.reports.clone();
+        let threaded =
+            TracedThreadedProducer::create_with_context(&client_config(), context, t.config())
+                .expect("threaded producer");
+        threaded
+            .send(BaseRecord::with_opaque_to(&topic, 1).key("a").payload("1"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        threaded.flush(SEND_TIMEOUT).expect("flush");
+        let base = TracedBaseProducer::create(&client_config(), t.config()).expect("base producer");
+        base.send(BaseRecord::to(&topic).key("b").payload("2"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        base.flush(SEND_TIMEOUT).expect("flush"); // polls: the delivery callback ends the span
+        assert_eq!(*reports.lock().expect("reports"), vec![(1, Ok(0))]);
+
+        let c = TracedBaseConsumer::create(&consumer_config(&unique("g")), t.config())
+            .expect("base consumer");
+        c.subscribe(&[&topic]).expect("subscribe");
+        let deadline = Instant::now() + WAIT;
+        let mut got = 0;
+        while got < 2 {
+            assert!(Instant::now() < deadline, "no message within {WAIT:?}");
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.expect("a message");
+                c.commit_message(&m, CommitMode::Sync).expect("commit");
+                got += 1;
+            }
+        }
+        let send_name = format!("send {topic}");
+        let spans = wait(&t, &format!("commit {topic}"), 2).await;
+        let sends = spans.named(&send_name);
+        assert_eq!(sends.len(), 2, "{}", spans.tree());
+        for send in &sends {
+            assert!(!send.is_error());
+            send.assert_attr(attr::MESSAGING_DESTINATION_PARTITION_ID, "0");
+            assert!(send.attr(attr::MESSAGING_KAFKA_OFFSET).is_some());
+            let process = spans
+                .children_of(send)
+                .into_iter()
+                .find(|s| s.name == format!("process {topic}"))
+                .expect("a process span under each send");
+            process.assert_links_to(&send.span_context);
+            process.assert_attr(attr::OUTCOME, "ack");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tombstones_are_marked_and_keys_are_recorded_only_on_request() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("compacted");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send(&producer, &topic, "user-1", Some(b"{}"), None).await;
+        send(&producer, &topic, "user-1", None, None).await;
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let first = next_message(&c).await;
+        assert!(first.payload().is_some());
+        c.commit_message(&first, CommitMode::Sync).expect("commit");
+        let tombstone = next_message(&c).await;
+        assert!(tombstone.payload().is_none());
+        assert_eq!(tombstone.key(), Some(&b"user-1"[..]));
+        c.commit_message(&tombstone, CommitMode::Sync)
+            .expect("commit");
+        drop((first, tombstone));
+
+        let spans = wait(&t, &format!("commit {topic}"), 2).await;
+        for name in [format!("send {topic}"), format!("process {topic}")] {
+            let mut marked = 0;
+            for span in spans.named(&name) {
+                // Keys can hold personal data: not recorded unless asked for.
+                assert!(span.attr(attr::MESSAGING_KAFKA_MESSAGE_KEY).is_none());
+                match span.attr_str(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE) {
+                    Some(v) => {
+                        assert_eq!(v, "true");
+                        assert_eq!(span.attr_i64(attr::MESSAGING_KAFKA_OFFSET), Some(1));
+                        marked += 1;
+                    }
+                    None => assert_eq!(span.attr_i64(attr::MESSAGING_KAFKA_OFFSET), Some(0)),
+                }
+            }
+            assert_eq!(marked, 1, "one tombstone among the {name} spans");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batches_get_a_poll_span_linking_every_message_and_each_message_its_own_parent() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("batch");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let app = t.provider().tracer("app");
+        for i in 0..3 {
+            // Each message from its own trace.
+            let cx = Context::current_with_span(app.start(format!("request {i}")));
+            async { send(&producer, &topic, &format!("k{i}"), Some(b"x"), None).await }
+                .with_context(cx.clone())
+                .await;
+            cx.span().end();
+        }
+
+        // The stream consumer's batches.
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut received = 0;
+        let deadline = Instant::now() + WAIT;
+        while received < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "3 messages not received within {WAIT:?}"
+            );
+            for m in c.recv_batch(10, Duration::from_millis(500)).await {
+                let m = m.expect("a message");
+                c.commit_message(&m, CommitMode::Sync).expect("commit");
+                received += 1;
+            }
+        }
+        check_batches(&t, &topic, 3).await;
+
+        // The base consumer's batches.
+        let t = TestTelemetry::new();
+        let c = TracedBaseConsumer::create(&consumer_config(&unique("g")), t.config())
+            .expect("base consumer");
+        c.subscribe(&[&topic]).expect("subscribe");
+        let mut received = 0;
+        let deadline = Instant::now() + WAIT;
+        while received < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "3 messages not received within {WAIT:?}"
+            );
+            for m in c.poll_batch(10, Duration::from_millis(500)) {
+                m.expect("a message").finish(Outcome::Ack);
+                received += 1;
+            }
+        }
+        // The send spans are in the first fixture: check links against the carried contexts.
+        let spans = wait(&t, &format!("process {topic}"), 3).await;
+        let polls = spans.named(&format!("poll {topic}"));
+        let linked: usize = polls.iter().map(|p| p.links.links.len()).sum();
+        assert_eq!(linked, 3, "{}", spans.tree());
+        for process in spans.named(&format!("process {topic}")) {
+            let link = &process.links.links[0].span_context;
+            assert_eq!(process.parent_span_id, link.span_id());
+            assert!(polls.iter().any(|p| p.links_to(link)));
+        }
+    })
+    .await;
+}
+
+async fn check_batches(t: &TestTelemetry, topic: &str, n: usize) {
+    let spans = wait(t, &format!("commit {topic}"), n).await;
+    let sends = spans.named(&format!("send {topic}"));
+    let polls = spans.named(&format!("poll {topic}"));
+    assert!(!polls.is_empty(), "{}", spans.tree());
+    let total: i64 = polls
+        .iter()
+        .map(|p| {
+            p.attr_i64(attr::MESSAGING_BATCH_MESSAGE_COUNT)
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(total, n as i64);
+    for poll in &polls {
+        poll.assert_kind(SpanKind::Client);
+        poll.assert_root();
+        poll.assert_attr(attr::MESSAGING_OPERATION_TYPE, "receive");
+        poll.assert_attr(attr::MESSAGING_OPERATION_NAME, "poll");
+        poll.assert_attr(attr::MESSAGING_DESTINATION_NAME, topic);
+        assert!(poll.attr(attr::MESSAGING_CONSUMER_GROUP_NAME).is_some());
+    }
+    let traces: HashSet<_> = sends.iter().map(|s| s.span_context.trace_id()).collect();
+    assert_eq!(traces.len(), n, "each message in its own trace");
+    for send in &sends {
+        assert_eq!(
+            polls
+                .iter()
+                .filter(|p| p.links_to(&send.span_context))
+                .count(),
+            1,
+            "exactly one poll span links {}",
+            send.span_context.span_id()
+        );
+        let children = spans.children_of(send);
+        let process = children
+            .iter()
+            .find(|s| s.name == format!("process {topic}"))
+            .expect("the process span is a child of its own send span");
+        process.assert_links_to(&send.span_context);
+    }
+}
+
+#[tokio::test]
+async fn with_auto_commit_dropped_messages_end_as_auto_ack_and_the_commit_machinery_records_nothing()
+ {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("auto");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        for i in 0..2 {
+            send(&producer, &topic, &format!("k{i}"), Some(b"x"), None).await;
+        }
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "100");
+        let c = consumer_with(t.config(), client, &[&topic]);
+        for _ in 0..2 {
+            let m = next_message(&c).await;
+            m.in_span(async {}).await;
+        }
+        // Keep polling while auto-commits run and report.
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(2)),
+            "auto-commit committed both"
+        );
+        let spans = t.spans();
+        let names: BTreeSet<&str> = spans.all().iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            BTreeSet::from([
+                format!("send {topic}").as_str(),
+                format!("process {topic}").as_str()
+            ]),
+            "{}",
+            spans.tree()
+        );
+        for p in spans.named(&format!("process {topic}")) {
+            p.assert_attr(attr::OUTCOME, "auto_ack");
+            assert!(!p.is_error());
+            assert!(p.parent_span_id != opentelemetry::trace::SpanId::INVALID);
+        }
+        assert_eq!(spans.named(&format!("process {topic}")).len(), 2);
+    })
+    .await;
+}
+
+/// Handles a message of the rebalance test: notes its offset and commits it.
+fn handle(
+    m: &TracedMessage<'_>,
+    c: &TracedStreamConsumer,
+    handled: &mut BTreeSet<(i32, i64)>,
+    commits: &mut usize,
+) {
+    handled.insert((m.partition(), m.offset()));
+    *commits += 1;
+    // During a rebalance a commit may be refused: it is recorded, not hidden.
+    let _ = c.commit_message(m, CommitMode::Sync);
+}
+
+/// Polls two consumers of one group for a moment (both must poll to take part in a
+/// rebalance), handling what they receive; returns how many messages each received.
+async fn drain_both(
+    a: &TracedStreamConsumer,
+    b: &TracedStreamConsumer,
+    handled: &mut BTreeSet<(i32, i64)>,
+    commits: &mut usize,
+) -> (usize, usize) {
+    let mut counts = (0, 0);
+    tokio::select! {
+        r = a.recv() => if let Ok(m) = r {
+            counts.0 += 1;
+            handle(&m, a, handled, commits);
+        },
+        r = b.recv() => if let Ok(m) = r {
+            counts.1 += 1;
+            handle(&m, b, handled, commits);
+        },
+        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+    counts
+}
+
+#[tokio::test]
+async fn two_consumers_split_the_partitions_and_a_rebalance_mid_stream_leaves_no_span_open() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("split");
+        let group = unique("g");
+        create_topic(&topic, 4).await;
+        let producer = kafka::producer(t.config());
+        let mut sent = 0;
+        for i in 0..20 {
+            send(&producer, &topic, &format!("key-{i}"), Some(b"x"), None).await;
+            sent += 1;
+        }
+        let mut handled = BTreeSet::new();
+        let mut received = 0;
+        let mut commits = 0;
+
+        // The first consumer alone has every partition.
+        let a = consumer(t.config(), &group, &[&topic]);
+        for _ in 0..10 {
+            let m = next_message(&a).await;
+            received += 1;
+            handle(&m, &a, &mut handled, &mut commits);
+        }
+
+        // A second member joins mid-stream: the group rebalances (both keep consuming
+        // meanwhile) and splits the partitions.
+        let b = consumer(t.config(), &group, &[&topic]);
+        let deadline = Instant::now() + WAIT * 2;
+        let (pa, pb) = loop {
+            let pa = partitions(&a);
+            let pb = partitions(&b);
+            if !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == 4 {
+                break (pa, pb);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no split within {:?}: {pa:?} / {pb:?}",
+                WAIT * 2
+            );
+            let (from_a, from_b) = drain_both(&a, &b, &mut handled, &mut commits).await;
+            received += from_a + from_b;
+        };
+
+        // Both receive from their own partitions only.
+        for i in 0..40 {
+            send(&producer, &topic, &format!("more-{i}"), Some(b"x"), None).await;
+            sent += 1;
+        }
+        let mut by_consumer = (BTreeSet::new(), BTreeSet::new());
+        let deadline = Instant::now() + WAIT * 2;
+        while handled.len() < sent {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {sent} offsets handled",
+                handled.len()
+            );
+            tokio::select! {
+                r = a.recv() => if let Ok(m) = r {
+                    received += 1;
+                    by_consumer.0.insert(m.partition());
+                    handle(&m, &a, &mut handled, &mut commits);
+                },
+                r = b.recv() => if let Ok(m) = r {
+                    received += 1;
+                    by_consumer.1.insert(m.partition());
+                    handle(&m, &b, &mut handled, &mut commits);
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        assert!(by_consumer.0.is_subset(&pa), "{by_consumer:?} / {pa:?}");
+        assert!(by_consumer.1.is_subset(&pb), "{by_consumer:?} / {pb:?}");
+        assert!(
+            !by_consumer.1.is_empty(),
+            "the second consumer received messages"
+        );
+        drop(a);
+        drop(b);
+
+        // No span left open: every message received has ended its process span, every commit
+        // its commit span.
+        let process = format!("process {topic}");
+        let commit = format!("commit {topic}");
+        let spans = t
+            .wait_for(
+                |s| s.named(&process).len() >= received && s.named(&commit).len() >= commits,
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("spans still open: {e}"));
+        assert_eq!(spans.named(&process).len(), received);
+        assert_eq!(spans.named(&commit).len(), commits);
+        assert_eq!(spans.named(&format!("send {topic}")).len(), sent);
+        for p in spans.named(&process) {
+            p.assert_attr(attr::OUTCOME, "ack");
+            p.assert_attr(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
+            assert!(
+                spans.by_id(p.parent_span_id).is_some(),
+                "child of its send span"
+            );
+        }
+    })
+    .await;
+}
+
+fn partitions(c: &TracedStreamConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_unreachable_broker_fails_with_the_command_that_starts_it() {
+    let err = try_kafka("127.0.0.1:1").expect_err("nothing listens on port 1");
+    assert!(err.contains("scripts/start-brokers.sh kafka"), "{err}");
+    assert!(err.contains("KAFKA_BOOTSTRAP_SERVERS"), "{err}");
+}
+
+#[tokio::test]
+async fn the_stream_of_a_traced_consumer_yields_traced_messages_and_a_store_is_recorded() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("stream");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send(&producer, &topic, "k", Some(b"x"), None).await;
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let m = tokio::time::timeout(WAIT, c.stream().next())
+            .await
+            .expect("a message in time")
+            .expect("a stream never ends")
+            .expect("a message");
+        assert_eq!(m.payload(), Some(&b"x"[..]));
+        let trace = m.span_context().trace_id();
+        c.store_offset_from_message(&m).expect("store"); // no auto-commit: `store_offset`
+        drop(m);
+        let spans = wait(&t, &format!("store_offset {topic}"), 1).await;
+        let process = spans.one(&format!("process {topic}"));
+        assert_eq!(process.span_context.trace_id(), trace);
+        process.assert_child_of(spans.one(&format!("send {topic}")));
+        spans
+            .one(&format!("store_offset {topic}"))
+            .assert_child_of(process);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_report() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("dropped");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let delivery = producer
+            .send_result(FutureRecord::to(&topic).key("k").payload("x"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        assert!(delivery.span_context().is_some());
+        drop(delivery);
+        let spans = wait(&t, &format!("send {topic}"), 1).await;
+        let send = spans.one(&format!("send {topic}"));
+        assert!(!send.is_error());
+        send.assert_attr(attr::MESSAGING_KAFKA_OFFSET, "0");
+        assert!(
+            send.events
+                .iter()
+                .all(|e| e.name != "mqtrace.send.abandoned")
+        );
+    })
+    .await;
+}
