@@ -182,6 +182,11 @@ impl ProcessSpan {
         &self.span_context
     }
 
+    /// The destination settle spans are named after.
+    pub(crate) fn destination(&self) -> &std::sync::Arc<str> {
+        &self.destination
+    }
+
     /// The delivery attempt recorded on the span, when known (1 = first delivery).
     ///
     /// ```

@@ -67,7 +67,7 @@ impl ProcessSpan {
     pub fn start_settle(self, settle: Settle) -> PendingSettle {
         let span = self
             .inst
-            .start_settle(settle.operation, &self.destination, &self.cx);
+            .start_settle(settle.operation, self.destination(), &self.cx);
         let span_context = span.span_context().clone();
         PendingSettle {
             process: Some(self),
