@@ -248,6 +248,31 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
         // The process span covers the settle.
         assert!(process.end_time >= ack.end_time);
+
+        // The four messaging metrics, with the conventions' attributes.
+        let one = |name: &str, op: &str, d: &str| {
+            let points = t.metric(name);
+            let p = points
+                .iter()
+                .find(|p| {
+                    p.attributes
+                        .get(attr::MESSAGING_OPERATION_NAME)
+                        .map(String::as_str)
+                        == Some(op)
+                })
+                .unwrap_or_else(|| panic!("no {name} point for {op}: {points:?}"));
+            assert_eq!(p.value, 1.0, "{name} {op}");
+            assert_eq!(p.attributes[attr::MESSAGING_DESTINATION_NAME], d);
+            assert_eq!(p.attributes[attr::MESSAGING_SYSTEM], "rabbitmq");
+            assert_eq!(p.attributes[attr::SERVER_PORT], "5672");
+            assert!(!p.attributes.contains_key(attr::ERROR_TYPE));
+        };
+        let published = format!("{ex}:created");
+        one("messaging.client.sent.messages", "publish", &published);
+        one("messaging.client.operation.duration", "publish", &published);
+        one("messaging.client.consumed.messages", "process", &dest);
+        one("messaging.process.duration", "process", &dest);
+        one("messaging.client.operation.duration", "ack", &dest);
     })
     .await;
 }
@@ -357,6 +382,20 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
             .find(|s| s.is_error())
             .expect("nacked span");
         nacked.assert_attr(attr::ERROR_TYPE, "nack");
+        // Metrics keep failures apart by error.type.
+        let sent = t.metric("messaging.client.sent.messages");
+        let to_full: Vec<_> = sent
+            .iter()
+            .filter(|p| p.attributes[attr::MESSAGING_DESTINATION_NAME] == full)
+            .collect();
+        assert_eq!(to_full.len(), 2, "{sent:?}");
+        assert!(
+            to_full
+                .iter()
+                .any(|p| p.value == 1.0 && !p.attributes.contains_key(attr::ERROR_TYPE))
+        );
+        assert!(to_full.iter().any(|p| p.value == 1.0
+            && p.attributes.get(attr::ERROR_TYPE).map(String::as_str) == Some("nack")));
     })
     .await;
 }

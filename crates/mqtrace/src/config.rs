@@ -5,6 +5,7 @@ use crate::carrier::HeaderExtractor;
 use crate::operation::Operation;
 use crate::propagation::Propagation;
 use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::metrics::{Meter, MeterProvider};
 use opentelemetry::trace::{Span, Tracer, TracerProvider};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use std::fmt;
@@ -122,6 +123,7 @@ pub struct SpanInfo<'a> {
 }
 
 type TracerFactory = Arc<dyn Fn(InstrumentationScope) -> BoxedTracer + Send + Sync>;
+type MeterFactory = Arc<dyn Fn(InstrumentationScope) -> Meter + Send + Sync>;
 type AttributesHook = Arc<dyn Fn(&SpanInfo<'_>) -> Vec<KeyValue> + Send + Sync>;
 
 /// Configuration shared by every traced producer and consumer.
@@ -141,6 +143,8 @@ type AttributesHook = Arc<dyn Fn(&SpanInfo<'_>) -> Vec<KeyValue> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Config {
     tracer: Option<TracerFactory>,
+    meter: Option<MeterFactory>,
+    metrics: bool,
     propagation: Propagation,
     parent_policy: ParentPolicy,
     trust: Trust,
@@ -156,6 +160,11 @@ impl fmt::Debug for Config {
                 "tracer_provider",
                 &self.tracer.as_ref().map_or("global", |_| "custom"),
             )
+            .field(
+                "meter_provider",
+                &self.meter.as_ref().map_or("global", |_| "custom"),
+            )
+            .field("metrics", &self.metrics)
             .field("propagation", &self.propagation)
             .field("parent_policy", &self.parent_policy)
             .field("trust", &self.trust)
@@ -194,6 +203,59 @@ impl Config {
             BoxedTracer::new(Box::new(provider.tracer_with_scope(scope)))
         }));
         self
+    }
+
+    /// Records the messaging metrics (`messaging.client.operation.duration`,
+    /// `messaging.process.duration`, `messaging.client.sent.messages`,
+    /// `messaging.client.consumed.messages`) through this meter provider. Turns metrics on.
+    ///
+    /// ```
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// let c = mqtrace::Config::new().with_meter_provider(provider);
+    /// # let _ = c;
+    /// ```
+    pub fn with_meter_provider<P>(mut self, provider: P) -> Self
+    where
+        P: MeterProvider + Send + Sync + 'static,
+    {
+        self.meter = Some(Arc::new(move |scope| provider.meter_with_scope(scope)));
+        self.metrics = true;
+        self
+    }
+
+    /// Turns the messaging metrics on or off. Off by default: OpenTelemetry cannot tell
+    /// whether a global meter provider is installed, and recording into a no-op one would
+    /// still cost attribute building on every message. On with the global provider:
+    /// `with_metrics(true)`; with your own: [`Config::with_meter_provider`].
+    ///
+    /// ```
+    /// assert!(mqtrace::Config::new().with_metrics(true).metrics());
+    /// ```
+    pub fn with_metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Whether the messaging metrics are recorded.
+    ///
+    /// ```
+    /// assert!(!mqtrace::Config::new().metrics());
+    /// ```
+    pub fn metrics(&self) -> bool {
+        self.metrics
+    }
+
+    /// A meter for an instrumentation scope, from the configured or the global provider.
+    ///
+    /// ```
+    /// let scope = opentelemetry::InstrumentationScope::builder("my-lib").build();
+    /// let _meter = mqtrace::Config::new().meter(scope);
+    /// ```
+    pub fn meter(&self, scope: InstrumentationScope) -> Meter {
+        match &self.meter {
+            Some(f) => f(scope),
+            None => global::meter_with_scope(scope),
+        }
     }
 
     /// Sets where trace context is written and read.

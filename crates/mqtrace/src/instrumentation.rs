@@ -5,6 +5,7 @@
 use crate::attributes as attr;
 use crate::carrier::{HeaderExtractor, Injector};
 use crate::config::{Config, ParentPolicy, SpanInfo};
+use crate::metrics::{Common, Measure, Metrics};
 use crate::operation::{MessagingSystem, Operation, OperationType};
 use crate::process::ProcessSpan;
 use crate::producer::SendSpan;
@@ -16,6 +17,7 @@ use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value}
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One message about to be sent, as the core needs to see it.
 ///
@@ -234,6 +236,7 @@ struct Inner {
     system: MessagingSystem,
     server_address: Option<StringValue>,
     server_port: Option<i64>,
+    metrics: Option<Metrics>,
 }
 
 /// The per-client instrumentation: a tracer, the configuration and the broker's identity.
@@ -310,10 +313,13 @@ impl InstrumentationBuilder {
         if let Some(v) = self.version {
             scope = scope.with_version(v);
         }
-        let tracer = config.tracer(scope.build());
+        let scope = scope.build();
+        let tracer = config.tracer(scope.clone());
+        let metrics = config.metrics().then(|| Metrics::new(&config.meter(scope)));
         Instrumentation {
             inner: Arc::new(Inner {
                 tracer,
+                metrics,
                 config,
                 system: self.system,
                 server_address: self
@@ -380,6 +386,18 @@ impl Instrumentation {
     /// ```
     pub fn tracer(&self) -> &BoxedTracer {
         &self.inner.tracer
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    pub(crate) fn common(&self) -> Common<'_> {
+        Common {
+            system: self.inner.system.as_str(),
+            server_address: self.inner.server_address.as_ref(),
+            server_port: self.inner.server_port,
+        }
     }
 
     /// The attributes every span needs at creation (they may drive sampling decisions).
@@ -459,12 +477,14 @@ impl Instrumentation {
     /// span.end_ok();
     /// ```
     pub fn start_send(&self, msg: Outgoing<'_>, headers: &mut dyn Injector) -> SendSpan {
+        let start = Instant::now();
         let parent = Context::current();
+        let destination: Arc<str> = Arc::from(msg.destination);
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
             .with_kind(msg.operation.kind().span_kind())
             .with_attributes(self.creation_attributes_with(
                 msg.operation,
-                msg.destination.to_owned(),
+                destination.clone(),
                 msg.attributes,
             ));
         let mut span = self.inner.tracer.build_with_context(builder, &parent);
@@ -486,7 +506,17 @@ impl Instrumentation {
             .config
             .propagation()
             .inject(span.span_context(), &parent, headers);
-        SendSpan::new(span)
+        let measure = self.inner.metrics.is_some().then(|| {
+            (
+                self.clone(),
+                Measure {
+                    op: msg.operation,
+                    destination,
+                    start,
+                },
+            )
+        });
+        SendSpan::new(span, measure)
     }
 
     /// Reads the creation context from a message's headers.
@@ -514,6 +544,7 @@ impl Instrumentation {
     /// span.finish(Outcome::Ack);
     /// ```
     pub fn start_process(&self, msg: Incoming<'_>, extracted: Extracted) -> ProcessSpan {
+        let start = Instant::now();
         let (creation, issues) = extracted.into_parts();
         let ambient = Context::current();
         let has_ambient = ambient.span().span_context().is_valid();
@@ -594,12 +625,15 @@ impl Instrumentation {
             };
             self.inner.config.apply_hook(&mut span, &info);
         }
-        ProcessSpan::new(
-            self.clone(),
-            parent.with_span(span),
+        let measure = Measure {
+            op: msg.operation,
             destination,
-            msg.attempt,
-        )
+            start,
+        };
+        if let Some(m) = &self.inner.metrics {
+            measure.consumed(m, &self.common());
+        }
+        ProcessSpan::new(self.clone(), parent.with_span(span), measure, msg.attempt)
     }
 
     /// Starts a CLIENT settle span, child of `parent`.

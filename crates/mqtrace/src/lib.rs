@@ -50,6 +50,7 @@ mod config;
 #[cfg(feature = "json")]
 pub mod envelope;
 mod instrumentation;
+mod metrics;
 mod operation;
 mod outcome;
 mod process;

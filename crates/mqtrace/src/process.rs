@@ -2,6 +2,7 @@
 
 use crate::attributes as attr;
 use crate::instrumentation::Instrumentation;
+use crate::metrics::Measure;
 use crate::operation::Operation;
 use crate::outcome::Outcome;
 use opentelemetry::context::{FutureExt, WithContext};
@@ -13,7 +14,6 @@ use std::future::Future;
 
 mod pending;
 pub use pending::PendingSettle;
-use std::sync::Arc;
 
 /// A settle operation about to be performed on a message.
 ///
@@ -121,7 +121,7 @@ pub struct ProcessSpan {
     inst: Instrumentation,
     cx: Context,
     span_context: SpanContext,
-    destination: Arc<str>,
+    measure: Measure,
     attempt: Option<u32>,
     drop_outcome: Outcome,
     done: bool,
@@ -131,7 +131,7 @@ impl fmt::Debug for ProcessSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessSpan")
             .field("span_context", self.span_context())
-            .field("destination", &self.destination)
+            .field("destination", &self.measure.destination)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -141,7 +141,7 @@ impl ProcessSpan {
     pub(crate) fn new(
         inst: Instrumentation,
         cx: Context,
-        destination: Arc<str>,
+        measure: Measure,
         attempt: Option<u32>,
     ) -> Self {
         let span_context = cx.span().span_context().clone();
@@ -149,7 +149,7 @@ impl ProcessSpan {
             inst,
             cx,
             span_context,
-            destination,
+            measure,
             attempt,
             drop_outcome: Outcome::Unsettled,
             done: false,
@@ -184,7 +184,7 @@ impl ProcessSpan {
 
     /// The destination settle spans are named after.
     pub(crate) fn destination(&self) -> &std::sync::Arc<str> {
-        &self.destination
+        &self.measure.destination
     }
 
     /// The delivery attempt recorded on the span, when known (1 = first delivery).
@@ -291,11 +291,25 @@ impl ProcessSpan {
     where
         F: Future<Output = R>,
     {
-        let mut span = self
-            .inst
-            .start_settle(settle.operation, &self.destination, &self.cx);
+        let started = std::time::Instant::now();
+        let mut span =
+            self.inst
+                .start_settle(settle.operation, &self.measure.destination, &self.cx);
         let result = fut.await;
         let error = check(&result);
+        if let Some(metrics) = self.inst.metrics() {
+            let m = Measure {
+                op: settle.operation,
+                destination: self.measure.destination.clone(),
+                start: started,
+            };
+            m.operation_done(
+                metrics,
+                &self.inst.common(),
+                error.as_ref().map(SettleError::error_type),
+                false,
+            );
+        }
         if span.is_recording() {
             span.set_attribute(KeyValue::new(attr::OUTCOME, settle.outcome.as_str()));
             if let Some(e) = &error {
@@ -332,6 +346,15 @@ impl ProcessSpan {
             return;
         }
         self.done = true;
+        if let Some(metrics) = self.inst.metrics() {
+            let error_type = match &error {
+                Some(e) => Some(e.error_type()),
+                None if outcome.is_failure() => Some(outcome.as_str()),
+                None => None,
+            };
+            self.measure
+                .processed(metrics, &self.inst.common(), error_type);
+        }
         let span = self.cx.span();
         if span.is_recording() {
             let outcome_kv = KeyValue::new(attr::OUTCOME, outcome.as_str());

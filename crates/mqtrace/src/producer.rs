@@ -1,6 +1,8 @@
 //! The PRODUCER span of one outgoing message.
 
 use crate::attributes as attr;
+use crate::instrumentation::Instrumentation;
+use crate::metrics::Measure;
 use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, SpanContext, Status};
@@ -24,6 +26,7 @@ use std::fmt;
 pub struct SendSpan {
     span: Option<BoxedSpan>,
     context: SpanContext,
+    measure: Option<(Instrumentation, Measure)>,
 }
 
 impl fmt::Debug for SendSpan {
@@ -35,11 +38,20 @@ impl fmt::Debug for SendSpan {
 }
 
 impl SendSpan {
-    pub(crate) fn new(span: BoxedSpan) -> Self {
+    pub(crate) fn new(span: BoxedSpan, measure: Option<(Instrumentation, Measure)>) -> Self {
         let context = span.span_context().clone();
         Self {
             span: Some(span),
             context,
+            measure,
+        }
+    }
+
+    fn measure(&mut self, error_type: Option<&str>) {
+        if let Some((inst, m)) = self.measure.take()
+            && let Some(metrics) = inst.metrics()
+        {
+            m.operation_done(metrics, &inst.common(), error_type, true);
         }
     }
 
@@ -96,6 +108,7 @@ impl SendSpan {
     /// inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h).end_ok();
     /// ```
     pub fn end_ok(mut self) {
+        self.measure(None);
         if let Some(mut span) = self.span.take() {
             span.end();
         }
@@ -115,8 +128,9 @@ impl SendSpan {
         error_type: impl Into<Cow<'static, str>>,
         description: impl fmt::Display,
     ) {
+        let error_type = error_type.into();
+        self.measure(Some(&error_type));
         if let Some(mut span) = self.span.take() {
-            let error_type = error_type.into();
             if span.is_recording() {
                 span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type));
                 span.set_status(Status::error(description.to_string()));
@@ -128,6 +142,7 @@ impl SendSpan {
 
 impl Drop for SendSpan {
     fn drop(&mut self) {
+        self.measure(Some("abandoned"));
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
                 span.add_event("mqtrace.send.abandoned", Vec::new());

@@ -3,10 +3,12 @@
 use crate::attributes as attr;
 use crate::config::SpanInfo;
 use crate::instrumentation::{Instrumentation, span_name};
+use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
 use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, Tracer};
 use opentelemetry::{Context, KeyValue};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 /// A receive operation (a poll or pull that returned messages), as the core needs to see it.
 ///
@@ -140,6 +142,17 @@ impl Instrumentation {
                 headers: None,
             };
             self.config().apply_hook(&mut span, &info);
+        }
+        if let (Some(metrics), Some(d)) = (self.metrics(), receive.destination) {
+            let elapsed = receive.started.elapsed().unwrap_or_default();
+            let m = Measure {
+                op,
+                destination: Arc::from(d),
+                start: Instant::now()
+                    .checked_sub(elapsed)
+                    .unwrap_or_else(Instant::now),
+            };
+            m.operation_done(metrics, &self.common(), None, false);
         }
         let span_context = span.span_context().clone();
         span.end();

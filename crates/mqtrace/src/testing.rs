@@ -14,7 +14,10 @@
 use crate::config::Config;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
 use opentelemetry::{Key, Value};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,18 @@ use std::time::{Duration, Instant};
 pub struct TestTelemetry {
     provider: SdkTracerProvider,
     exporter: InMemorySpanExporter,
+    meter_provider: SdkMeterProvider,
+    metric_exporter: InMemoryMetricExporter,
+}
+
+/// One exported metric point: its attributes and its value (a sum's value, or a histogram's
+/// count of measurements).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// The point's attributes, formatted.
+    pub attributes: BTreeMap<String, String>,
+    /// The sum, or the number of measurements of a histogram.
+    pub value: f64,
 }
 
 impl Default for TestTelemetry {
@@ -47,11 +62,7 @@ impl TestTelemetry {
     /// let _ = mqtrace::testing::TestTelemetry::new();
     /// ```
     pub fn new() -> Self {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        Self { provider, exporter }
+        Self::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
     }
 
     /// A fresh fixture whose provider uses `sampler`.
@@ -66,7 +77,64 @@ impl TestTelemetry {
             .with_simple_exporter(exporter.clone())
             .with_sampler(sampler)
             .build();
-        Self { provider, exporter }
+        let metric_exporter = InMemoryMetricExporter::default();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(metric_exporter.clone())
+            .build();
+        Self {
+            provider,
+            exporter,
+            meter_provider,
+            metric_exporter,
+        }
+    }
+
+    /// The points of metric `name` as of now (cumulative).
+    ///
+    /// ```
+    /// let t = mqtrace::testing::TestTelemetry::new();
+    /// assert!(t.metric("messaging.client.sent.messages").is_empty());
+    /// ```
+    pub fn metric(&self, name: &str) -> Vec<MetricPoint> {
+        self.metric_exporter.reset();
+        // A failing flush leaves the exporter empty, which the caller sees as no points.
+        let _ = self.meter_provider.force_flush();
+        let exported = self
+            .metric_exporter
+            .get_finished_metrics()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let attrs = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+            it.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        for rm in exported.iter().rev().take(1) {
+            for m in rm.scope_metrics().flat_map(|sm| sm.metrics()) {
+                if m.name() != name {
+                    continue;
+                }
+                match m.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                        for p in sum.data_points() {
+                            out.push(MetricPoint {
+                                attributes: attrs(&mut p.attributes()),
+                                value: p.value() as f64,
+                            });
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            out.push(MetricPoint {
+                                attributes: attrs(&mut p.attributes()),
+                                value: p.count() as f64,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     /// The tracer provider.
@@ -79,13 +147,15 @@ impl TestTelemetry {
         &self.provider
     }
 
-    /// A default [`Config`] using this provider.
+    /// A default [`Config`] using this fixture's tracer and meter providers.
     ///
     /// ```
     /// let _ = mqtrace::testing::TestTelemetry::new().config().with_body_size(true);
     /// ```
     pub fn config(&self) -> Config {
-        Config::new().with_tracer_provider(self.provider.clone())
+        Config::new()
+            .with_tracer_provider(self.provider.clone())
+            .with_meter_provider(self.meter_provider.clone())
     }
 
     /// Every span ended so far.

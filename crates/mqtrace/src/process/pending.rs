@@ -3,10 +3,13 @@
 
 use super::{ProcessSpan, Settle, SettleError};
 use crate::attributes as attr;
+use crate::instrumentation::Instrumentation;
+use crate::metrics::Measure;
 use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, SpanContext, Status};
 use std::fmt;
+use std::time::Instant;
 
 /// A settle operation that has started and whose result is reported with
 /// [`PendingSettle::finish`].
@@ -40,10 +43,12 @@ use std::fmt;
 /// ```
 #[must_use = "a pending settle records its result when finished"]
 pub struct PendingSettle {
+    inst: Instrumentation,
     process: Option<ProcessSpan>,
     span: Option<BoxedSpan>,
     span_context: SpanContext,
     settle: Settle,
+    measure: Option<Measure>,
 }
 
 impl fmt::Debug for PendingSettle {
@@ -69,11 +74,18 @@ impl ProcessSpan {
             .inst
             .start_settle(settle.operation, self.destination(), &self.cx);
         let span_context = span.span_context().clone();
+        let measure = self.inst.metrics().is_some().then(|| Measure {
+            op: settle.operation,
+            destination: self.destination().clone(),
+            start: Instant::now(),
+        });
         PendingSettle {
+            inst: self.inst.clone(),
             process: Some(self),
             span: Some(span),
             span_context,
             settle,
+            measure,
         }
     }
 }
@@ -141,6 +153,14 @@ impl PendingSettle {
     ///
     /// See the example on [`PendingSettle`].
     pub fn finish(mut self, error: Option<SettleError>) {
+        if let (Some(m), Some(metrics)) = (self.measure.take(), self.inst.metrics()) {
+            m.operation_done(
+                metrics,
+                &self.inst.common(),
+                error.as_ref().map(SettleError::error_type),
+                false,
+            );
+        }
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
                 span.set_attribute(KeyValue::new(attr::OUTCOME, self.settle.outcome.as_str()));
