@@ -1249,3 +1249,394 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
     })
     .await;
 }
+
+mod retries {
+    use super::*;
+    use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+    use mqtrace_lapin::RetryQueues;
+    use opentelemetry::Value;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy::exponential(max_attempts)
+            .with_initial_delay(Duration::from_millis(50))
+            .with_jitter(0.0)
+    }
+
+    async fn cleanup(ch: &TracedChannel, q: &str, max_attempts: u32) {
+        let mut names = vec![format!("{q}.dlq")];
+        names.extend((2..=max_attempts).map(|a| format!("{q}.retry.{a}")));
+        for n in names {
+            let _ = ch.queue_delete(n.as_str().into(), Default::default()).await;
+        }
+    }
+
+    fn link_of_type<'a>(
+        span: &'a opentelemetry_sdk::trace::SpanData,
+        kind: &str,
+    ) -> Option<&'a opentelemetry::trace::Link> {
+        span.links.links.iter().find(|l| {
+            l.attributes.iter().any(|kv| {
+                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn transient_failure_twice_then_success_is_three_linked_attempts_in_one_trace() {
+        within(async {
+            let (t, _conn, ch) = setup(|c| c).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm");
+            let q = unique("retry");
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            let retries = RetryQueues::declare(ch.clone(), &q, fast(5))
+                .await
+                .expect("declare");
+            publish(&ch, "", &q, b"order-1", BasicProperties::default()).await;
+            let mut consumer = consume(&ch, &q).await;
+            let mut decisions = Vec::new();
+            for _ in 0..3 {
+                let d = next_delivery(&mut consumer).await;
+                let decision = retries
+                    .handle(d, async |d| {
+                        assert_eq!(
+                            d.data, b"order-1",
+                            "the payload is unchanged on every attempt"
+                        );
+                        if d.attempt() < 3 {
+                            Err(HandlerError::transient("inventory service unavailable"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                decisions.push(decision);
+            }
+            assert!(
+                matches!(
+                    decisions[0],
+                    Decision::Retry {
+                        next_attempt: 2,
+                        ..
+                    }
+                ),
+                "{decisions:?}"
+            );
+            assert!(matches!(
+                decisions[1],
+                Decision::Retry {
+                    next_attempt: 3,
+                    ..
+                }
+            ));
+            assert_eq!(decisions[2], Decision::Ack);
+
+            let spans = wait(&t, &format!("ack {q}"), 3).await;
+            let publish = spans.one(&format!("publish {q}"));
+            let mut attempts: Vec<_> = spans.named(&format!("process {q}"));
+            attempts.sort_by_key(|s| s.attr_i64(attr::DELIVERY_ATTEMPT));
+            assert_eq!(attempts.len(), 3);
+            for (i, a) in attempts.iter().enumerate() {
+                assert_eq!(a.attr_i64(attr::DELIVERY_ATTEMPT), Some(i as i64 + 1));
+                assert_eq!(
+                    a.span_context.trace_id(),
+                    publish.span_context.trace_id(),
+                    "one trace"
+                );
+                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+            }
+            attempts[0].assert_child_of(publish);
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            assert!(attempts[0].attr(attr::RETRY_DELAY).is_some());
+            attempts[0].assert_attr(attr::ERROR_TYPE, "transient");
+            // Attempt n+1 is a child of the republish made by attempt n, and links to attempt n
+            // and to the original publish.
+            for n in 1..3 {
+                let republish = spans.one(&format!("publish {q}.retry.{}", n + 1));
+                republish.assert_child_of(attempts[n - 1]);
+                attempts[n].assert_child_of(republish);
+                let prev =
+                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                assert_eq!(
+                    prev.span_context.span_id(),
+                    attempts[n - 1].span_context.span_id()
+                );
+                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                assert_eq!(
+                    origin.span_context.span_id(),
+                    publish.span_context.span_id()
+                );
+            }
+            cleanup(&ch, &q, 5).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn poison_messages_are_dead_lettered_with_their_reason_and_keep_the_trace() {
+        within(async {
+            let (t, _conn, ch) = setup(|c| c).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm");
+            let q = unique("poison");
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            let retries = RetryQueues::declare(ch.clone(), &q, fast(3))
+                .await
+                .expect("declare");
+            publish(&ch, "", &q, b"permanent", BasicProperties::default()).await;
+            publish(&ch, "", &q, b"always-transient", BasicProperties::default()).await;
+            let mut consumer = consume(&ch, &q).await;
+            let mut dead = 0;
+            for _ in 0..4 {
+                let d = next_delivery(&mut consumer).await;
+                let decision = retries
+                    .handle(d, async |d| {
+                        if d.data == b"permanent" {
+                            Err(HandlerError::permanent("order has no items")
+                                .with_error_type("invalid_order"))
+                        } else {
+                            Err(HandlerError::transient("db down"))
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                if matches!(decision, Decision::DeadLetter { .. }) {
+                    dead += 1;
+                }
+            }
+            assert_eq!(dead, 2);
+
+            let mut dlq = consume(&ch, &retries.dead_letter_queue()).await;
+            let mut reasons = Vec::new();
+            for _ in 0..2 {
+                let d = next_delivery(&mut dlq).await;
+                let h = d.properties.headers().clone().expect("headers");
+                let reason = match h.inner().get("mqtrace-dead-letter-reason") {
+                    Some(AMQPValue::LongString(s)) => {
+                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                    }
+                    other => panic!("reason header: {other:?}"),
+                };
+                reasons.push((
+                    String::from_utf8_lossy(&d.data).into_owned(),
+                    reason,
+                    d.attempt(),
+                ));
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+            reasons.sort();
+            assert_eq!(
+                reasons,
+                [
+                    (
+                        "always-transient".into(),
+                        "gave up after 3 of 3 attempts: db down".into(),
+                        3
+                    ),
+                    (
+                        "permanent".into(),
+                        "permanent failure: order has no items".into(),
+                        1
+                    ),
+                ]
+            );
+
+            let dlq_name = retries.dead_letter_queue();
+            let spans = wait(&t, &format!("ack {dlq_name}"), 2).await;
+            for dead_process in spans.named(&format!("process {dlq_name}")) {
+                // The dead-letter consumer continues the trace of the message's producer.
+                let trace = dead_process.span_context.trace_id();
+                let publishes = spans.named(&format!("publish {q}"));
+                assert!(publishes.iter().any(|p| p.span_context.trace_id() == trace));
+                let dl_publish = spans
+                    .named(&format!("publish {dlq_name}"))
+                    .into_iter()
+                    .find(|p| p.span_context.span_id() == dead_process.parent_span_id)
+                    .expect("the dead-letter publish is the parent");
+                let last_attempt = spans
+                    .by_id(dl_publish.parent_span_id)
+                    .expect("last attempt");
+                last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
+                assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
+                assert!(link_of_type(dead_process, "previous_attempt").is_some());
+            }
+            let permanent = spans
+                .named(&format!("process {q}"))
+                .into_iter()
+                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .expect("permanent failure span");
+            permanent.assert_attr(attr::OUTCOME, "dead_letter");
+            permanent.assert_attr(
+                attr::OUTCOME_REASON,
+                "permanent failure: order has no items",
+            );
+            cleanup(&ch, &q, 3).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_hanging_handler_is_a_failure_and_the_message_is_not_lost() {
+        within(async {
+            let (t, _conn, ch) = setup(|c| c).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm");
+            let q = unique("panic");
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            let retries = RetryQueues::declare(ch.clone(), &q, fast(5))
+                .await
+                .expect("declare")
+                .with_time_limit(Duration::from_millis(300));
+            publish(&ch, "", &q, b"fragile", BasicProperties::default()).await;
+            let mut consumer = consume(&ch, &q).await;
+            for _ in 0..3 {
+                let d = next_delivery(&mut consumer).await;
+                retries
+                    .handle(d, async |d| match d.attempt() {
+                        1 => panic!("bug in the handler"),
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    })
+                    .await
+                    .expect("carried out");
+            }
+            let spans = wait(&t, &format!("ack {q}"), 3).await;
+            let mut attempts = spans.named(&format!("process {q}"));
+            attempts.sort_by_key(|s| s.attr_i64(attr::DELIVERY_ATTEMPT));
+            attempts[0].assert_attr(attr::ERROR_TYPE, "panic");
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::ERROR_TYPE, "timeout");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            cleanup(&ch, &q, 5).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn messages_in_equal_messages_acked_plus_dead_lettered_under_random_failures() {
+        within(async {
+            let (_t, _conn, ch) = setup(|c| c).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm");
+            ch.basic_qos(50, Default::default()).await.expect("qos");
+            let q = unique("chaos");
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            let retries = Arc::new(
+                RetryQueues::declare(
+                    ch.clone(),
+                    &q,
+                    fast(3).with_initial_delay(Duration::from_millis(20)),
+                )
+                .await
+                .expect("declare"),
+            );
+            let total = 300_u32;
+            for i in 0..total {
+                publish(
+                    &ch,
+                    "",
+                    &q,
+                    i.to_string().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await;
+            }
+            // Deterministic "random" failures: 30 % transient, 5 % permanent, per attempt.
+            let roll = |id: u32, attempt: u32| {
+                (id.wrapping_mul(2_654_435_761) ^ attempt.wrapping_mul(40_503)) % 100
+            };
+            let mut consumer = consume(&ch, &q).await;
+            let acked = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+            let handled = AtomicU32::new(0);
+            let mut finished = 0;
+            while finished < total {
+                let d = next_delivery(&mut consumer).await;
+                let id: u32 = std::str::from_utf8(&d.data)
+                    .expect("utf8")
+                    .parse()
+                    .expect("id");
+                let acked2 = acked.clone();
+                let decision = retries
+                    .handle(d, async |d| {
+                        handled.fetch_add(1, Ordering::Relaxed);
+                        match roll(id, d.attempt()) {
+                            0..5 => Err(HandlerError::permanent("bad input")),
+                            5..35 => Err(HandlerError::transient("flaky dependency")),
+                            _ => {
+                                acked2.lock().expect("lock").insert(id);
+                                Ok(())
+                            }
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                if !matches!(decision, Decision::Retry { .. }) {
+                    finished += 1;
+                }
+            }
+            let mut dlq = consume(&ch, &retries.dead_letter_queue()).await;
+            let mut dead = std::collections::HashSet::new();
+            let acked = acked.lock().expect("lock").clone();
+            while dead.len() + acked.len() < total as usize {
+                let d = next_delivery(&mut dlq).await;
+                let id: u32 = std::str::from_utf8(&d.data)
+                    .expect("utf8")
+                    .parse()
+                    .expect("id");
+                assert!(dead.insert(id), "message {id} dead-lettered twice");
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+            assert!(acked.is_disjoint(&dead));
+            assert_eq!(
+                acked.len() + dead.len(),
+                total as usize,
+                "messages in = acked + dead-lettered"
+            );
+            assert!(
+                !dead.is_empty() && acked.len() > 200,
+                "acked {} dead {}",
+                acked.len(),
+                dead.len()
+            );
+            assert!(
+                handled.load(Ordering::Relaxed) > total,
+                "some messages were retried"
+            );
+            // Nothing left behind anywhere.
+            for name in [
+                q.clone(),
+                format!("{q}.retry.2"),
+                format!("{q}.retry.3"),
+                retries.dead_letter_queue(),
+            ] {
+                let declared = ch
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("passive declare");
+                assert_eq!(declared.message_count(), 0, "{name} still holds messages");
+            }
+            cleanup(&ch, &q, 3).await;
+        })
+        .await;
+    }
+}

@@ -41,6 +41,7 @@ pub struct TracedDelivery {
     span: Mutex<Option<ProcessSpan>>,
     context: Context,
     span_context: SpanContext,
+    origin: Option<SpanContext>,
     attempt: u32,
 }
 
@@ -131,6 +132,7 @@ impl TracedDelivery {
         Self {
             context: span.context().clone(),
             span_context: span.span_context().clone(),
+            origin: span.origin().cloned(),
             attempt: history.attempt,
             span: Mutex::new(Some(span)),
             delivery,
@@ -213,7 +215,19 @@ impl TracedDelivery {
         }
     }
 
-    async fn settle(
+    /// The creation context of the message's first delivery (see
+    /// [`mqtrace::ProcessSpan::origin`]).
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// let _first = d.origin().map(|sc| sc.span_id());
+    /// # }
+    /// ```
+    pub fn origin(&self) -> Option<&SpanContext> {
+        self.origin.as_ref()
+    }
+
+    pub(crate) async fn settle_with(
         &self,
         settle: Settle,
         op: impl Future<Output = lapin::Result<bool>>,
@@ -232,7 +246,7 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn ack(&self, options: BasicAckOptions) -> lapin::Result<bool> {
-        self.settle(
+        self.settle_with(
             Settle::new(ACK, Outcome::Ack),
             self.delivery.acker.ack(options),
         )
@@ -253,7 +267,7 @@ impl TracedDelivery {
         } else {
             Outcome::Reject
         };
-        self.settle(
+        self.settle_with(
             Settle::new(NACK, outcome),
             self.delivery.acker.nack(options),
         )
@@ -273,7 +287,7 @@ impl TracedDelivery {
         } else {
             Outcome::Reject
         };
-        self.settle(
+        self.settle_with(
             Settle::new(REJECT, outcome),
             self.delivery.acker.reject(options),
         )
@@ -290,7 +304,7 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn dead_letter(&self, reason: impl Into<Cow<'static, str>>) -> lapin::Result<bool> {
-        self.settle(
+        self.settle_with(
             Settle::new(REJECT, Outcome::DeadLetter).with_reason(reason),
             self.delivery
                 .acker

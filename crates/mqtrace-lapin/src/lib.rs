@@ -49,6 +49,7 @@ mod consumer;
 mod delivery;
 mod error;
 mod headers;
+mod retry;
 
 pub use attempt::DeliveryHistory;
 pub use channel::TracedChannel;
@@ -58,6 +59,7 @@ pub use consumer::TracedConsumer;
 pub use delivery::TracedDelivery;
 pub use error::error_type;
 pub use headers::{AmqpHeaders, AmqpHeadersMut};
+pub use retry::RetryQueues;
 
 use mqtrace::{Operation, OperationType};
 

@@ -27,3 +27,9 @@ pub const CONTEXT_UNTRUSTED: &str = "mqtrace.context.untrusted";
 pub const DEAD_LETTER_REASON: &str = "mqtrace.dead_letter.reason";
 /// The queue or topic the message was dead-lettered from.
 pub const DEAD_LETTER_SOURCE: &str = "mqtrace.dead_letter.source";
+/// How many deliveries the retry policy allows in all.
+pub const RETRY_MAX_ATTEMPTS: &str = "mqtrace.retry.max_attempts";
+/// The delay before the next attempt, in seconds (set when the decision is to retry).
+pub const RETRY_DELAY: &str = "mqtrace.retry.delay";
+/// On a link: what the linked span is to this one (`origin`, `previous_attempt`).
+pub const LINK_TYPE: &str = "mqtrace.link.type";

@@ -553,8 +553,29 @@ impl Instrumentation {
         let trusted = self.inner.config.trust().is_trusted(msg.source);
 
         let mut links = Vec::new();
+        // Where the message first came from: the origin header of a retried message, or its
+        // own creation context on a first delivery.
+        let mut origin = has_creation.then(|| creation_sc.clone());
+        if let Some(h) = msg.headers {
+            let history = crate::retry::history(h);
+            if let Some(o) = history.origin {
+                origin = Some(o.clone());
+                links.push(Link::new(
+                    o,
+                    vec![KeyValue::new(attr::LINK_TYPE, "origin")],
+                    0,
+                ));
+            }
+            if let Some(p) = history.previous_attempt {
+                links.push(Link::new(
+                    p,
+                    vec![KeyValue::new(attr::LINK_TYPE, "previous_attempt")],
+                    0,
+                ));
+            }
+        }
         if has_creation {
-            links.push(Link::with_context(creation_sc));
+            links.insert(0, Link::with_context(creation_sc));
         }
         let use_creation = has_creation
             && trusted
@@ -633,7 +654,13 @@ impl Instrumentation {
         if let Some(m) = &self.inner.metrics {
             measure.consumed(m, &self.common());
         }
-        ProcessSpan::new(self.clone(), parent.with_span(span), measure, msg.attempt)
+        ProcessSpan::new(
+            self.clone(),
+            parent.with_span(span),
+            measure,
+            msg.attempt,
+            origin,
+        )
     }
 
     /// Starts a CLIENT settle span, child of `parent`.

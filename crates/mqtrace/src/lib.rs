@@ -56,6 +56,7 @@ mod outcome;
 mod process;
 mod producer;
 pub mod propagation;
+pub mod retry;
 mod receive;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -123,6 +123,7 @@ pub struct ProcessSpan {
     span_context: SpanContext,
     measure: Measure,
     attempt: Option<u32>,
+    origin: Option<SpanContext>,
     drop_outcome: Outcome,
     done: bool,
 }
@@ -143,6 +144,7 @@ impl ProcessSpan {
         cx: Context,
         measure: Measure,
         attempt: Option<u32>,
+        origin: Option<SpanContext>,
     ) -> Self {
         let span_context = cx.span().span_context().clone();
         Self {
@@ -151,6 +153,7 @@ impl ProcessSpan {
             span_context,
             measure,
             attempt,
+            origin,
             drop_outcome: Outcome::Unsettled,
             done: false,
         }
@@ -201,6 +204,20 @@ impl ProcessSpan {
     /// ```
     pub fn attempt(&self) -> Option<u32> {
         self.attempt
+    }
+
+    /// The creation context of the message's first delivery: its own creation context, or for
+    /// a message mqtrace retried, the one carried in the `mqtrace-origin` header.
+    ///
+    /// ```
+    /// # use mqtrace::*;
+    /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
+    /// # let h: std::collections::HashMap<String, String> = Default::default();
+    /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
+    /// assert!(span.origin().is_none()); // no context on this message
+    /// ```
+    pub fn origin(&self) -> Option<&SpanContext> {
+        self.origin.as_ref()
     }
 
     /// Runs `fut` with the process span as the current context on every poll, so
