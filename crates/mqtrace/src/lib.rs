@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 pub mod attributes;
+mod batch;
 pub mod carrier;
 mod config;
 #[cfg(feature = "json")]
@@ -56,8 +57,8 @@ mod outcome;
 mod process;
 mod producer;
 pub mod propagation;
-pub mod retry;
 mod receive;
+pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod w3c;
