@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts the brokers the tests and examples need, natively (no Docker), if they are not
-# already running. Usage: scripts/start-brokers.sh [rabbitmq|kafka|all ...]   (default: all)
+# already running. Usage: scripts/start-brokers.sh [rabbitmq|kafka|pubsub|all ...]   (default: all)
 #
 # Addresses follow the usual variables: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
 # KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092; the first server is the one checked).
+# PUBSUB_EMULATOR_HOST (default 127.0.0.1:8085; Google's Pub/Sub emulator, log in
+# $MQTRACE_TOOLS/pubsub-emulator.log).
 # A broker reachable at its address is left alone, whoever started it.
 #
 # Kafka without Docker is Tansu (a Kafka-protocol broker written in Rust, Apache-2.0), installed
@@ -103,13 +105,47 @@ start_kafka() {
   log "Kafka (tansu) is up on $host:$port"
 }
 
+start_pubsub() {
+  # Google's Pub/Sub emulator (Java), from the google-cloud-cli-pubsub-emulator package.
+  local hostport="${PUBSUB_EMULATOR_HOST:-127.0.0.1:8085}"
+  hostport="${hostport#http://}"
+  local host="${hostport%:*}" port="${hostport##*:}"
+  [ "$port" = "$hostport" ] && port=8085
+  if port_open "$host" "$port"; then
+    log "Pub/Sub emulator already listening on $host:$port"
+    return 0
+  fi
+  if [ "$host" != "127.0.0.1" ] && [ "$host" != "localhost" ]; then
+    log "Pub/Sub emulator at $host:$port is not reachable and is not local; start it there"
+    return 1
+  fi
+  local emulator=/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
+  if [ ! -x "$emulator" ]; then
+    # Packaged in Google's Cloud SDK apt repository, which must be configured on the machine.
+    apt_install google-cloud-cli-pubsub-emulator || {
+      log "could not install google-cloud-cli-pubsub-emulator (it comes from Google's Cloud SDK apt repository)"
+      return 1
+    }
+  fi
+  local tools="${MQTRACE_TOOLS:-/var/tmp/mqtrace-tools}"
+  mkdir -p "$tools"
+  log "starting the Pub/Sub emulator on $host:$port (log: $tools/pubsub-emulator.log)"
+  nohup "$emulator" --host="$host" --port="$port" >"$tools/pubsub-emulator.log" 2>&1 </dev/null &
+  wait_port "$host" "$port" 60 "Pub/Sub emulator" || {
+    tail -n 20 "$tools/pubsub-emulator.log" >&2 || true
+    return 1
+  }
+  log "Pub/Sub emulator is up on $host:$port"
+}
+
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
     rabbitmq) start_rabbitmq ;;
     kafka) start_kafka ;;
-    all) start_rabbitmq; start_kafka ;;
-    *) log "unknown broker: $t (known: rabbitmq, kafka, all)"; exit 2 ;;
+    pubsub) start_pubsub ;;
+    all) start_rabbitmq; start_kafka; start_pubsub ;;
+    *) log "unknown broker: $t (known: rabbitmq, kafka, pubsub, all)"; exit 2 ;;
   esac
 done

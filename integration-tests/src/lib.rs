@@ -6,6 +6,7 @@
 //! ```
 
 pub mod kafka;
+pub mod pubsub;
 
 use futures_util::StreamExt;
 use lapin::ConnectionProperties;

@@ -1,0 +1,370 @@
+//! The traced handler: a subscriber `Handler` whose ack, nack or drop is recorded.
+
+use crate::error::ack_error_type;
+use crate::googclient::{self, GoogleContext};
+use crate::{ACK, NACK, SUBSCRIBE, ack_id, attributes, short_name};
+use google_cloud_pubsub::error::AckError;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::{ExactlyOnce, Handler};
+use mqtrace::attributes as attr;
+use mqtrace::{
+    Incoming, Instrumentation, Outcome, PendingSettle, ProcessSpan, Settle, SettleError,
+};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::{Context, KeyValue};
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+
+/// Why a handler dropped without ack or nack is recorded as `requeue`.
+const DROPPED: &str = "the handler was dropped without ack or nack; the client nacked the message";
+
+/// A subscriber [`Handler`] with the message's CONSUMER span `subscribe {subscription}`.
+///
+/// The span continues the producer's trace (see [`mqtrace::ParentPolicy`]) and stays open from
+/// receipt until the message is settled: [`ack`](Self::ack) (outcome `ack`),
+/// [`nack`](Self::nack) (outcome `requeue`: Pub/Sub redelivers it), the confirmed variants for
+/// exactly-once subscriptions, or dropping the handler, which makes the client nack the message
+/// and is recorded as `requeue` with that reason. Each settles under a CLIENT span
+/// `ack {subscription}` / `nack {subscription}`, a child of the process span.
+///
+/// ```no_run
+/// # async fn demo(message: google_cloud_pubsub::model::Message, handler: mqtrace_pubsub::TracedHandler) {
+/// let ok = handler.in_span(async { std::str::from_utf8(&message.data).is_ok() }).await;
+/// if ok { handler.ack() } else { handler.nack() }
+/// # }
+/// ```
+pub struct TracedHandler {
+    handler: Option<Handler>,
+    span: Option<ProcessSpan>,
+    context: Context,
+    span_context: SpanContext,
+    attempt: Option<u32>,
+    /// Kept for the settle spans when the process span is recording.
+    ack_id: Option<String>,
+}
+
+impl fmt::Debug for TracedHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedHandler")
+            .field("attempt", &self.attempt)
+            .field("span_context", &self.span_context)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_ack(result: &Result<(), AckError>) -> Option<SettleError> {
+    result
+        .as_ref()
+        .err()
+        .map(|e| SettleError::new(ack_error_type(e), e))
+}
+
+/// Starts the settle span of `settle` (with the ack id), for an operation reported with
+/// [`PendingSettle::finish`].
+fn start(span: ProcessSpan, settle: Settle, ack_id: Option<&str>) -> PendingSettle {
+    let mut pending = span.start_settle(settle);
+    pending.record(|| ack_id.map(|id| KeyValue::new(attributes::ACK_ID, id.to_owned())));
+    pending
+}
+
+impl TracedHandler {
+    /// Starts the process span of `message`, received from `subscription` (full or short name)
+    /// with `handler`; `google` says whether `googclient_` attributes are read.
+    ///
+    /// [`TracedMessageStream`](crate::TracedMessageStream) does this for every message; use it
+    /// when you receive messages some other way.
+    ///
+    /// ```no_run
+    /// # fn demo(message: google_cloud_pubsub::model::Message, handler: google_cloud_pubsub::subscriber::handler::Handler) {
+    /// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), None);
+    /// let traced = mqtrace_pubsub::TracedHandler::new(
+    ///     &message, handler, "projects/p/subscriptions/billing", &inst, mqtrace_pubsub::GoogleContext::default());
+    /// # let _ = traced; }
+    /// ```
+    pub fn new(
+        message: &Message,
+        handler: Handler,
+        subscription: &str,
+        inst: &Instrumentation,
+        google: GoogleContext,
+    ) -> Self {
+        let subscription = short_name(subscription);
+        let attrs = &message.attributes;
+        let delivery_attempt = handler.delivery_attempt();
+        let attempt = delivery_attempt
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .or_else(|| {
+                attrs
+                    .get(mqtrace::ATTEMPT_HEADER)
+                    .and_then(|v| v.trim().parse().ok())
+            });
+        let plain = inst.extract(attrs);
+        let extracted = if google.reads() {
+            googclient::prefer(attrs, plain)
+        } else {
+            plain
+        };
+        let msg = Incoming::new(SUBSCRIBE, subscription, subscription)
+            .with_message_id((!message.message_id.is_empty()).then_some(&*message.message_id))
+            .with_body_size(message.data.len())
+            .with_attempt(attempt)
+            .with_headers(attrs);
+        let span = inst.start_process(msg, extracted);
+        let mut kept_ack_id = None;
+        span.record(|| {
+            let mut kv = Vec::with_capacity(6);
+            kv.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                subscription.to_owned(),
+            ));
+            if let Some(id) = ack_id::from_debug(&handler) {
+                kv.push(KeyValue::new(attributes::ACK_ID, id.clone()));
+                kept_ack_id = Some(id);
+            }
+            if let Some(n) = delivery_attempt {
+                kv.push(KeyValue::new(attributes::DELIVERY_ATTEMPT, i64::from(n)));
+            }
+            if !message.ordering_key.is_empty() {
+                kv.push(KeyValue::new(
+                    attributes::ORDERING_KEY,
+                    message.ordering_key.clone(),
+                ));
+            }
+            if let Some(source) = attrs.get(attributes::DEAD_LETTER_SOURCE_SUBSCRIPTION) {
+                kv.push(KeyValue::new(
+                    attr::DEAD_LETTER_SOURCE,
+                    short_name(source).to_owned(),
+                ));
+                kv.push(KeyValue::new(
+                    attr::DEAD_LETTER_REASON,
+                    "max_delivery_attempts",
+                ));
+            }
+            kv
+        });
+        Self {
+            handler: Some(handler),
+            context: span.context().clone(),
+            span_context: span.span_context().clone(),
+            span: Some(span),
+            attempt,
+            ack_id: kept_ack_id,
+        }
+    }
+
+    /// The context holding the process span, to make it current in synchronous code.
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// let _guard = h.context().clone().attach();
+    /// # }
+    /// ```
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The process span's context (e.g. to log its trace id).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// println!("trace {}", h.span_context().trace_id());
+    /// # }
+    /// ```
+    pub fn span_context(&self) -> &SpanContext {
+        &self.span_context
+    }
+
+    /// The delivery attempt (1 = first delivery), when known: Pub/Sub counts attempts only on
+    /// subscriptions with a dead-letter policy; otherwise an `mqtrace-attempt` attribute is used.
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// if h.attempt().is_some_and(|n| n > 3) { /* give up */ }
+    /// # }
+    /// ```
+    pub fn attempt(&self) -> Option<u32> {
+        self.attempt
+    }
+
+    /// The client's delivery attempt, like [`Handler::delivery_attempt`] (`Some` only on
+    /// subscriptions with a dead-letter policy).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// let _ = h.delivery_attempt();
+    /// # }
+    /// ```
+    pub fn delivery_attempt(&self) -> Option<i32> {
+        self.handler.as_ref().and_then(Handler::delivery_attempt)
+    }
+
+    /// Whether the subscription has exactly-once delivery (acks can be confirmed).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// let _ = h.is_exactly_once();
+    /// # }
+    /// ```
+    pub fn is_exactly_once(&self) -> bool {
+        matches!(self.handler, Some(Handler::ExactlyOnce(_)))
+    }
+
+    /// Runs `fut` inside the process span: OpenTelemetry and `tracing` spans created in it,
+    /// across `.await`s, are children of the process span.
+    ///
+    /// ```no_run
+    /// # async fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// h.in_span(async { /* handle the message */ }).await;
+    /// # }
+    /// ```
+    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
+        opentelemetry::context::FutureExt::with_context(fut, self.context.clone())
+    }
+
+    /// Records a handler error on the process span (it does not settle the message).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// h.record_error("validation", &"amount must be positive");
+    /// # }
+    /// ```
+    pub fn record_error(&self, error_type: impl Into<Cow<'static, str>>, error: &dyn fmt::Display) {
+        if let Some(span) = &self.span {
+            span.record_error(error_type, error);
+        }
+    }
+
+    fn take(&mut self) -> (Option<Handler>, Option<ProcessSpan>) {
+        (self.handler.take(), self.span.take())
+    }
+
+    /// Settles with `op`, which hands the handler back to the client (it returns at once).
+    fn settle_now(&mut self, settle: Settle, op: impl FnOnce(Handler)) {
+        match self.take() {
+            (Some(h), Some(span)) => {
+                let pending = start(span, settle, self.ack_id.as_deref());
+                op(h);
+                pending.finish(None);
+            }
+            (Some(h), None) => op(h),
+            (None, _) => {}
+        }
+    }
+
+    /// Settles an exactly-once handler with `op` and waits for the service's confirmation; other
+    /// handlers are settled with `fallback`, which has nothing to confirm.
+    async fn settle_confirmed<F>(
+        &mut self,
+        settle: Settle,
+        op: impl FnOnce(ExactlyOnce) -> F,
+        fallback: impl FnOnce(Handler),
+    ) -> Result<(), AckError>
+    where
+        F: Future<Output = Result<(), AckError>>,
+    {
+        match self.take() {
+            (Some(Handler::ExactlyOnce(h)), Some(span)) => {
+                let pending = start(span, settle, self.ack_id.as_deref());
+                let result = op(h).await;
+                pending.finish(check_ack(&result));
+                result
+            }
+            (Some(Handler::ExactlyOnce(h)), None) => op(h).await,
+            (h, span) => {
+                self.handler = h;
+                self.span = span;
+                self.settle_now(settle, fallback);
+                Ok(())
+            }
+        }
+    }
+
+    /// Acknowledges, like [`Handler::ack`]: outcome `ack`. The client sends the ack in the
+    /// background; use [`confirmed_ack`](Self::confirmed_ack) on exactly-once subscriptions to
+    /// learn whether it succeeded.
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// h.ack();
+    /// # }
+    /// ```
+    pub fn ack(mut self) {
+        self.settle_now(Settle::new(ACK, Outcome::Ack), Handler::ack);
+    }
+
+    /// Negatively acknowledges, like [`Handler::nack`]: outcome `requeue` (Pub/Sub redelivers
+    /// the message, or dead-letters it once a dead-letter policy's attempts are used up).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// h.nack();
+    /// # }
+    /// ```
+    pub fn nack(mut self) {
+        self.settle_now(Settle::new(NACK, Outcome::Requeue), Handler::nack);
+    }
+
+    /// Acknowledges and waits for the service to confirm it (exactly-once subscriptions): the
+    /// ack span covers the wait and records a failure (`error.type` such as `lease_expired`),
+    /// which also marks the process span as failed. On other subscriptions this is
+    /// [`ack`](Self::ack) and returns `Ok(())`, as there is nothing to confirm.
+    ///
+    /// ```no_run
+    /// # async fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// if let Err(e) = h.confirmed_ack().await {
+    ///     eprintln!("the ack was not confirmed, the message will come again: {e}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn confirmed_ack(mut self) -> Result<(), AckError> {
+        self.settle_confirmed(
+            Settle::new(ACK, Outcome::Ack),
+            ExactlyOnce::confirmed_ack,
+            Handler::ack,
+        )
+        .await
+    }
+
+    /// Negatively acknowledges and waits for the service to confirm it (exactly-once
+    /// subscriptions); outcome `requeue`. On other subscriptions this is [`nack`](Self::nack).
+    ///
+    /// ```no_run
+    /// # async fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// let _ = h.confirmed_nack().await;
+    /// # }
+    /// ```
+    pub async fn confirmed_nack(mut self) -> Result<(), AckError> {
+        self.settle_confirmed(
+            Settle::new(NACK, Outcome::Requeue),
+            ExactlyOnce::confirmed_nack,
+            Handler::nack,
+        )
+        .await
+    }
+
+    /// The wrapped handler and the process span, for settling by other means (the span ends
+    /// when you finish or drop it; dropping the handler nacks the message).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// let (handler, span) = h.into_parts();
+    /// if let Some(handler) = handler { handler.ack(); }
+    /// if let Some(span) = span { span.finish(mqtrace::Outcome::Ack); }
+    /// # }
+    /// ```
+    pub fn into_parts(mut self) -> (Option<Handler>, Option<ProcessSpan>) {
+        self.take()
+    }
+}
+
+impl Drop for TracedHandler {
+    fn drop(&mut self) {
+        // Dropping the client's handler is what nacks the message.
+        self.settle_now(
+            Settle::new(NACK, Outcome::Requeue).with_reason(DROPPED),
+            drop,
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! # mqtrace-pubsub
+//!
+//! Traced [`google_cloud_pubsub`] publishers and subscribers (Google Cloud Pub/Sub and its
+//! emulator), built on the [`mqtrace`] core. Wrap the clients you build as usual and keep the
+//! rest of your code:
+//!
+//! - [`TracedPublisher::publish`] starts a PRODUCER span `create {topic}` per message and writes
+//!   its context into the message attributes twice: through the configured propagator
+//!   (`traceparent` / `tracestate` / `baggage` by default) and as `googclient_traceparent` /
+//!   `googclient_tracestate`, which Google's own client libraries (Python, Go, Java, Node) read.
+//!   Your attributes are kept as they are. The span ends when the publish resolves, with
+//!   `messaging.message.id`;
+//! - [`TracedPublisher::flush`] records a CLIENT span `send {topic}` that links the create spans
+//!   of the messages it sends (the client batches internally and offers no other hook);
+//! - [`TracedSubscriber::subscribe`] yields `(Message, TracedHandler)`: each handler carries a
+//!   CONSUMER span `subscribe {subscription}` that continues the producer's trace from receipt
+//!   until the message is acked, nacked (outcome `requeue`) or its handler is dropped (the
+//!   client then nacks it, recorded as `requeue` with a reason), with CLIENT settle spans
+//!   `ack {subscription}` / `nack {subscription}`.
+//!
+//! ```no_run
+//! use google_cloud_pubsub::model::Message;
+//! use mqtrace_pubsub::{Emulator, TracedPublisher, TracedSubscriber};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Against the emulator (PUBSUB_EMULATOR_HOST); for Google Cloud, build the clients as usual.
+//! let emulator = Emulator::from_env().expect("PUBSUB_EMULATOR_HOST is set");
+//! let config = mqtrace::Config::new();
+//!
+//! let publisher = emulator.publisher("projects/p/topics/orders").build().await?;
+//! let publisher = TracedPublisher::new(publisher, "projects/p/topics/orders", emulator.instrumentation(config.clone()));
+//! let id = publisher.publish(Message::new().set_data("{}")).await?;
+//!
+//! let subscriber = TracedSubscriber::new(emulator.subscriber().build().await?, emulator.instrumentation(config));
+//! let mut stream = subscriber.subscribe("projects/p/subscriptions/billing").build();
+//! while let Some((message, handler)) = stream.next().await.transpose()? {
+//!     handler.in_span(async { /* your handler: its spans join the trace */ }).await;
+//!     handler.ack();
+//! #   let _ = (message, &id); break;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## TLS provider
+//!
+//! This crate depends on `google-cloud-pubsub` without its default features, so it does not
+//! choose a TLS crypto provider for you. Keep `google-cloud-pubsub`'s default features in your
+//! own `Cargo.toml` (the aws-lc-rs provider), or install a rustls `CryptoProvider` (e.g. ring)
+//! before building any client: the HTTP administration clients (`TopicAdmin`,
+//! `SubscriptionAdmin`) need one even against the emulator. [`Emulator::check`] does not.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod ack_id;
+mod emulator;
+mod error;
+mod googclient;
+mod handler;
+mod publisher;
+mod subscriber;
+
+pub use emulator::{Emulator, EmulatorError};
+pub use error::{ack_error_type, error_type, publish_error_type};
+pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};
+pub use handler::TracedHandler;
+pub use publisher::{TracedPublishFuture, TracedPublisher};
+pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
+
+use mqtrace::{Config, Instrumentation, Operation, OperationType};
+
+/// `create`: the PRODUCER span of one published message.
+pub const CREATE: Operation = Operation::new("create", OperationType::Create);
+/// `send`: the CLIENT span of a flush that sends a batch of messages.
+pub const SEND: Operation = Operation::new("send", OperationType::Send);
+/// `subscribe`: the CONSUMER process span, from receipt until ack, nack or expiry (the name the
+/// Pub/Sub conventions give it).
+pub const SUBSCRIBE: Operation = Operation::new("subscribe", OperationType::Process);
+/// `ack`: a settle operation.
+pub const ACK: Operation = Operation::new("ack", OperationType::Settle);
+/// `nack`: a settle operation.
+pub const NACK: Operation = Operation::new("nack", OperationType::Settle);
+
+/// Attribute keys of the Pub/Sub conventions, and the attributes Pub/Sub itself adds.
+pub mod attributes {
+    /// `messaging.gcp_pubsub.message.ordering_key`.
+    pub const ORDERING_KEY: &str = "messaging.gcp_pubsub.message.ordering_key";
+    /// `messaging.gcp_pubsub.message.ack_id`.
+    pub const ACK_ID: &str = "messaging.gcp_pubsub.message.ack_id";
+    /// `messaging.gcp_pubsub.message.delivery_attempt`.
+    pub const DELIVERY_ATTEMPT: &str = "messaging.gcp_pubsub.message.delivery_attempt";
+    /// The message attribute Pub/Sub adds when it dead-letters a message: the subscription the
+    /// message came from.
+    pub const DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
+}
+
+/// Builds the Pub/Sub [`Instrumentation`] for a service at `host:port` (the values recorded as
+/// `server.address` / `server.port`).
+///
+/// ```
+/// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), Some(("pubsub.googleapis.com", 443)));
+/// assert_eq!(inst.system(), mqtrace::MessagingSystem::GcpPubSub);
+/// ```
+pub fn instrumentation(config: Config, server: Option<(&str, u16)>) -> Instrumentation {
+    let mut b = Instrumentation::builder(mqtrace::MessagingSystem::GcpPubSub, "mqtrace-pubsub")
+        .version(env!("CARGO_PKG_VERSION"));
+    if let Some((host, port)) = server {
+        b = b.server(host, port);
+    }
+    b.build(config)
+}
+
+/// The short name of a topic or subscription (`projects/p/topics/orders` → `orders`), used as
+/// `messaging.destination.name` and in span names; a name without `/` is returned as it is.
+///
+/// ```
+/// assert_eq!(mqtrace_pubsub::short_name("projects/p/topics/orders"), "orders");
+/// assert_eq!(mqtrace_pubsub::short_name("projects/p/subscriptions/billing"), "billing");
+/// assert_eq!(mqtrace_pubsub::short_name("orders"), "orders");
+/// ```
+pub fn short_name(resource: &str) -> &str {
+    resource.rsplit('/').next().unwrap_or(resource)
+}
+
+#[cfg(test)]
+mod tests {
+    fn send<T: Send + 'static>() {}
+    fn sync<T: Sync>() {}
+
+    #[test]
+    fn wrappers_move_across_tasks() {
+        send::<crate::TracedPublisher>();
+        sync::<crate::TracedPublisher>();
+        send::<crate::TracedPublishFuture>();
+        send::<crate::TracedSubscriber>();
+        send::<crate::TracedMessageStream>();
+        send::<crate::TracedHandler>();
+        sync::<crate::TracedHandler>();
+    }
+}

@@ -1,0 +1,352 @@
+//! The traced publisher: a `create` span per message, a `send` span per flush.
+
+use crate::error::publish_error_type;
+use crate::googclient::{self, GoogleContext};
+use crate::{CREATE, SEND, attributes, short_name};
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::error::PublishError;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::publisher::PublishFuture;
+use mqtrace::attributes as attr;
+use mqtrace::carrier::Injector;
+use mqtrace::{Instrumentation, Outgoing, SendSpan};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanContext;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+/// The create spans of messages handed to the client whose publish has not resolved yet: what
+/// the next [`TracedPublisher::flush`] sends.
+#[derive(Default)]
+struct Outstanding {
+    next: u64,
+    messages: HashMap<u64, SpanContext>,
+}
+
+type Shared = Arc<Mutex<Outstanding>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Outstanding> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A `google_cloud_pubsub` [`Publisher`] that traces what it publishes.
+///
+/// [`publish`](Self::publish) and [`flush`](Self::flush) have the client's signatures;
+/// everything else (`resume_publish`, ...) is the `Publisher` itself, reached through `Deref`.
+///
+/// ```no_run
+/// # async fn demo(publisher: google_cloud_pubsub::client::Publisher) -> Result<(), Box<dyn std::error::Error>> {
+/// use google_cloud_pubsub::model::Message;
+/// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), None);
+/// let publisher = mqtrace_pubsub::TracedPublisher::new(publisher, "projects/p/topics/orders", inst);
+/// let id = publisher
+///     .publish(Message::new().set_data("{}").set_attributes([("tenant", "acme")]))
+///     .await?; // the create span ends here, with messaging.message.id = id
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TracedPublisher {
+    inner: Publisher,
+    topic: Arc<str>,
+    destination: Arc<str>,
+    inst: Instrumentation,
+    google: GoogleContext,
+    outstanding: Shared,
+}
+
+impl fmt::Debug for TracedPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedPublisher")
+            .field("topic", &self.topic)
+            .field("google_context", &self.google)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Collects what the propagator writes, so the attribute hook can read the user's attributes
+/// untouched while the context is injected; moved into the attributes afterwards. Four entries
+/// (traceparent, tracestate, baggage and one more) live on the stack.
+#[derive(Default)]
+struct Staged {
+    few: [Option<(String, String)>; 4],
+    more: Vec<(String, String)>,
+}
+
+impl Injector for Staged {
+    fn set(&mut self, key: &str, value: String) {
+        let entry = (key.to_owned(), value);
+        match self.few.iter_mut().find(|e| e.is_none()) {
+            Some(slot) => *slot = Some(entry),
+            None => self.more.push(entry),
+        }
+    }
+}
+
+impl Staged {
+    fn into_attributes(self, attributes: &mut HashMap<String, String>) {
+        for (k, v) in self.few.into_iter().flatten().chain(self.more) {
+            attributes.insert(k, v);
+        }
+    }
+}
+
+impl TracedPublisher {
+    /// Wraps a publisher of `topic` (`projects/{project}/topics/{topic}`, as given to
+    /// `Publisher::builder`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let topic = "projects/p/topics/orders";
+    /// let publisher = google_cloud_pubsub::client::Publisher::builder(topic).build().await?;
+    /// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), Some(("pubsub.googleapis.com", 443)));
+    /// let traced = mqtrace_pubsub::TracedPublisher::new(publisher, topic, inst);
+    /// # let _ = traced; Ok(()) }
+    /// ```
+    pub fn new(publisher: Publisher, topic: impl Into<String>, inst: Instrumentation) -> Self {
+        let topic: Arc<str> = Arc::from(topic.into());
+        let destination = Arc::from(short_name(&topic));
+        Self {
+            inner: publisher,
+            topic,
+            destination,
+            inst,
+            google: GoogleContext::default(),
+            outstanding: Shared::default(),
+        }
+    }
+
+    /// Sets whether the `googclient_` attributes of Google's client libraries are written
+    /// (by default they are).
+    ///
+    /// ```no_run
+    /// # fn demo(p: mqtrace_pubsub::TracedPublisher) {
+    /// let p = p.with_google_context(mqtrace_pubsub::GoogleContext::Off);
+    /// # let _ = p; }
+    /// ```
+    pub fn with_google_context(mut self, google: GoogleContext) -> Self {
+        self.google = google;
+        self
+    }
+
+    /// The topic's full name.
+    ///
+    /// ```no_run
+    /// # fn demo(p: mqtrace_pubsub::TracedPublisher) {
+    /// assert_eq!(p.topic(), "projects/p/topics/orders");
+    /// # }
+    /// ```
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The instrumentation this publisher uses.
+    ///
+    /// ```no_run
+    /// # fn demo(p: mqtrace_pubsub::TracedPublisher) {
+    /// let _ = p.instrumentation().config();
+    /// # }
+    /// ```
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// The wrapped publisher.
+    ///
+    /// ```no_run
+    /// # fn demo(p: mqtrace_pubsub::TracedPublisher) {
+    /// let raw: google_cloud_pubsub::client::Publisher = p.into_inner();
+    /// # let _ = raw; }
+    /// ```
+    pub fn into_inner(self) -> Publisher {
+        self.inner
+    }
+
+    /// Publishes like [`Publisher::publish`], under a PRODUCER span `create {topic}` (a child of
+    /// the current context) whose context is added to the message attributes: through the
+    /// configured propagator and as `googclient_traceparent` / `googclient_tracestate`. The
+    /// message's own attributes are kept. The span records the ordering key, and the message id
+    /// when the returned future resolves; a failed publish is recorded as an error.
+    ///
+    /// ```no_run
+    /// # async fn demo(p: mqtrace_pubsub::TracedPublisher) -> Result<(), Box<dyn std::error::Error>> {
+    /// use google_cloud_pubsub::model::Message;
+    /// let id = p.publish(Message::new().set_data("a").set_ordering_key("customer-7")).await?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub fn publish(&self, mut msg: Message) -> TracedPublishFuture {
+        let mut staged = Staged::default();
+        let mut span = self.inst.start_send(
+            Outgoing::new(CREATE, &self.destination)
+                .with_body_size(msg.data.len())
+                .with_headers(&msg.attributes),
+            &mut staged,
+        );
+        staged.into_attributes(&mut msg.attributes);
+        if self.google.writes() {
+            googclient::inject(span.span_context(), &mut msg.attributes);
+        }
+        span.record(|| {
+            (!msg.ordering_key.is_empty())
+                .then(|| KeyValue::new(attributes::ORDERING_KEY, msg.ordering_key.clone()))
+        });
+        let key = {
+            let mut o = lock(&self.outstanding);
+            let key = o.next;
+            o.next = o.next.wrapping_add(1);
+            o.messages.insert(key, span.span_context().clone());
+            key
+        };
+        TracedPublishFuture {
+            inner: Some(self.inner.publish(msg)),
+            span: Some(span),
+            key,
+            outstanding: self.outstanding.clone(),
+        }
+    }
+
+    /// Sends every pending message now, like [`Publisher::flush`], under a CLIENT span
+    /// `send {topic}` that links the create spans of the messages still waiting for their
+    /// publish to resolve, with `messaging.batch.message_count`.
+    ///
+    /// The client batches internally and tells nothing about the batches it sends on its own
+    /// (message count, size and delay thresholds); a flush is the send it lets us observe, so
+    /// messages sent by those automatic batches have a create span but no send span.
+    ///
+    /// ```no_run
+    /// # async fn demo(p: mqtrace_pubsub::TracedPublisher) {
+    /// use google_cloud_pubsub::model::Message;
+    /// let a = p.publish(Message::new().set_data("a"));
+    /// let b = p.publish(Message::new().set_data("b"));
+    /// p.flush().await; // `send orders`, linking both create spans
+    /// let _ = (a.await, b.await);
+    /// # }
+    /// ```
+    pub async fn flush(&self) {
+        let mut pending: Vec<(u64, SpanContext)> =
+            lock(&self.outstanding).messages.drain().collect();
+        if pending.is_empty() {
+            self.inner.flush().await;
+            return;
+        }
+        pending.sort_unstable_by_key(|(k, _)| *k);
+        let messages: Vec<SpanContext> = pending.into_iter().map(|(_, sc)| sc).collect();
+        let span = self
+            .inst
+            .start_batch_send(SEND, &self.destination, &messages);
+        self.inner.flush().await;
+        span.end_ok();
+    }
+}
+
+impl Deref for TracedPublisher {
+    type Target = Publisher;
+
+    fn deref(&self) -> &Publisher {
+        &self.inner
+    }
+}
+
+/// The result of a traced publish: the server-assigned message id, like
+/// [`PublishFuture`], ending the message's create span when it resolves.
+///
+/// Dropped before it resolves (inside a Tokio runtime), it keeps waiting in a background task
+/// so the span still ends at the service's answer.
+///
+/// ```no_run
+/// # async fn demo(p: mqtrace_pubsub::TracedPublisher) {
+/// let f = p.publish(google_cloud_pubsub::model::Message::new().set_data("x"));
+/// println!("trace {}", f.span_context().map(|sc| sc.trace_id().to_string()).unwrap_or_default());
+/// match f.await {
+///     Ok(id) => println!("published {id}"),
+///     Err(e) => eprintln!("publish failed: {e}"),
+/// }
+/// # }
+/// ```
+#[must_use = "ignoring the publish result may lead to undetected delivery failures"]
+pub struct TracedPublishFuture {
+    inner: Option<PublishFuture>,
+    span: Option<SendSpan>,
+    key: u64,
+    outstanding: Shared,
+}
+
+impl fmt::Debug for TracedPublishFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedPublishFuture")
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedPublishFuture {
+    /// The create span's context (what was injected into the message), while the publish has
+    /// not resolved.
+    ///
+    /// ```no_run
+    /// # fn demo(f: mqtrace_pubsub::TracedPublishFuture) {
+    /// let _ = f.span_context().map(|sc| sc.span_id());
+    /// # }
+    /// ```
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.span.as_ref().map(SendSpan::span_context)
+    }
+}
+
+fn finish(mut span: SendSpan, result: &Result<String, PublishError>) {
+    match result {
+        Ok(id) => {
+            span.record(|| [KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.clone())]);
+            span.end_ok();
+        }
+        Err(e) => span.end_error(publish_error_type(e), e),
+    }
+}
+
+impl Future for TracedPublishFuture {
+    type Output = Result<String, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(PublishError::Shutdown));
+        };
+        let result = match Pin::new(inner).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        this.inner = None;
+        lock(&this.outstanding).messages.remove(&this.key);
+        if let Some(span) = this.span.take() {
+            finish(span, &result);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for TracedPublishFuture {
+    fn drop(&mut self) {
+        let (Some(inner), Some(span)) = (self.inner.take(), self.span.take()) else {
+            return;
+        };
+        let (key, outstanding) = (self.key, self.outstanding.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let result = inner.await;
+                    lock(&outstanding).messages.remove(&key);
+                    finish(span, &result);
+                });
+            }
+            // No runtime to wait on: the publish goes on; the span ends now, marked abandoned.
+            Err(_) => {
+                lock(&outstanding).messages.remove(&key);
+                drop(span);
+            }
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! mqtrace-pubsub against Google's Pub/Sub emulator (`PUBSUB_EMULATOR_HOST`, default
+//! 127.0.0.1:8085; `scripts/start-brokers.sh pubsub` starts it).
+//!
+//! Every test uses its own tracer provider and uniquely named topics and subscriptions, so they
+//! run in parallel. Every wait is bounded.
+
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use mqtrace::attributes as attr;
+use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace::w3c;
+use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
+use mqtrace_integration_tests::unique;
+use mqtrace_pubsub::attributes as ps;
+use mqtrace_pubsub::{
+    Emulator, GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext, TracedMessageStream,
+    TracedPublisher, TracedSubscriber,
+};
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
+    TracerProvider,
+};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Runs a test body with an overall time limit.
+async fn within<F: Future<Output = ()>>(body: F) {
+    if tokio::time::timeout(Duration::from_secs(120), body)
+        .await
+        .is_err()
+    {
+        panic!("test did not finish within 120 s");
+    }
+}
+
+/// A fresh tracer provider, the emulator, and a topic with one subscription on it.
+struct Setup {
+    t: TestTelemetry,
+    ps: PubSub,
+    topic: String,
+    sub: String,
+}
+
+async fn setup(
+    configure: impl FnOnce(
+        google_cloud_pubsub::model::Subscription,
+    ) -> google_cloud_pubsub::model::Subscription,
+) -> Setup {
+    let t = TestTelemetry::new();
+    let ps = pubsub().await;
+    let topic = ps.create_topic(&unique("orders")).await;
+    let sub = ps
+        .create_subscription(&unique("billing"), &topic, configure)
+        .await;
+    Setup { t, ps, topic, sub }
+}
+
+impl Setup {
+    fn inst(&self) -> mqtrace::Instrumentation {
+        self.ps.emulator.instrumentation(self.t.config())
+    }
+
+    async fn publisher(&self) -> TracedPublisher {
+        self.publisher_to(&self.topic, |b| b).await
+    }
+
+    async fn publisher_to(
+        &self,
+        topic: &str,
+        configure: impl FnOnce(
+            google_cloud_pubsub::builder::publisher::PublisherBuilder,
+        ) -> google_cloud_pubsub::builder::publisher::PublisherBuilder,
+    ) -> TracedPublisher {
+        let raw = configure(self.ps.emulator.publisher(topic))
+            .build()
+            .await
+            .expect("publisher");
+        TracedPublisher::new(raw, topic, self.inst())
+    }
+
+    /// A publisher without instrumentation: what another producer sends.
+    async fn raw_publisher(&self) -> Publisher {
+        self.ps
+            .emulator
+            .publisher(&self.topic)
+            .build()
+            .await
+            .expect("publisher")
+    }
+
+    async fn stream(&self, sub: &str) -> TracedMessageStream {
+        let client = self
+            .ps
+            .emulator
+            .subscriber()
+            .build()
+            .await
+            .expect("subscriber");
+        TracedSubscriber::new(client, self.inst())
+            .subscribe(sub)
+            .build()
+    }
+
+    async fn wait(&self, name: &str, count: usize) -> Spans {
+        self.t
+            .wait_for(|s| s.named(name).len() >= count, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
+    }
+}
+
+async fn publish(p: &TracedPublisher, msg: Message) -> String {
+    tokio::time::timeout(Duration::from_secs(20), p.publish(msg))
+        .await
+        .expect("publish answered within 20 s")
+        .expect("publish")
+}
+
+fn short(name: &str) -> &str {
+    mqtrace_pubsub::short_name(name)
+}
+
+#[tokio::test]
+async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kinds_and_attributes() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let (topic, sub) = (short(&s.topic), short(&s.sub));
+        let publisher = s.publisher().await;
+
+        // The application's own span around the publish.
+        let app = s.t.provider().tracer("app");
+        let cx = Context::current_with_span(app.start("checkout"));
+        let id = publish(
+            &publisher,
+            Message::new()
+                .set_data("{\"order\":1}")
+                .set_attributes([("tenant", "acme")]),
+        )
+        .with_context(cx.clone())
+        .await;
+        cx.span().end();
+
+        let mut stream = s.stream(&s.sub).await;
+        let (message, handler) = next_message(&mut stream).await;
+        assert_eq!(&message.data[..], b"{\"order\":1}");
+        assert_eq!(message.message_id, id);
+        let handled = handler
+            .in_span(async {
+                tokio::task::yield_now().await;
+                app.start("handle").end();
+            })
+            .await;
+        let () = handled;
+        handler.ack();
+
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let checkout = spans.one("checkout");
+        let create = spans.one(&format!("create {topic}"));
+        let process = spans.one(&format!("subscribe {sub}"));
+        let ack = spans.one(&format!("ack {sub}"));
+        let handle = spans.one("handle");
+
+        // One trace: checkout -> create -> subscribe -> (handle, ack).
+        create.assert_child_of(checkout);
+        process.assert_child_of(create);
+        process.assert_links_to(&create.span_context);
+        assert!(process.parent_span_is_remote);
+        handle.assert_child_of(process);
+        ack.assert_child_of(process);
+
+        // What travelled: both the propagator's and Google's keys, same W3C value, the user's
+        // attribute untouched, no empty trace state.
+        let traceparent = w3c::encode_traceparent(&create.span_context);
+        assert_eq!(message.attributes.get("traceparent"), Some(&traceparent));
+        assert_eq!(
+            message.attributes.get(GOOGCLIENT_TRACEPARENT),
+            Some(&traceparent)
+        );
+        assert_eq!(
+            message.attributes.get("tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert!(!message.attributes.contains_key("tracestate"));
+        assert!(!message.attributes.contains_key(GOOGCLIENT_TRACESTATE));
+        assert_eq!(message.attributes.len(), 3, "{:?}", message.attributes);
+
+        // Kinds.
+        checkout.assert_kind(SpanKind::Internal);
+        create.assert_kind(SpanKind::Producer);
+        process.assert_kind(SpanKind::Consumer);
+        ack.assert_kind(SpanKind::Client);
+
+        // Attributes.
+        let (host, port) = s.ps.emulator.host_port();
+        for span in [create, process, ack] {
+            span.assert_attr(attr::MESSAGING_SYSTEM, "gcp_pubsub");
+            span.assert_attr(attr::SERVER_ADDRESS, host);
+            span.assert_attr(attr::SERVER_PORT, &port.to_string());
+        }
+        create.assert_attr(attr::MESSAGING_OPERATION_NAME, "create");
+        create.assert_attr(attr::MESSAGING_OPERATION_TYPE, "create");
+        create.assert_attr(attr::MESSAGING_DESTINATION_NAME, topic);
+        create.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        assert!(create.attr(ps::ORDERING_KEY).is_none());
+        assert!(!create.is_error());
+
+        process.assert_attr(attr::MESSAGING_OPERATION_NAME, "subscribe");
+        process.assert_attr(attr::MESSAGING_OPERATION_TYPE, "process");
+        process.assert_attr(attr::MESSAGING_DESTINATION_NAME, sub);
+        process.assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, sub);
+        process.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        process.assert_attr(attr::OUTCOME, "ack");
+        let ack_id = process.attr_str(ps::ACK_ID).expect("ack id recorded");
+        assert!(!ack_id.is_empty());
+        // No dead-letter policy: Pub/Sub does not count attempts, and we do not guess.
+        assert!(process.attr(ps::DELIVERY_ATTEMPT).is_none());
+        assert!(process.attr(attr::DELIVERY_ATTEMPT).is_none());
+        assert!(process.attr(attr::CONTEXT_ERROR).is_none());
+        assert!(!process.is_error());
+
+        ack.assert_attr(attr::MESSAGING_OPERATION_NAME, "ack");
+        ack.assert_attr(attr::MESSAGING_OPERATION_TYPE, "settle");
+        ack.assert_attr(attr::MESSAGING_DESTINATION_NAME, sub);
+        ack.assert_attr(ps::ACK_ID, &ack_id);
+        ack.assert_attr(attr::OUTCOME, "ack");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_attributes_are_kept_and_googclient_keys_can_be_turned_off() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let publisher = s.publisher().await.with_google_context(GoogleContext::Off);
+        let user = [("tenant", "acme"), ("x-origin", "rust"), ("empty", "")];
+        publish(
+            &publisher,
+            Message::new().set_data("x").set_attributes(user),
+        )
+        .await;
+
+        let mut stream = s.stream(&s.sub).await;
+        let (message, handler) = next_message(&mut stream).await;
+        handler.ack();
+        for (k, v) in user {
+            assert_eq!(
+                message.attributes.get(k).map(String::as_str),
+                Some(v),
+                "{k}"
+            );
+        }
+        assert!(message.attributes.contains_key("traceparent"));
+        assert!(!message.attributes.contains_key(GOOGCLIENT_TRACEPARENT));
+
+        let spans = s.wait(&format!("ack {}", short(&s.sub)), 1).await;
+        spans
+            .one(&format!("subscribe {}", short(&s.sub)))
+            .assert_child_of(spans.one(&format!("create {}", short(&s.topic))));
+    })
+    .await;
+}
+
+/// What a Google client library sends: only `googclient_` keys (here with a trace state).
+#[tokio::test]
+async fn a_google_client_context_is_continued_and_preferred_over_the_plain_keys() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let raw = s.raw_publisher().await;
+        let google_parent = SpanContext::new(
+            TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736_u128),
+            SpanId::from(0x00f067aa0ba902b7_u64),
+            TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        );
+        raw.publish(Message::new().set_data("g").set_attributes([
+            (
+                GOOGCLIENT_TRACEPARENT,
+                w3c::encode_traceparent(&google_parent),
+            ),
+            (GOOGCLIENT_TRACESTATE, "rojo=00f067aa0ba902b7".to_owned()),
+            // A plain key pointing elsewhere (e.g. a stale copy): Google's key wins.
+            (
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01".to_owned(),
+            ),
+        ]))
+        .await
+        .expect("publish");
+
+        let mut stream = s.stream(&s.sub).await;
+        let (_m, handler) = next_message(&mut stream).await;
+        assert_eq!(
+            handler.span_context().trace_state().get("rojo"),
+            Some("00f067aa0ba902b7")
+        );
+        handler.ack();
+        let spans = s.wait(&format!("ack {}", short(&s.sub)), 1).await;
+        let process = spans.one(&format!("subscribe {}", short(&s.sub)));
+        process.assert_parent_context(&google_parent);
+        process.assert_links_to(&google_parent);
+        assert!(process.attr(attr::CONTEXT_ERROR).is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_context_starts_a_new_root_that_says_why() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let raw = s.raw_publisher().await;
+        raw.publish(
+            Message::new()
+                .set_data("bad")
+                .set_attributes([(GOOGCLIENT_TRACEPARENT, "00-not-a-trace-01")]),
+        )
+        .await
+        .expect("publish");
+
+        let mut stream = s.stream(&s.sub).await;
+        let (message, handler) = next_message(&mut stream).await;
+        assert_eq!(&message.data[..], b"bad");
+        handler.ack();
+        let spans = s.wait(&format!("ack {}", short(&s.sub)), 1).await;
+        let process = spans.one(&format!("subscribe {}", short(&s.sub)));
+        process.assert_root();
+        assert!(process.links.links.is_empty());
+        process.assert_attr(
+            attr::CONTEXT_ERROR,
+            "googclient_traceparent: length 17, expected 55",
+        );
+        process.assert_attr(attr::OUTCOME, "ack");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nack_redelivers_and_every_delivery_has_its_own_span_in_the_trace() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let sub = short(&s.sub).to_owned();
+        let publisher = s.publisher().await;
+        let id = publish(&publisher, Message::new().set_data("again")).await;
+
+        let mut stream = s.stream(&s.sub).await;
+        let (first, handler) = next_message(&mut stream).await;
+        assert_eq!(first.message_id, id);
+        handler.nack();
+        let (second, handler) = next_message(&mut stream).await;
+        assert_eq!(second.message_id, id, "the nacked message comes again");
+        handler.ack();
+
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let create = spans.one(&format!("create {}", short(&s.topic)));
+        let processes = spans.named(&format!("subscribe {sub}"));
+        assert_eq!(processes.len(), 2, "{}", spans.tree());
+        for p in &processes {
+            p.assert_child_of(create);
+            p.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        }
+        let nacked = processes
+            .iter()
+            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+            .expect("a requeued delivery");
+        assert!(nacked.is_error());
+        let nack = spans.one(&format!("nack {sub}"));
+        nack.assert_child_of(nacked);
+        nack.assert_kind(SpanKind::Client);
+        nack.assert_attr(attr::OUTCOME, "requeue");
+        let acked = processes
+            .iter()
+            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("ack"))
+            .expect("an acked delivery");
+        assert!(!acked.is_error());
+        spans.one(&format!("ack {sub}")).assert_child_of(acked);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_handler_is_a_requeue_with_its_reason_not_unsettled() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let sub = short(&s.sub).to_owned();
+        let publisher = s.publisher().await;
+        let id = publish(&publisher, Message::new().set_data("dropped")).await;
+
+        let mut stream = s.stream(&s.sub).await;
+        let (_m, handler) = next_message(&mut stream).await;
+        drop(handler); // the client nacks it
+        let (again, handler) = next_message(&mut stream).await;
+        assert_eq!(again.message_id, id);
+        handler.ack();
+
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let dropped = spans
+            .named(&format!("subscribe {sub}"))
+            .into_iter()
+            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+            .unwrap_or_else(|| panic!("no requeued delivery:\n{}", spans.tree()));
+        dropped.assert_attr(
+            attr::OUTCOME_REASON,
+            "the handler was dropped without ack or nack; the client nacked the message",
+        );
+        assert!(dropped.is_error());
+        spans.one(&format!("nack {sub}")).assert_child_of(dropped);
+        assert!(
+            spans
+                .all()
+                .iter()
+                .all(|s| s.attr_str(attr::OUTCOME).as_deref() != Some("unsettled"))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dead_letter_policy_counts_attempts_and_the_dead_letter_stays_in_the_trace() {
+    within(async {
+        let t = TestTelemetry::new();
+        let ps = pubsub().await;
+        let topic = ps.create_topic(&unique("work")).await;
+        let dlq_topic = ps.create_topic(&unique("work-dlq")).await;
+        let dlq_sub = ps
+            .create_subscription(&unique("work-dlq-sub"), &dlq_topic, |s| s)
+            .await;
+        let policy = ps.dead_letter_policy(&dlq_topic, 5);
+        let sub = ps
+            .create_subscription(&unique("worker"), &topic, |s| {
+                s.set_dead_letter_policy(policy)
+            })
+            .await;
+        let s = Setup {
+            t,
+            ps,
+            topic: topic.clone(),
+            sub: sub.clone(),
+        };
+        let publisher = s.publisher().await;
+        let id = publish(&publisher, Message::new().set_data("poison")).await;
+
+        let mut stream = s.stream(&sub).await;
+        for attempt in 1..=5 {
+            let (m, handler) = next_message(&mut stream).await;
+            assert_eq!(m.message_id, id);
+            assert_eq!(handler.delivery_attempt(), Some(attempt));
+            assert_eq!(handler.attempt(), u32::try_from(attempt).ok());
+            handler.nack();
+        }
+        // After five attempts Pub/Sub moves it to the dead-letter topic.
+        let mut dead = s.stream(&dlq_sub).await;
+        let (m, handler) = next_message(&mut dead).await;
+        assert_eq!(&m.data[..], b"poison");
+        handler.ack();
+
+        let (sub, dlq_sub) = (short(&sub), short(&dlq_sub));
+        let spans = s.wait(&format!("ack {dlq_sub}"), 1).await;
+        let create = spans.one(&format!("create {}", short(&topic)));
+        let mut attempts: Vec<i64> = spans
+            .named(&format!("subscribe {sub}"))
+            .into_iter()
+            .map(|p| {
+                p.assert_child_of(create);
+                p.assert_attr(attr::OUTCOME, "requeue");
+                let n = p.attr_i64(attr::DELIVERY_ATTEMPT).expect("attempt");
+                assert_eq!(p.attr_i64(ps::DELIVERY_ATTEMPT), Some(n));
+                n
+            })
+            .collect();
+        attempts.sort_unstable();
+        assert_eq!(attempts, [1, 2, 3, 4, 5], "{}", spans.tree());
+
+        // Same trace in the dead-letter subscription, still a child of the create span.
+        let dead = spans.one(&format!("subscribe {dlq_sub}"));
+        dead.assert_child_of(create);
+        dead.assert_attr(attr::OUTCOME, "ack");
+        dead.assert_attr(attr::MESSAGING_MESSAGE_ID, &m.message_id);
+        // Pub/Sub says where it came from; the span records it.
+        let source = m
+            .attributes
+            .get(ps::DEAD_LETTER_SOURCE_SUBSCRIPTION)
+            .expect("Pub/Sub marks the dead-lettered message");
+        assert_eq!(short(source), sub);
+        dead.assert_attr(attr::DEAD_LETTER_SOURCE, sub);
+        dead.assert_attr(attr::DEAD_LETTER_REASON, "max_delivery_attempts");
+        assert!(dead.attr(attr::DELIVERY_ATTEMPT).is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ordering_keys_are_recorded_and_delivered_in_order() {
+    within(async {
+        let s = setup(|sub| sub.set_enable_message_ordering(true)).await;
+        let publisher = s.publisher().await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(
+                publish(
+                    &publisher,
+                    Message::new()
+                        .set_data(format!("step {i}"))
+                        .set_ordering_key("customer-7"),
+                )
+                .await,
+            );
+        }
+        let mut stream = s.stream(&s.sub).await;
+        for (i, id) in ids.iter().enumerate() {
+            let (m, handler) = next_message(&mut stream).await;
+            assert_eq!(&m.message_id, id, "message {i} out of order");
+            assert_eq!(m.ordering_key, "customer-7");
+            handler.ack();
+        }
+        let sub = short(&s.sub);
+        let spans = s.wait(&format!("ack {sub}"), 3).await;
+        let creates = spans.named(&format!("create {}", short(&s.topic)));
+        assert_eq!(creates.len(), 3);
+        for c in &creates {
+            c.assert_attr(ps::ORDERING_KEY, "customer-7");
+        }
+        for p in spans.named(&format!("subscribe {sub}")) {
+            p.assert_attr(ps::ORDERING_KEY, "customer-7");
+            let create = creates
+                .iter()
+                .find(|c| c.span_context.span_id() == p.parent_span_id)
+                .unwrap_or_else(|| panic!("no create parent:\n{}", spans.tree()));
+            assert_eq!(
+                create.attr_str(attr::MESSAGING_MESSAGE_ID),
+                p.attr_str(attr::MESSAGING_MESSAGE_ID)
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flush_is_a_send_span_linking_the_create_spans_it_sends() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        // Thresholds high enough that only the flush sends the batch.
+        let publisher = s
+            .publisher_to(&s.topic, |b| {
+                b.set_message_count_threshold(1000_u32)
+                    .set_delay_threshold(Duration::from_secs(60))
+            })
+            .await;
+        let futures: Vec<_> = (0..3)
+            .map(|i| publisher.publish(Message::new().set_data(format!("m{i}"))))
+            .collect();
+        let created: Vec<SpanContext> = futures
+            .iter()
+            .map(|f| f.span_context().expect("pending").clone())
+            .collect();
+        tokio::time::timeout(Duration::from_secs(20), publisher.flush())
+            .await
+            .expect("flush within 20 s");
+        for f in futures {
+            tokio::time::timeout(Duration::from_secs(20), f)
+                .await
+                .expect("publish answered")
+                .expect("publish");
+        }
+        let topic = short(&s.topic);
+        let spans = s.wait(&format!("create {topic}"), 3).await;
+        let send = spans.one(&format!("send {topic}"));
+        send.assert_kind(SpanKind::Client);
+        send.assert_attr(attr::MESSAGING_OPERATION_TYPE, "send");
+        send.assert_attr(attr::MESSAGING_BATCH_MESSAGE_COUNT, "3");
+        for sc in &created {
+            send.assert_links_to(sc);
+        }
+        // A flush with nothing pending records nothing.
+        publisher.flush().await;
+        assert_eq!(s.t.spans().named(&format!("send {topic}")).len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exactly_once_confirmed_ack_is_recorded() {
+    within(async {
+        let s = setup(|sub| sub.set_enable_exactly_once_delivery(true)).await;
+        let publisher = s.publisher().await;
+        publish(&publisher, Message::new().set_data("once")).await;
+        let mut stream = s.stream(&s.sub).await;
+        let (_m, handler) = next_message(&mut stream).await;
+        assert!(
+            handler.is_exactly_once(),
+            "the emulator should report exactly-once"
+        );
+        tokio::time::timeout(Duration::from_secs(20), handler.confirmed_ack())
+            .await
+            .expect("confirmation within 20 s")
+            .expect("confirmed ack");
+        let sub = short(&s.sub);
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let ack = spans.one(&format!("ack {sub}"));
+        assert!(!ack.is_error());
+        assert!(ack.attr(attr::ERROR_TYPE).is_none());
+        spans
+            .one(&format!("subscribe {sub}"))
+            .assert_attr(attr::OUTCOME, "ack");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_endpoint_fails_fast_with_a_clear_error() {
+    within(async {
+        let started = Instant::now();
+        let err = try_pubsub(Emulator::new("127.0.0.1:1"))
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+        assert!(err.contains("not reachable"), "{err}");
+        assert!(err.contains("scripts/start-brokers.sh pubsub"), "{err}");
+        assert!(err.contains("http://127.0.0.1:1"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_process_span_started_in_an_ambient_span_is_its_child_and_links_the_creation() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let publisher = s.publisher().await;
+        publish(&publisher, Message::new().set_data("x")).await;
+        let mut stream = s.stream(&s.sub).await;
+        let app = s.t.provider().tracer("app");
+        let poll = Context::current_with_span(app.start("poll loop"));
+        let (_m, handler) = next_message(&mut stream).with_context(poll.clone()).await;
+        handler.ack();
+        poll.span().end();
+        let sub = short(&s.sub);
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let process = spans.one(&format!("subscribe {sub}"));
+        process.assert_child_of(spans.one("poll loop"));
+        process.assert_links_to(
+            &spans
+                .one(&format!("create {}", short(&s.topic)))
+                .span_context,
+        );
+    })
+    .await;
+}
+
+fn python_span<'a>(
+    peer: &'a serde_json::Value,
+    kind: &str,
+    name_ends: &str,
+) -> &'a serde_json::Value {
+    peer["spans"]
+        .as_array()
+        .and_then(|spans| {
+            spans.iter().find(|s| {
+                s["kind"] == kind && s["name"].as_str().is_some_and(|n| n.ends_with(name_ends))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {kind} span '* {name_ends}' from the python peer: {peer}"))
+}
+
+fn span_context_of(py: &serde_json::Value) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_hex(py["trace_id"].as_str().expect("trace id")).expect("hex"),
+        SpanId::from_hex(py["span_id"].as_str().expect("span id")).expect("hex"),
+        TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    )
+}
+
+/// Google's Python client (OpenTelemetry tracing on) publishes; we subscribe.
+#[tokio::test]
+async fn python_google_client_publish_is_continued_by_our_subscriber() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let peer =
+            mqtrace_integration_tests::pubsub::python_peer(&s.ps.emulator, "publish", &s.topic)
+                .await;
+        let py_create = python_span(&peer, "PRODUCER", " create");
+        let py_context = span_context_of(py_create);
+
+        let mut stream = s.stream(&s.sub).await;
+        let (message, handler) = next_message(&mut stream).await;
+        assert_eq!(&message.data[..], b"from python");
+        assert_eq!(
+            message.attributes.get("x-origin").map(String::as_str),
+            Some("python")
+        );
+        assert!(
+            message.attributes.contains_key(GOOGCLIENT_TRACEPARENT),
+            "{:?}",
+            message.attributes
+        );
+        assert_eq!(
+            Some(message.message_id.as_str()),
+            peer["message_id"].as_str()
+        );
+        handler.ack();
+
+        let sub = short(&s.sub);
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let process = spans.one(&format!("subscribe {sub}"));
+        // Python's create span is the parent (same trace, exact span id) and the link.
+        process.assert_parent_context(&py_context);
+        process.assert_links_to(&py_context);
+        assert!(process.parent_span_is_remote);
+        assert!(
+            process.attr(attr::CONTEXT_ERROR).is_none(),
+            "{}",
+            spans.tree()
+        );
+        assert_eq!(
+            py_create["attributes"]["messaging.message.id"].as_str(),
+            process.attr_str(attr::MESSAGING_MESSAGE_ID).as_deref()
+        );
+    })
+    .await;
+}
+
+/// We publish; Google's Python client (OpenTelemetry tracing on) subscribes.
+#[tokio::test]
+async fn our_publish_is_continued_by_the_python_google_client() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let publisher = s.publisher().await;
+        let id = publish(
+            &publisher,
+            Message::new()
+                .set_data("from rust")
+                .set_attributes([("x-origin", "rust")]),
+        )
+        .await;
+        let topic = short(&s.topic);
+        let spans = s.wait(&format!("create {topic}"), 1).await;
+        let create = spans.one(&format!("create {topic}"));
+
+        let peer =
+            mqtrace_integration_tests::pubsub::python_peer(&s.ps.emulator, "subscribe", &s.sub)
+                .await;
+        assert_eq!(peer["body"], "from rust");
+        assert_eq!(peer["message_id"].as_str(), Some(id.as_str()));
+        assert_eq!(peer["attributes"]["x-origin"], "rust");
+        let py_subscribe = python_span(&peer, "CONSUMER", " subscribe");
+        assert_eq!(
+            py_subscribe["trace_id"].as_str(),
+            Some(create.span_context.trace_id().to_string().as_str()),
+            "python's subscribe span is not in our trace: {peer}"
+        );
+        assert_eq!(
+            py_subscribe["parent_id"].as_str(),
+            Some(create.span_context.span_id().to_string().as_str()),
+            "python's subscribe span is not a child of our create span: {peer}"
+        );
+        assert_eq!(
+            py_subscribe["attributes"]["messaging.message.id"].as_str(),
+            Some(id.as_str())
+        );
+        // Its processing span follows in the same trace.
+        let py_process = python_span(&peer, "INTERNAL", " process");
+        assert_eq!(py_process["trace_id"], py_subscribe["trace_id"]);
+        assert_eq!(py_process["parent_id"], py_subscribe["span_id"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unsampled_messages_still_carry_their_context_and_record_nothing() {
+    within(async {
+        let mut s = setup(|sub| sub).await;
+        s.t = TestTelemetry::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+        let publisher = s.publisher().await;
+        publish(&publisher, Message::new().set_data("quiet")).await;
+        let mut stream = s.stream(&s.sub).await;
+        let (message, handler) = next_message(&mut stream).await;
+        let tp = message.attributes.get("traceparent").expect("traceparent");
+        assert!(tp.ends_with("-00"), "not sampled: {tp}");
+        assert_eq!(message.attributes.get(GOOGCLIENT_TRACEPARENT), Some(tp));
+        // The consumer continues the (unsampled) trace.
+        assert_eq!(
+            &w3c::parse_traceparent(tp).expect("valid").trace_id(),
+            &handler.span_context().trace_id()
+        );
+        assert!(!handler.span_context().is_sampled());
+        handler.ack();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(s.t.spans().all().is_empty(), "{}", s.t.spans().tree());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_confirmed_ack_that_fails_is_recorded_on_the_ack_and_process_spans() {
+    within(async {
+        let s = setup(|sub| sub.set_enable_exactly_once_delivery(true)).await;
+        let publisher = s.publisher().await;
+        publish(&publisher, Message::new().set_data("late")).await;
+        let client =
+            s.ps.emulator
+                .subscriber()
+                .build()
+                .await
+                .expect("subscriber");
+        let mut stream = TracedSubscriber::new(client, s.inst())
+            .subscribe(&s.sub)
+            .set_shutdown_behavior(
+                google_cloud_pubsub::subscriber::ShutdownBehavior::NackImmediately,
+            )
+            .build();
+        let (_m, handler) = next_message(&mut stream).await;
+        // The stream shuts down before the handler acks: the ack cannot be confirmed.
+        tokio::time::timeout(Duration::from_secs(20), stream.shutdown_token().shutdown())
+            .await
+            .expect("shutdown within 20 s");
+        let err = tokio::time::timeout(Duration::from_secs(20), handler.confirmed_ack())
+            .await
+            .expect("an answer within 20 s")
+            .expect_err("no confirmation after shutdown");
+        let expected = mqtrace_pubsub::ack_error_type(&err);
+        let sub = short(&s.sub);
+        let spans = s.wait(&format!("ack {sub}"), 1).await;
+        let ack = spans.one(&format!("ack {sub}"));
+        assert!(ack.is_error(), "{}", spans.tree());
+        ack.assert_attr(attr::ERROR_TYPE, expected);
+        let process = spans.one(&format!("subscribe {sub}"));
+        process.assert_attr(attr::OUTCOME, "ack");
+        assert!(process.is_error(), "{}", spans.tree());
+    })
+    .await;
+}
