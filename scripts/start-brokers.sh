@@ -105,6 +105,16 @@ start_kafka() {
   log "Kafka (tansu) is up on $host:$port"
 }
 
+pubsub_answers() { # host port: the emulator answers "GET /" with 200
+  (
+    exec 3<>"/dev/tcp/$1/$2" || exit 1
+    printf 'GET / HTTP/1.0\r\nHost: %s:%s\r\n\r\n' "$1" "$2" >&3
+    reply=""
+    IFS= read -r -t 5 reply <&3 || true
+    [[ "$reply" == *" 200"* ]]
+  ) 2>/dev/null
+}
+
 start_pubsub() {
   # Google's Pub/Sub emulator (Java), from the google-cloud-cli-pubsub-emulator package.
   local hostport="${PUBSUB_EMULATOR_HOST:-127.0.0.1:8085}"
@@ -135,6 +145,12 @@ start_pubsub() {
     tail -n 20 "$tools/pubsub-emulator.log" >&2 || true
     return 1
   }
+  # The port opens as the server starts; wait until it answers HTTP (it serves REST and gRPC).
+  local i
+  for ((i = 0; i < 120; i++)); do
+    pubsub_answers "$host" "$port" && break
+    sleep 0.25
+  done
   log "Pub/Sub emulator is up on $host:$port"
 }
 
