@@ -1194,3 +1194,688 @@ async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_
     })
     .await;
 }
+
+mod retries {
+    use super::*;
+    use mqtrace::carrier::HeaderExtractor;
+    use mqtrace::retry::{DEAD_LETTER_REASON_HEADER, Decision, HandlerError, RetryPolicy};
+    use mqtrace_rdkafka::{KafkaHeaders, RetryTopics};
+    use opentelemetry::Value;
+    use rdkafka::topic_partition_list::TopicPartitionList;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy::exponential(max_attempts)
+            .with_initial_delay(Duration::from_millis(50))
+            .with_jitter(0.0)
+    }
+
+    /// A new topic of `partitions` partitions, a traced producer, and the topic's retry topics.
+    async fn declared(
+        t: &TestTelemetry,
+        prefix: &str,
+        policy: RetryPolicy,
+        partitions: i32,
+    ) -> (String, TracedFutureProducer, RetryTopics) {
+        let topic = unique(prefix);
+        create_topic(&topic, partitions).await;
+        let producer = kafka::producer(t.config());
+        let retries = RetryTopics::declare(producer.clone(), &topic, policy)
+            .await
+            .expect("declare the retry topics");
+        (topic, producer, retries)
+    }
+
+    /// A consumer of a new group subscribed to the topic and its retry topics. Fetches return
+    /// after 10 ms rather than librdkafka's 500 ms, so copies arrive before they are due.
+    fn subscribed(t: &TestTelemetry, retries: &RetryTopics) -> TracedStreamConsumer {
+        subscribed_with(t, retries, |_| {})
+    }
+
+    /// [`subscribed`], with more client settings.
+    fn subscribed_with(
+        t: &TestTelemetry,
+        retries: &RetryTopics,
+        configure: impl FnOnce(&mut ClientConfig),
+    ) -> TracedStreamConsumer {
+        let topics = retries.topics();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let mut client = consumer_config(&unique("g"));
+        client.set("fetch.wait.max.ms", "10");
+        configure(&mut client);
+        consumer_with(t.config(), client, &topics)
+    }
+
+    fn link_of_type<'a>(
+        span: &'a opentelemetry_sdk::trace::SpanData,
+        kind: &str,
+    ) -> Option<&'a opentelemetry::trace::Link> {
+        span.links.links.iter().find(|l| {
+            l.attributes.iter().any(|kv| {
+                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
+            })
+        })
+    }
+
+    /// The message's headers without the ones mqtrace writes (context and history).
+    fn user_pairs(m: &BorrowedMessage<'_>) -> Pairs {
+        pairs(m.headers())
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with("mqtrace-")
+                    && !["traceparent", "tracestate", "baggage"].contains(&&**k)
+            })
+            .collect()
+    }
+
+    fn header(m: &BorrowedMessage<'_>, key: &str) -> Option<String> {
+        match KafkaHeaders(m.headers()).header(key) {
+            Some(Ok(v)) => Some(v.to_owned()),
+            _ => None,
+        }
+    }
+
+    fn id(m: &BorrowedMessage<'_>) -> u32 {
+        std::str::from_utf8(m.payload().expect("a payload"))
+            .expect("utf8")
+            .parse()
+            .expect("an id")
+    }
+
+    /// The group's committed offset of every partition of `topics`:
+    /// `(topic, partition, committed)`.
+    fn committed(
+        c: &TracedStreamConsumer,
+        topics: &[String],
+        partitions: i32,
+    ) -> Vec<(String, i32, Option<i64>)> {
+        let mut tpl = TopicPartitionList::new();
+        for t in topics {
+            for p in 0..partitions {
+                tpl.add_partition(t, p);
+            }
+        }
+        c.committed_offsets(tpl, SEND_TIMEOUT)
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), e.offset().to_raw()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn transient_failure_twice_then_success_is_three_linked_attempts_in_one_trace() {
+        within(async {
+            let t = TestTelemetry::new();
+            // Delays long enough that each copy arrives before it is due, even on a busy machine.
+            let policy = fast(5).with_initial_delay(Duration::from_millis(200));
+            let (topic, producer, retries) = declared(&t, "retry", policy, 1).await;
+            let retries = retries.with_commit_mode(CommitMode::Sync);
+            assert_eq!(
+                retries.topics(),
+                (2..=5).map(|n| format!("{topic}.retry.{n}")).fold(
+                    vec![topic.clone()],
+                    |mut v, t| {
+                        v.push(t);
+                        v
+                    }
+                )
+            );
+            send(
+                &producer,
+                &topic,
+                "order-1",
+                Some(b"order-1"),
+                Some(user_headers()),
+            )
+            .await;
+            let consumer = subscribed(&t, &retries);
+            let mut decisions = Vec::new();
+            let mut handled_at = Vec::new();
+            for _ in 0..3 {
+                let m = next_message(&consumer).await;
+                let decision = retries
+                    .handle(&consumer, m, async |m| {
+                        handled_at.push(Instant::now());
+                        assert_eq!(m.payload(), Some(&b"order-1"[..]), "the same payload");
+                        assert_eq!(m.key(), Some(&b"order-1"[..]), "the same key");
+                        assert_eq!(
+                            user_pairs(m),
+                            pairs(Some(&user_headers())),
+                            "the user's headers, byte for byte"
+                        );
+                        if m.attempt() < 3 {
+                            Err(HandlerError::transient("inventory service unavailable"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                decisions.push(decision);
+            }
+            assert!(
+                matches!(
+                    decisions[0],
+                    Decision::Retry {
+                        next_attempt: 2,
+                        ..
+                    }
+                ),
+                "{decisions:?}"
+            );
+            assert!(matches!(
+                decisions[1],
+                Decision::Retry {
+                    next_attempt: 3,
+                    ..
+                }
+            ));
+            assert_eq!(decisions[2], Decision::Ack);
+            // Each attempt ran no earlier than its copy was due (200 ms, then 400 ms; the due
+            // time is written in whole milliseconds).
+            assert!(handled_at[1] - handled_at[0] >= Duration::from_millis(198));
+            assert!(handled_at[2] - handled_at[1] >= Duration::from_millis(398));
+
+            let (retry2, retry3) = (retries.retry_topic(2), retries.retry_topic(3));
+            let spans = wait(&t, &format!("commit {retry3}"), 1).await;
+            let send = spans.one(&format!("send {topic}"));
+            let attempts = [
+                spans.one(&format!("process {topic}")),
+                spans.one(&format!("process {retry2}")),
+                spans.one(&format!("process {retry3}")),
+            ];
+            for (i, a) in attempts.iter().enumerate() {
+                assert_eq!(a.attr_i64(attr::DELIVERY_ATTEMPT), Some(i as i64 + 1));
+                assert_eq!(
+                    a.span_context.trace_id(),
+                    send.span_context.trace_id(),
+                    "one trace"
+                );
+                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+            }
+            attempts[0].assert_child_of(send);
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            attempts[0].assert_attr(attr::RETRY_DELAY, "0.2");
+            attempts[1].assert_attr(attr::RETRY_DELAY, "0.4");
+            // The consumer of a retry topic waited for the copy, inside its process span.
+            for (a, delay) in [(attempts[1], 0.2), (attempts[2], 0.4)] {
+                let wait = a
+                    .events
+                    .iter()
+                    .find(|e| e.name == "mqtrace.retry.wait")
+                    .expect("a wait event");
+                let waited = wait
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "mqtrace.retry.wait.duration")
+                    .and_then(|kv| match kv.value {
+                        Value::F64(s) => Some(s),
+                        _ => None,
+                    })
+                    .expect("the wait's duration");
+                assert!(waited > 0.0 && waited <= delay, "{waited}");
+            }
+            assert!(
+                attempts[0]
+                    .events
+                    .iter()
+                    .all(|e| e.name != "mqtrace.retry.wait")
+            );
+            attempts[0].assert_attr(attr::ERROR_TYPE, "transient");
+            assert!(!attempts[2].is_error());
+            // Attempt n+1 is a child of the copy sent by attempt n, and links to attempt n and
+            // to the original send.
+            for n in 1..3 {
+                let resend = spans.one(&format!("send {topic}.retry.{}", n + 1));
+                resend.assert_child_of(attempts[n - 1]);
+                attempts[n].assert_child_of(resend);
+                let prev =
+                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                assert_eq!(
+                    prev.span_context.span_id(),
+                    attempts[n - 1].span_context.span_id()
+                );
+                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                assert_eq!(origin.span_context.span_id(), send.span_context.span_id());
+            }
+            // Each original is committed under its own process span, after its copy was sent.
+            for (attempt, name, outcome) in [
+                (attempts[0], &topic, "retry"),
+                (attempts[1], &retry2, "retry"),
+                (attempts[2], &retry3, "ack"),
+            ] {
+                let commit = spans.one(&format!("commit {name}"));
+                commit.assert_child_of(attempt);
+                commit.assert_attr(attr::OUTCOME, outcome);
+            }
+            for n in 1..3 {
+                let resend = spans.one(&format!("send {topic}.retry.{}", n + 1));
+                let commit = spans.one(&format!(
+                    "commit {}",
+                    attempts[n - 1]
+                        .attr_str(attr::MESSAGING_DESTINATION_NAME)
+                        .expect("destination")
+                ));
+                assert!(
+                    resend.end_time <= commit.start_time,
+                    "the copy is safe before the commit"
+                );
+            }
+            for (topic, partition, committed) in
+                committed(&consumer, &[topic.clone(), retry2, retry3], 1)
+            {
+                assert_eq!(
+                    committed,
+                    Some(1),
+                    "{topic}/{partition}: its one message committed"
+                );
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn poison_messages_are_dead_lettered_with_their_reason_and_keep_the_trace() {
+        within(async {
+            let t = TestTelemetry::new();
+            let (topic, producer, retries) = declared(&t, "poison", fast(3), 1).await;
+            send(&producer, &topic, "p", Some(b"permanent"), None).await;
+            send(&producer, &topic, "t", Some(b"always-transient"), None).await;
+            let consumer = subscribed(&t, &retries);
+            let mut dead = 0;
+            for _ in 0..4 {
+                let m = next_message(&consumer).await;
+                let decision = retries
+                    .handle(&consumer, m, async |m| {
+                        if m.payload() == Some(&b"permanent"[..]) {
+                            Err(HandlerError::permanent("order has no items")
+                                .with_error_type("invalid_order"))
+                        } else {
+                            Err(HandlerError::transient("db down"))
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                if matches!(decision, Decision::DeadLetter { .. }) {
+                    dead += 1;
+                }
+            }
+            assert_eq!(dead, 2);
+
+            let dlq_name = retries.dead_letter_topic();
+            let dlq = consumer_with(t.config(), consumer_config(&unique("dlq")), &[&dlq_name]);
+            let mut reasons = Vec::new();
+            for _ in 0..2 {
+                let m = next_message(&dlq).await;
+                reasons.push((
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    header(&m, DEAD_LETTER_REASON_HEADER).expect("a reason header"),
+                    m.attempt(),
+                ));
+                assert!(header(&m, mqtrace_rdkafka::NOT_BEFORE_HEADER).is_none());
+                dlq.commit_message(&m, CommitMode::Sync).expect("commit");
+            }
+            reasons.sort();
+            assert_eq!(
+                reasons,
+                [
+                    (
+                        "always-transient".into(),
+                        "t".into(),
+                        "gave up after 3 of 3 attempts: db down".into(),
+                        3
+                    ),
+                    (
+                        "permanent".into(),
+                        "p".into(),
+                        "permanent failure: order has no items".into(),
+                        1
+                    ),
+                ]
+            );
+
+            let spans = wait(&t, &format!("commit {dlq_name}"), 2).await;
+            let dead_processes = spans.named(&format!("process {dlq_name}"));
+            assert_eq!(dead_processes.len(), 2);
+            for dead_process in dead_processes {
+                // The dead-letter consumer continues the trace of the message's producer.
+                let trace = dead_process.span_context.trace_id();
+                let original = spans
+                    .named(&format!("send {topic}"))
+                    .into_iter()
+                    .find(|p| p.span_context.trace_id() == trace)
+                    .expect("the original send is in the same trace");
+                let dl_send = spans
+                    .named(&format!("send {dlq_name}"))
+                    .into_iter()
+                    .find(|p| p.span_context.span_id() == dead_process.parent_span_id)
+                    .expect("the dead-letter send is the parent");
+                let last_attempt = spans
+                    .by_id(dl_send.parent_span_id)
+                    .expect("the last attempt");
+                last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
+                assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
+                let prev = link_of_type(dead_process, "previous_attempt").expect("previous");
+                assert_eq!(
+                    prev.span_context.span_id(),
+                    last_attempt.span_context.span_id()
+                );
+                let origin = link_of_type(dead_process, "origin").expect("origin");
+                assert_eq!(
+                    origin.span_context.span_id(),
+                    original.span_context.span_id()
+                );
+                // The original's offset is committed with outcome dead_letter.
+                let commit = spans
+                    .children_of(last_attempt)
+                    .into_iter()
+                    .find(|s| s.name.starts_with("commit "))
+                    .expect("the last attempt's commit");
+                commit.assert_attr(attr::OUTCOME, "dead_letter");
+            }
+            let permanent = spans
+                .named(&format!("process {topic}"))
+                .into_iter()
+                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .expect("the permanent failure's span");
+            permanent.assert_attr(attr::OUTCOME, "dead_letter");
+            permanent.assert_attr(
+                attr::OUTCOME_REASON,
+                "permanent failure: order has no items",
+            );
+            assert!(permanent.attr(attr::RETRY_DELAY).is_none(), "not retried");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_hanging_handler_is_a_failure_and_the_message_is_not_lost() {
+        within(async {
+            let t = TestTelemetry::new();
+            let (topic, producer, retries) = declared(&t, "panic", fast(5), 1).await;
+            let retries = retries.with_time_limit(Duration::from_millis(300));
+            send(&producer, &topic, "k", Some(b"fragile"), None).await;
+            // Offsets stored for librdkafka's auto-commit, which reports the result.
+            let consumer = subscribed_with(&t, &retries, |c| {
+                c.set("enable.auto.commit", "true")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.commit.interval.ms", "100");
+            });
+            for _ in 0..3 {
+                let m = next_message(&consumer).await;
+                retries
+                    .handle(&consumer, m, async |m| match m.attempt() {
+                        1 => panic!("bug in the handler"),
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    })
+                    .await
+                    .expect("carried out");
+            }
+            let retry3 = retries.retry_topic(3);
+            // Commit results arrive through the commit callback, served while polling.
+            let commit3 = format!("commit {retry3}");
+            let deadline = Instant::now() + WAIT;
+            while t.spans().find(&commit3).is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no commit report within {WAIT:?}"
+                );
+                if let Ok(Ok(m)) =
+                    tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await
+                {
+                    panic!("unexpected message from {}", m.topic());
+                }
+            }
+            let spans = t.spans();
+            let attempts = [
+                spans.one(&format!("process {topic}")),
+                spans.one(&format!("process {}", retries.retry_topic(2))),
+                spans.one(&format!("process {retry3}")),
+            ];
+            attempts[0].assert_attr(attr::ERROR_TYPE, "panic");
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::ERROR_TYPE, "timeout");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            assert_eq!(attempts[2].attr_i64(attr::DELIVERY_ATTEMPT), Some(3));
+            // Each attempt's stored offset was committed by librdkafka, under its span.
+            for (attempt, outcome) in attempts.iter().zip(["retry", "retry", "ack"]) {
+                let destination = attempt
+                    .attr_str(attr::MESSAGING_DESTINATION_NAME)
+                    .expect("destination");
+                let commit = spans.one(&format!("commit {destination}"));
+                commit.assert_child_of(attempt);
+                commit.assert_attr(attr::OUTCOME, outcome);
+                assert!(!commit.is_error());
+            }
+            assert!(spans.find(&format!("store_offset {topic}")).is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_cannot_be_produced_leaves_the_original_uncommitted_and_received_again() {
+        within(async {
+            let t = TestTelemetry::new();
+            let topic = unique("unproducible");
+            create_topic(&topic, 1).await;
+            let producer = kafka::producer(t.config());
+            // The retry producer refuses messages over 10 kB (librdkafka checks locally).
+            let mut small = client_config();
+            small.set("message.max.bytes", "10000");
+            let small = TracedFutureProducer::create(&small, t.config()).expect("producer");
+            let retries = RetryTopics::declare(small, &topic, fast(3))
+                .await
+                .expect("declare")
+                .with_commit_mode(CommitMode::Sync);
+            let big = vec![7_u8; 20_000];
+            send(&producer, &topic, "big", Some(&big), None).await;
+            send(&producer, &topic, "next", Some(b"next"), None).await;
+            let consumer = subscribed(&t, &retries);
+
+            let m = next_message(&consumer).await;
+            assert_eq!(m.offset(), 0);
+            let err = retries
+                .handle(&consumer, m, async |_| {
+                    Err(HandlerError::transient("db down"))
+                })
+                .await
+                .expect_err("the copy is too large");
+            assert_eq!(
+                err,
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+            );
+            // Received again, before the message after it: nothing commits past it.
+            let m = next_message(&consumer).await;
+            assert_eq!((m.offset(), m.key()), (0, Some(&b"big"[..])));
+            assert_eq!(m.attempt(), 1);
+            let decision = retries
+                .handle(&consumer, m, async |_| Ok(()))
+                .await
+                .expect("acknowledged");
+            assert_eq!(decision, Decision::Ack);
+            let m = next_message(&consumer).await;
+            assert_eq!(m.offset(), 1);
+            retries
+                .handle(&consumer, m, async |_| Ok(()))
+                .await
+                .expect("acknowledged");
+
+            let spans = wait(&t, &format!("commit {topic}"), 2).await;
+            let seek = spans.one(&format!("seek {topic}"));
+            seek.assert_kind(SpanKind::Client);
+            seek.assert_attr(attr::OUTCOME, "requeue");
+            assert!(!seek.is_error());
+            let failed = spans
+                .by_id(seek.parent_span_id)
+                .expect("the failed attempt");
+            failed.assert_attr(attr::OUTCOME, "requeue");
+            assert!(
+                failed
+                    .attr_str(attr::OUTCOME_REASON)
+                    .is_some_and(|r| r.contains("could not produce to")),
+                "{:?}",
+                failed.attr_str(attr::OUTCOME_REASON)
+            );
+            let copy = spans.one(&format!("send {}", retries.retry_topic(2)));
+            copy.assert_attr(attr::ERROR_TYPE, "MessageSizeTooLarge");
+            copy.assert_child_of(failed);
+            assert!(
+                spans
+                    .children_of(failed)
+                    .iter()
+                    .all(|s| !s.name.starts_with("commit ")),
+                "the failed attempt commits nothing"
+            );
+            assert_eq!(
+                committed(&consumer, std::slice::from_ref(&topic), 1)[0].2,
+                Some(2)
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn messages_in_equal_messages_acked_plus_dead_lettered_under_random_failures() {
+        within(async {
+            let t = TestTelemetry::new();
+            let partitions = 2;
+            let (topic, producer, retries) = declared(
+                &t,
+                "chaos",
+                fast(3).with_initial_delay(Duration::from_millis(20)),
+                partitions,
+            )
+            .await;
+            let total = 300_u32;
+            let sends = (0..total).map(|i| {
+                let (producer, topic) = (&producer, &topic);
+                async move {
+                    let id = i.to_string();
+                    send(producer, topic, &id, Some(id.as_bytes()), None).await;
+                }
+            });
+            futures_util::future::join_all(sends).await;
+            // Deterministic "random" failures: 30 % transient, 5 % permanent, per attempt.
+            let roll = |id: u32, attempt: u32| {
+                (id.wrapping_mul(2_654_435_761) ^ attempt.wrapping_mul(40_503)) % 100
+            };
+            let consumer = subscribed(&t, &retries);
+            let mut acked = HashSet::new();
+            let handled = AtomicU32::new(0);
+            let mut finished = 0;
+            // Per topic and partition: the end of what was received (last offset + 1), and how
+            // many messages were received; per retry topic, how many copies were sent to it.
+            let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+            let mut received: HashMap<String, u32> = HashMap::new();
+            let mut copies: HashMap<String, u32> = HashMap::new();
+            let mut dead_lettered = 0;
+            while finished < total {
+                let m = next_message(&consumer).await;
+                let id = id(&m);
+                let end = ends
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_default();
+                *end = (*end).max(m.offset() + 1);
+                *received.entry(m.topic().to_owned()).or_default() += 1;
+                let decision = retries
+                    .handle(&consumer, m, async |m| {
+                        handled.fetch_add(1, Ordering::Relaxed);
+                        match roll(id, m.attempt()) {
+                            0..5 => Err(HandlerError::permanent("bad input")),
+                            5..35 => Err(HandlerError::transient("flaky dependency")),
+                            _ => {
+                                assert!(acked.insert(id), "message {id} acknowledged twice");
+                                Ok(())
+                            }
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                match decision {
+                    Decision::Retry { next_attempt, .. } => {
+                        *copies.entry(retries.retry_topic(next_attempt)).or_default() += 1;
+                    }
+                    Decision::DeadLetter { .. } => {
+                        dead_lettered += 1;
+                        finished += 1;
+                    }
+                    _ => finished += 1,
+                }
+            }
+            assert_eq!(received.get(&topic), Some(&total), "each message once");
+            for n in 2..=3 {
+                let retry = retries.retry_topic(n);
+                assert_eq!(
+                    received.get(&retry),
+                    copies.get(&retry),
+                    "every copy sent to {retry} was received, once"
+                );
+            }
+            let dlq_name = retries.dead_letter_topic();
+            let dlq = consumer_with(t.config(), consumer_config(&unique("dlq")), &[&dlq_name]);
+            let mut dead = HashSet::new();
+            while dead.len() + acked.len() < total as usize {
+                let m = next_message(&dlq).await;
+                assert!(
+                    dead.insert(id(&m)),
+                    "message {} dead-lettered twice",
+                    id(&m)
+                );
+                m.finish(Outcome::Ack);
+            }
+            assert_eq!(
+                dead.len(),
+                dead_lettered,
+                "one dead-letter copy per decision"
+            );
+            assert!(acked.is_disjoint(&dead));
+            assert_eq!(
+                acked.len() + dead.len(),
+                total as usize,
+                "messages in = acked + dead-lettered"
+            );
+            assert!(
+                !dead.is_empty() && acked.len() > 200,
+                "acked {} dead {}",
+                acked.len(),
+                dead.len()
+            );
+            assert!(
+                handled.load(Ordering::Relaxed) > total,
+                "some messages were retried"
+            );
+            // Every partition of the topic and its retry topics is committed to the end of what
+            // was received (the commits are asynchronous: wait for them). High watermarks are
+            // not used: Tansu 0.6 reported a high watermark of 1 for a partition holding 150
+            // messages.
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let behind: Vec<_> = committed(&consumer, &retries.topics(), partitions)
+                    .into_iter()
+                    .filter(|(topic, partition, committed)| {
+                        let end = ends.get(&(topic.clone(), *partition)).copied();
+                        end.is_some_and(|e| *committed != Some(e))
+                    })
+                    .collect();
+                if behind.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not committed: {behind:?} of {ends:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+}

@@ -6,6 +6,12 @@ use mqtrace::w3c;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Header carrying when a message re-sent to a retry topic is due: milliseconds since the Unix
+/// epoch, in decimal. Kafka cannot delay a delivery, so the consumer of the retry topic waits
+/// until then ([`crate::RetryTopics::handle`] does).
+pub const NOT_BEFORE_HEADER: &str = "mqtrace-not-before";
 
 /// Reads trace context from Kafka headers (a consumed message's [`BorrowedHeaders`], or the
 /// [`OwnedHeaders`] of a record), without copying.
@@ -103,6 +109,74 @@ pub fn delivery_attempt<H: Headers + ?Sized>(headers: Option<&H>) -> u32 {
             .filter(|n| *n >= 1)
             .unwrap_or(1),
         _ => 1,
+    }
+}
+
+/// When a message is due: the [`NOT_BEFORE_HEADER`] (written by [`crate::RetryTopics`] on the
+/// copies it sends to a retry topic), or `None` when absent or not a valid time.
+///
+/// ```
+/// use rdkafka::message::{Header, OwnedHeaders};
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let h = OwnedHeaders::new().insert(Header { key: "mqtrace-not-before", value: Some("1700000000000") });
+/// assert_eq!(mqtrace_rdkafka::not_before(Some(&h)), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+/// assert_eq!(mqtrace_rdkafka::not_before::<OwnedHeaders>(None), None);
+/// ```
+pub fn not_before<H: Headers + ?Sized>(headers: Option<&H>) -> Option<SystemTime> {
+    match KafkaHeaders(headers).header(NOT_BEFORE_HEADER) {
+        Some(Ok(v)) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+        _ => None,
+    }
+}
+
+/// `time` as milliseconds since the Unix epoch, the format of [`NOT_BEFORE_HEADER`].
+pub(crate) fn epoch_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A copy of `headers` (order, binary and null values, repeated keys kept) without the keys
+/// in `skip`. A header whose key is not UTF-8 cannot be read through rdkafka (it panics) and
+/// is left out.
+pub(crate) fn copy_without<H: Headers + ?Sized>(
+    headers: Option<&H>,
+    skip: &[&str],
+) -> OwnedHeaders {
+    let Some(headers) = headers else {
+        return OwnedHeaders::new();
+    };
+    let count = headers.count();
+    let mut out = OwnedHeaders::new_with_capacity(count + 4);
+    for i in 0..count {
+        match catch_unwind(AssertUnwindSafe(|| headers.try_get(i))) {
+            Ok(Some(h)) if !skip.contains(&h.key) => {
+                out = out.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => break,
+        }
+    }
+    out
+}
+
+/// Writes headers straight into a record's [`OwnedHeaders`] (an OpenTelemetry-style
+/// [`Injector`], for the history of a retried message).
+pub(crate) struct OwnedHeadersWriter(pub(crate) OwnedHeaders);
+
+impl Injector for OwnedHeadersWriter {
+    fn set(&mut self, key: &str, value: String) {
+        let headers = std::mem::replace(&mut self.0, OwnedHeaders::new_with_capacity(0));
+        self.0 = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
     }
 }
 
@@ -303,6 +377,54 @@ mod tests {
     fn nothing_collected_leaves_headers_alone() {
         let out = KafkaHeadersMut::new().apply(None, &Propagation::W3c);
         assert!(out.is_none());
+    }
+
+    #[test]
+    fn copies_skip_the_given_keys_and_keep_everything_else() {
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: "mqtrace-attempt",
+                value: Some("2"),
+            })
+            .insert(Header {
+                key: "null",
+                value: None::<&[u8]>,
+            })
+            .insert(Header {
+                key: "dup",
+                value: Some(&[0_u8, 255][..]),
+            })
+            .insert(Header {
+                key: "dup",
+                value: Some("2"),
+            });
+        let mut w = OwnedHeadersWriter(copy_without(Some(&h), &["mqtrace-attempt"]));
+        w.set("mqtrace-attempt", "3".to_owned());
+        assert_eq!(
+            pairs(&w.0),
+            vec![
+                ("null".to_owned(), None),
+                ("dup".to_owned(), Some(vec![0, 255])),
+                ("dup".to_owned(), Some(b"2".to_vec())),
+                ("mqtrace-attempt".to_owned(), Some(b"3".to_vec())),
+            ]
+        );
+        assert_eq!(copy_without::<OwnedHeaders>(None, &[]).count(), 0);
+    }
+
+    #[test]
+    fn not_before_rejects_what_is_not_a_time() {
+        let h = |v: &str| {
+            OwnedHeaders::new().insert(Header {
+                key: NOT_BEFORE_HEADER,
+                value: Some(v),
+            })
+        };
+        assert_eq!(not_before(Some(&h("x"))), None);
+        assert_eq!(not_before(Some(&h("-5"))), None);
+        let t = UNIX_EPOCH + Duration::from_millis(1_234);
+        assert_eq!(not_before(Some(&h(&epoch_millis(t).to_string()))), Some(t));
+        assert!(not_before(Some(&h(&u64::MAX.to_string()))).is_none_or(|t| t > SystemTime::now()));
     }
 
     #[test]

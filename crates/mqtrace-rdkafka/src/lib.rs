@@ -22,7 +22,11 @@
 //!   CLIENT settle spans (`commit {topic}`, `store_offset {topic}`) and as the process span's
 //!   outcome; with auto-commit a message dropped after handling ends with outcome `auto_ack`;
 //! - batches ([`TracedStreamConsumer::recv_batch`], [`TracedBaseConsumer::poll_batch`]) add a
-//!   CLIENT span `poll {topic}` linking every message.
+//!   CLIENT span `poll {topic}` linking every message;
+//! - [`RetryTopics`] retries failed messages after a delay through retry topics
+//!   (`{topic}.retry.{attempt}`) and dead-letters them to `{topic}.dlq`, driven by a
+//!   [`mqtrace::retry::RetryPolicy`]; each attempt's process span links to the attempt before
+//!   it and to the first send, in one trace.
 //!
 //! ```no_run
 //! use rdkafka::ClientConfig;
@@ -61,6 +65,7 @@ mod headers;
 mod message;
 mod partition;
 mod producer;
+mod retry;
 
 pub use client::{ClientInfo, instrumentation};
 pub use consumer::{
@@ -68,12 +73,13 @@ pub use consumer::{
     TracedMessageStream, TracedStreamConsumer,
 };
 pub use error::error_type;
-pub use headers::{KafkaHeaders, KafkaHeadersMut, delivery_attempt};
+pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
 pub use message::TracedMessage;
 pub use producer::{
     TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,
 };
+pub use retry::RetryTopics;
 
 use mqtrace::{Operation, OperationType};
 
@@ -88,3 +94,6 @@ pub const POLL: Operation = Operation::new("poll", OperationType::Receive);
 pub const COMMIT: Operation = Operation::new("commit", OperationType::Settle);
 /// `store_offset`: a settle operation (an offset stored for a later commit).
 pub const STORE_OFFSET: Operation = Operation::new("store_offset", OperationType::Settle);
+/// `seek`: a settle operation (the partition sought back to a message so it is received
+/// again: Kafka's requeue, used by [`RetryTopics`] when a copy could not be produced).
+pub const SEEK: Operation = Operation::new("seek", OperationType::Settle);

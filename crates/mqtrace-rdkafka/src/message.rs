@@ -43,6 +43,7 @@ pub struct TracedMessage<'a> {
     span: Mutex<Option<ProcessSpan>>,
     context: Context,
     span_context: SpanContext,
+    origin: Option<SpanContext>,
     attempt: u32,
 }
 
@@ -61,6 +62,7 @@ impl<'a> TracedMessage<'a> {
         Self {
             context: span.context().clone(),
             span_context: span.span_context().clone(),
+            origin: span.origin().cloned(),
             span: Mutex::new(Some(span)),
             attempt,
             message,
@@ -105,6 +107,19 @@ impl<'a> TracedMessage<'a> {
     /// ```
     pub fn span_context(&self) -> &SpanContext {
         &self.span_context
+    }
+
+    /// The creation context of the message's first delivery: its own creation context, or
+    /// for a message mqtrace re-sent to a retry or dead-letter topic, the one carried in the
+    /// `mqtrace-origin` header (see [`mqtrace::ProcessSpan::origin`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
+    /// let _first_send = m.origin().map(|sc| sc.span_id());
+    /// # }
+    /// ```
+    pub fn origin(&self) -> Option<&SpanContext> {
+        self.origin.as_ref()
     }
 
     /// The delivery attempt: the `mqtrace-attempt` header when present, else 1 (see

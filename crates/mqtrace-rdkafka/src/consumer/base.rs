@@ -199,7 +199,13 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     /// # Ok(()) }
     /// ```
     pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> KafkaResult<()> {
-        super::commit_message(&self.consumer, &self.consuming, message, mode)
+        super::commit_message(
+            &self.consumer,
+            &self.consuming,
+            message,
+            mode,
+            super::Meaning::ACK,
+        )
     }
 
     /// Stores the message's offset as its settle operation; see
@@ -213,7 +219,12 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     /// # Ok(()) }
     /// ```
     pub fn store_offset_from_message(&self, message: &TracedMessage<'_>) -> KafkaResult<()> {
-        super::store_offset_from_message(&self.consumer, &self.consuming, message)
+        super::store_offset_from_message(
+            &self.consumer,
+            &self.consuming,
+            message,
+            super::Meaning::ACK,
+        )
     }
 }
 

@@ -192,7 +192,13 @@ where
     /// # Ok(()) }
     /// ```
     pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> KafkaResult<()> {
-        super::commit_message(&self.consumer, &self.consuming, message, mode)
+        super::commit_message(
+            &self.consumer,
+            &self.consuming,
+            message,
+            mode,
+            super::Meaning::ACK,
+        )
     }
 
     /// Stores the message's offset, like `Consumer::store_offset_from_message`, as its
@@ -211,7 +217,32 @@ where
     /// # Ok(()) }
     /// ```
     pub fn store_offset_from_message(&self, message: &TracedMessage<'_>) -> KafkaResult<()> {
-        super::store_offset_from_message(&self.consumer, &self.consuming, message)
+        super::store_offset_from_message(
+            &self.consumer,
+            &self.consuming,
+            message,
+            super::Meaning::ACK,
+        )
+    }
+
+    /// Settles `message` with `meaning` (see [`super::settle`]).
+    pub(crate) fn settle_as(
+        &self,
+        message: &TracedMessage<'_>,
+        mode: CommitMode,
+        meaning: super::Meaning,
+    ) -> KafkaResult<()> {
+        super::settle(&self.consumer, &self.consuming, message, mode, meaning)
+    }
+
+    /// Seeks back to `message` so it is received again (see [`super::seek_back`]).
+    pub(crate) fn seek_back(
+        &self,
+        message: &TracedMessage<'_>,
+        reason: String,
+        timeout: Duration,
+    ) -> KafkaResult<()> {
+        super::seek_back(&self.consumer, &self.consuming, message, reason, timeout)
     }
 }
 

@@ -142,6 +142,11 @@ where
         &self.producing.inst
     }
 
+    /// The configuration the producer was created with.
+    pub(crate) fn client_config(&self) -> &ClientConfig {
+        &self.producing.client
+    }
+
     /// The wrapped producer.
     ///
     /// ```no_run

@@ -23,6 +23,9 @@ use rdkafka::message::{OwnedHeaders, ToBytes};
 pub(crate) struct Producing {
     pub(crate) inst: Instrumentation,
     pub(crate) info: ClientInfo,
+    /// The configuration the producer was created with (for an admin client of the same
+    /// cluster).
+    pub(crate) client: ClientConfig,
 }
 
 /// The parts of a record the send span needs.
@@ -39,6 +42,7 @@ impl Producing {
         Self {
             inst: client::build(config, &info),
             info,
+            client: client.clone(),
         }
     }
 
