@@ -40,6 +40,7 @@ pub struct TracedHandler {
     context: Context,
     span_context: SpanContext,
     attempt: Option<u32>,
+    origin: Option<SpanContext>,
     /// Kept for the settle spans when the process span is recording.
     ack_id: Option<String>,
 }
@@ -92,14 +93,10 @@ impl TracedHandler {
         let subscription = short_name(subscription);
         let attrs = &message.attributes;
         let delivery_attempt = handler.delivery_attempt();
-        let attempt = delivery_attempt
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .or_else(|| {
-                attrs
-                    .get(mqtrace::ATTEMPT_HEADER)
-                    .and_then(|v| v.trim().parse().ok())
-            });
+        let attempt = combined_attempt(
+            delivery_attempt,
+            attrs.get(mqtrace::ATTEMPT_HEADER).map(String::as_str),
+        );
         let plain = inst.extract(attrs);
         let extracted = if google.reads() {
             googclient::prefer(attrs, plain)
@@ -148,6 +145,7 @@ impl TracedHandler {
             handler: Some(handler),
             context: span.context().clone(),
             span_context: span.span_context().clone(),
+            origin: span.origin().cloned(),
             span: Some(span),
             attempt,
             ack_id: kept_ack_id,
@@ -177,7 +175,9 @@ impl TracedHandler {
     }
 
     /// The delivery attempt (1 = first delivery), when known: Pub/Sub counts attempts only on
-    /// subscriptions with a dead-letter policy; otherwise an `mqtrace-attempt` attribute is used.
+    /// subscriptions with a dead-letter policy; a copy that [`RetryTopics`](crate::RetryTopics)
+    /// published carries its attempt in the `mqtrace-attempt` attribute. When both are there,
+    /// Pub/Sub's redeliveries of the copy add to the attempt it carries.
     ///
     /// ```no_run
     /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
@@ -198,6 +198,19 @@ impl TracedHandler {
     /// ```
     pub fn delivery_attempt(&self) -> Option<i32> {
         self.handler.as_ref().and_then(Handler::delivery_attempt)
+    }
+
+    /// The creation context of the message's first delivery: its own creation context, or for
+    /// a copy [`RetryTopics`](crate::RetryTopics) published, the one carried in the
+    /// `mqtrace-origin` attribute (see [`mqtrace::ProcessSpan::origin`]).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// if let Some(origin) = h.origin() { println!("first published in trace {}", origin.trace_id()); }
+    /// # }
+    /// ```
+    pub fn origin(&self) -> Option<&SpanContext> {
+        self.origin.as_ref()
     }
 
     /// Whether the subscription has exactly-once delivery (acks can be confirmed).
@@ -344,6 +357,18 @@ impl TracedHandler {
         .await
     }
 
+    /// Acks (`ack` true) or nacks with `settle`'s outcome and reason, waiting for the
+    /// confirmation on exactly-once subscriptions.
+    pub(crate) async fn settle_as(mut self, settle: Settle, ack: bool) -> Result<(), AckError> {
+        if ack {
+            self.settle_confirmed(settle, ExactlyOnce::confirmed_ack, Handler::ack)
+                .await
+        } else {
+            self.settle_confirmed(settle, ExactlyOnce::confirmed_nack, Handler::nack)
+                .await
+        }
+    }
+
     /// The wrapped handler and the process span, for settling by other means (the span ends
     /// when you finish or drop it; dropping the handler nacks the message).
     ///
@@ -359,6 +384,21 @@ impl TracedHandler {
     }
 }
 
+/// The attempt of a delivery: Pub/Sub's count (subscriptions with a dead-letter policy) and the
+/// `mqtrace-attempt` a republished copy carries. A copy's own redeliveries add to its attempt.
+fn combined_attempt(delivery_attempt: Option<i32>, carried: Option<&str>) -> Option<u32> {
+    let counted = delivery_attempt
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0);
+    let carried = carried
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0);
+    match (counted, carried) {
+        (Some(n), Some(c)) => Some(c.saturating_add(n - 1)),
+        (n, c) => n.or(c),
+    }
+}
+
 impl Drop for TracedHandler {
     fn drop(&mut self) {
         // Dropping the client's handler is what nacks the message.
@@ -366,5 +406,21 @@ impl Drop for TracedHandler {
             Settle::new(NACK, Outcome::Requeue).with_reason(DROPPED),
             drop,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combined_attempt;
+
+    #[test]
+    fn attempts_combine_pubsub_counts_with_the_carried_attempt() {
+        assert_eq!(combined_attempt(None, None), None);
+        assert_eq!(combined_attempt(Some(2), None), Some(2));
+        assert_eq!(combined_attempt(None, Some("3")), Some(3));
+        assert_eq!(combined_attempt(Some(1), Some(" 3 ")), Some(3));
+        assert_eq!(combined_attempt(Some(2), Some("3")), Some(4));
+        assert_eq!(combined_attempt(Some(0), Some("x")), None);
+        assert_eq!(combined_attempt(Some(-1), Some("0")), None);
     }
 }

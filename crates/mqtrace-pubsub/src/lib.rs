@@ -16,7 +16,11 @@
 //!   CONSUMER span `subscribe {subscription}` that continues the producer's trace from receipt
 //!   until the message is acked, nacked (outcome `requeue`) or its handler is dropped (the
 //!   client then nacks it, recorded as `requeue` with a reason), with CLIENT settle spans
-//!   `ack {subscription}` / `nack {subscription}`.
+//!   `ack {subscription}` / `nack {subscription}`;
+//! - [`RetryTopics`] retries a failed message after a delay through a retry topic and
+//!   dead-letters it to a dead-letter topic, as a [`mqtrace::retry::RetryPolicy`] decides, with
+//!   each attempt's process span linked to the attempt before and to the first publish;
+//!   [`RetryStream`] reads a subscription and its retry subscription as one stream.
 //!
 //! ```no_run
 //! use google_cloud_pubsub::model::Message;
@@ -57,6 +61,7 @@ mod error;
 mod googclient;
 mod handler;
 mod publisher;
+mod retry;
 mod subscriber;
 
 pub use emulator::{Emulator, EmulatorError};
@@ -64,6 +69,7 @@ pub use error::{ack_error_type, error_type, publish_error_type};
 pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};
 pub use handler::TracedHandler;
 pub use publisher::{TracedPublishFuture, TracedPublisher};
+pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
 
 use mqtrace::{Config, Instrumentation, Operation, OperationType};
@@ -135,5 +141,11 @@ mod tests {
         send::<crate::TracedMessageStream>();
         send::<crate::TracedHandler>();
         sync::<crate::TracedHandler>();
+        send::<crate::RetryTopics>();
+        sync::<crate::RetryTopics>();
+        send::<crate::RetryStream>();
+        send::<crate::Received>();
+        sync::<crate::Received>();
+        send::<crate::RetryError>();
     }
 }

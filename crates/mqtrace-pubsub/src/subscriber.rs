@@ -6,6 +6,7 @@ use crate::short_name;
 use google_cloud_pubsub::builder::subscriber::Subscribe;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
 use mqtrace::Instrumentation;
 use std::fmt;
@@ -229,6 +230,26 @@ impl TracedSubscribe {
     }
 }
 
+/// Starts process spans for the messages of one subscription ([`TracedMessageStream::tracer`]).
+#[derive(Clone)]
+pub(crate) struct StreamTracer {
+    name: Arc<str>,
+    inst: Instrumentation,
+    google: GoogleContext,
+}
+
+impl StreamTracer {
+    /// The subscription's short name.
+    pub(crate) fn subscription(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the process span of `message`.
+    pub(crate) fn trace(&self, message: &Message, handler: Handler) -> TracedHandler {
+        TracedHandler::new(message, handler, &self.name, &self.inst, self.google)
+    }
+}
+
 /// An open streaming pull whose messages come with a [`TracedHandler`].
 ///
 /// ```no_run
@@ -314,6 +335,25 @@ impl TracedMessageStream {
                 TracedHandler::new(&message, handler, &self.name, &self.inst, self.google);
             (message, handler)
         }))
+    }
+
+    /// The next message with the client's own handler: no process span yet (see
+    /// [`Self::tracer`]). Do not drop it before it completes while the stream is opening: the
+    /// service may already have handed messages to the pull being opened, and they come again
+    /// only after their ack deadline.
+    pub(crate) async fn next_raw(
+        &mut self,
+    ) -> Option<google_cloud_pubsub::Result<(Message, Handler)>> {
+        self.inner.next().await
+    }
+
+    /// What starts this stream's process spans, kept apart from the stream.
+    pub(crate) fn tracer(&self) -> StreamTracer {
+        StreamTracer {
+            name: self.name.clone(),
+            inst: self.inst.clone(),
+            google: self.google,
+        }
     }
 
     /// A shutdown token for the stream, like [`MessageStream::shutdown_token`].
