@@ -831,3 +831,596 @@ async fn a_confirmed_ack_that_fails_is_recorded_on_the_ack_and_process_spans() {
     })
     .await;
 }
+
+/// Retries through a retry topic and dead-lettering to a dead-letter topic
+/// (`mqtrace_pubsub::RetryTopics`), each test with its own topics and subscriptions.
+mod retries {
+    use super::*;
+    use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+    use mqtrace_integration_tests::WAIT;
+    use mqtrace_integration_tests::pubsub::topic as topic_name;
+    use mqtrace_pubsub::{RetryError, RetryStream, RetryTopics, TracedHandler};
+    use opentelemetry::Value;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy::exponential(max_attempts)
+            .with_initial_delay(Duration::from_millis(50))
+            .with_jitter(0.0)
+    }
+
+    /// A topic and its subscription, with the subscription's retry topic and subscription and a
+    /// dead-letter topic and subscription.
+    struct Retrying {
+        s: Setup,
+        retry_topic: String,
+        retry_sub: String,
+        dlq_topic: String,
+        dlq_sub: String,
+        topics: RetryTopics,
+    }
+
+    async fn retrying(policy: RetryPolicy) -> Retrying {
+        let s = setup(|sub| sub).await;
+        let retry_topic = s.ps.create_topic(&unique("billing-retry")).await;
+        let retry_sub =
+            s.ps.create_subscription(&unique("billing-retry"), &retry_topic, |x| x)
+                .await;
+        let dlq_topic = s.ps.create_topic(&unique("billing-dlq")).await;
+        let dlq_sub =
+            s.ps.create_subscription(&unique("billing-dlq"), &dlq_topic, |x| x)
+                .await;
+        let topics = RetryTopics::new(
+            s.publisher_to(&retry_topic, |b| b).await,
+            s.publisher_to(&dlq_topic, |b| b).await,
+            policy,
+        );
+        Retrying {
+            s,
+            retry_topic,
+            retry_sub,
+            dlq_topic,
+            dlq_sub,
+            topics,
+        }
+    }
+
+    impl Retrying {
+        async fn stream(&self) -> RetryStream {
+            self.topics.stream(
+                self.s.stream(&self.s.sub).await,
+                self.s.stream(&self.retry_sub).await,
+            )
+        }
+
+        /// The short names of the subscription and the retry subscription.
+        fn subs(&self) -> (String, String) {
+            (
+                short(&self.s.sub).to_owned(),
+                short(&self.retry_sub).to_owned(),
+            )
+        }
+
+        /// The process spans of every attempt (both subscriptions), by attempt number.
+        fn attempts<'a>(&self, spans: &'a Spans) -> Vec<&'a opentelemetry_sdk::trace::SpanData> {
+            let (sub, retry_sub) = self.subs();
+            let mut attempts = spans.named(&format!("subscribe {sub}"));
+            attempts.extend(spans.named(&format!("subscribe {retry_sub}")));
+            attempts.sort_by_key(|s| s.attr_i64(attr::DELIVERY_ATTEMPT));
+            attempts
+        }
+    }
+
+    async fn next_of(stream: &mut RetryStream) -> (Message, TracedHandler) {
+        match tokio::time::timeout(WAIT, stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => panic!("subscriber error: {e}"),
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => panic!("no message within {WAIT:?} ({stream:?})"),
+        }
+    }
+
+    fn link_of_type<'a>(
+        span: &'a opentelemetry_sdk::trace::SpanData,
+        kind: &str,
+    ) -> Option<&'a opentelemetry::trace::Link> {
+        span.links.links.iter().find(|l| {
+            l.attributes.iter().any(|kv| {
+                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
+            })
+        })
+    }
+
+    fn id_of(m: &Message) -> u32 {
+        std::str::from_utf8(&m.data)
+            .expect("utf8")
+            .parse()
+            .expect("id")
+    }
+
+    #[tokio::test]
+    async fn transient_failure_twice_then_success_is_three_linked_attempts_in_one_trace() {
+        within(async {
+            let r = retrying(fast(5)).await;
+            let (sub, retry_sub) = r.subs();
+            let publisher = r.s.publisher().await;
+            publish(
+                &publisher,
+                Message::new()
+                    .set_data("order-1")
+                    .set_ordering_key("customer-7")
+                    .set_attributes([("tenant", "acme")]),
+            )
+            .await;
+            let mut stream = r.stream().await;
+            let mut decisions = Vec::new();
+            let mut copies = Vec::new();
+            let mut handled_at: Option<(Instant, Duration)> = None;
+            for _ in 0..3 {
+                let (m, handler) = next_of(&mut stream).await;
+                if let Some((at, delay)) = handled_at {
+                    // A copy is not handed out before it is due (50 ms, then 100 ms, counted
+                    // from the decision; the due time is kept in whole milliseconds).
+                    let waited = Instant::now().duration_since(at);
+                    assert!(
+                        waited + Duration::from_millis(2) >= delay,
+                        "{waited:?} < {delay:?}"
+                    );
+                }
+                copies.push(m.clone());
+                let started = Instant::now();
+                let decision = r
+                    .topics
+                    .handle(m, handler, async |m| {
+                        assert_eq!(&m.data[..], b"order-1", "the payload is unchanged");
+                        if m.attempt() < 3 {
+                            Err(HandlerError::transient("inventory service unavailable"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                if let Decision::Retry { delay, .. } = decision {
+                    handled_at = Some((started, delay));
+                }
+                decisions.push(decision);
+            }
+            assert!(
+                matches!(
+                    decisions[..],
+                    [
+                        Decision::Retry {
+                            next_attempt: 2,
+                            ..
+                        },
+                        Decision::Retry {
+                            next_attempt: 3,
+                            ..
+                        },
+                        Decision::Ack
+                    ]
+                ),
+                "{decisions:?}"
+            );
+            assert_eq!(stream.held(), 0);
+
+            // The copies keep the data, the ordering key and the user's attributes, and carry
+            // their attempt and when they were due.
+            for (i, c) in copies.iter().enumerate().skip(1) {
+                assert_eq!(c.ordering_key, "customer-7");
+                assert_eq!(c.attributes.get("tenant").map(String::as_str), Some("acme"));
+                assert_eq!(
+                    c.attributes.get("mqtrace-attempt"),
+                    Some(&(i + 1).to_string())
+                );
+                assert!(c.attributes.contains_key("mqtrace-not-before"));
+                assert!(c.attributes.contains_key("mqtrace-previous-attempt"));
+                assert!(c.attributes.contains_key("mqtrace-origin"));
+            }
+
+            let spans =
+                r.s.t
+                    .wait_for(
+                        |s| {
+                            s.named(&format!("ack {sub}")).len() == 1
+                                && s.named(&format!("ack {retry_sub}")).len() == 2
+                        },
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("settle spans: {e}"));
+            let create = spans.one(&format!("create {}", short(&r.s.topic)));
+            let attempts = r.attempts(&spans);
+            assert_eq!(attempts.len(), 3, "{}", spans.tree());
+            for (i, a) in attempts.iter().enumerate() {
+                assert_eq!(a.attr_i64(attr::DELIVERY_ATTEMPT), Some(i as i64 + 1));
+                assert_eq!(
+                    a.span_context.trace_id(),
+                    create.span_context.trace_id(),
+                    "one trace"
+                );
+                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+                a.assert_attr(ps::ORDERING_KEY, "customer-7");
+                // The stream held each copy until it was due: no wait inside the process span.
+                assert!(
+                    a.events.iter().all(|e| e.name != "mqtrace.retry.wait"),
+                    "{:?}",
+                    a.events
+                );
+            }
+            attempts[0].assert_child_of(create);
+            attempts[0].assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &sub);
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            assert!(!attempts[2].is_error());
+            for a in &attempts[..2] {
+                a.assert_attr(attr::ERROR_TYPE, "transient");
+                assert!(a.attr(attr::RETRY_DELAY).is_some());
+                assert!(a.is_error());
+                assert!(
+                    a.attr_str(attr::OUTCOME_REASON)
+                        .is_some_and(|r| r.starts_with("retry in"))
+                );
+            }
+            // Attempt n+1 is a child of the copy's create span, itself a child of attempt n,
+            // and links to attempt n and to the original create span.
+            let republished = spans.named(&format!("create {}", short(&r.retry_topic)));
+            assert_eq!(republished.len(), 2);
+            for n in 1..3 {
+                let copy = republished
+                    .iter()
+                    .find(|c| c.parent_span_id == attempts[n - 1].span_context.span_id())
+                    .unwrap_or_else(|| panic!("no copy made by attempt {n}:\n{}", spans.tree()));
+                attempts[n].assert_child_of(copy);
+                attempts[n].assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &retry_sub);
+                let prev =
+                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                assert_eq!(
+                    prev.span_context.span_id(),
+                    attempts[n - 1].span_context.span_id()
+                );
+                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                assert_eq!(origin.span_context.span_id(), create.span_context.span_id());
+                // The copy carries its own create span's context, not a stale one.
+                assert_eq!(
+                    copies[n].attributes.get("traceparent"),
+                    Some(&w3c::encode_traceparent(&copy.span_context))
+                );
+                assert_eq!(
+                    copies[n].attributes.get(GOOGCLIENT_TRACEPARENT),
+                    Some(&w3c::encode_traceparent(&copy.span_context))
+                );
+            }
+            // The settle spans: an ack with outcome retry, then the final ack.
+            spans
+                .one(&format!("ack {sub}"))
+                .assert_attr(attr::OUTCOME, "retry");
+            stream.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn poison_and_permanent_failures_are_dead_lettered_with_their_reason_and_keep_the_trace()
+    {
+        within(async {
+            let r = retrying(fast(3)).await;
+            let publisher = r.s.publisher().await;
+            publish(&publisher, Message::new().set_data("permanent")).await;
+            publish(&publisher, Message::new().set_data("always-transient")).await;
+            let mut stream = r.stream().await;
+            let mut dead = 0;
+            for _ in 0..4 {
+                let (m, handler) = next_of(&mut stream).await;
+                let decision = r
+                    .topics
+                    .handle(m, handler, async |m| {
+                        if &m.data[..] == b"permanent" {
+                            Err(HandlerError::permanent("order has no items")
+                                .with_error_type("invalid_order"))
+                        } else {
+                            Err(HandlerError::transient("db down"))
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                if matches!(decision, Decision::DeadLetter { .. }) {
+                    dead += 1;
+                }
+            }
+            assert_eq!(dead, 2);
+            stream.shutdown().await;
+
+            let mut dlq = r.s.stream(&r.dlq_sub).await;
+            let mut reasons = Vec::new();
+            for _ in 0..2 {
+                let (m, handler) = next_message(&mut dlq).await;
+                reasons.push((
+                    String::from_utf8_lossy(&m.data).into_owned(),
+                    m.attributes
+                        .get("mqtrace-dead-letter-reason")
+                        .cloned()
+                        .expect("reason attribute"),
+                    handler.attempt(),
+                ));
+                handler.ack();
+            }
+            reasons.sort();
+            assert_eq!(
+                reasons,
+                [
+                    (
+                        "always-transient".into(),
+                        "gave up after 3 of 3 attempts: db down".into(),
+                        Some(3)
+                    ),
+                    (
+                        "permanent".into(),
+                        "permanent failure: order has no items".into(),
+                        Some(1)
+                    ),
+                ]
+            );
+
+            let dlq_sub = short(&r.dlq_sub);
+            let spans = r.s.wait(&format!("ack {dlq_sub}"), 2).await;
+            let creates = spans.named(&format!("create {}", short(&r.s.topic)));
+            for dead_process in spans.named(&format!("subscribe {dlq_sub}")) {
+                // The dead-letter consumer continues the trace of the message's producer.
+                let create = creates
+                    .iter()
+                    .find(|c| c.span_context.trace_id() == dead_process.span_context.trace_id())
+                    .unwrap_or_else(|| panic!("not in a producer's trace:\n{}", spans.tree()));
+                let dl_create = spans
+                    .named(&format!("create {}", short(&r.dlq_topic)))
+                    .into_iter()
+                    .find(|p| p.span_context.span_id() == dead_process.parent_span_id)
+                    .expect("the dead-letter copy's create span is the parent");
+                let last_attempt = spans
+                    .by_id(dl_create.parent_span_id)
+                    .expect("the last attempt made the copy");
+                last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
+                assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
+                assert!(last_attempt.is_error());
+                let prev = link_of_type(dead_process, "previous_attempt").expect("previous");
+                assert_eq!(
+                    prev.span_context.span_id(),
+                    last_attempt.span_context.span_id()
+                );
+                let origin = link_of_type(dead_process, "origin").expect("origin");
+                assert_eq!(origin.span_context.span_id(), create.span_context.span_id());
+            }
+            let permanent = r
+                .attempts(&spans)
+                .into_iter()
+                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .expect("permanent failure span");
+            permanent.assert_attr(attr::OUTCOME, "dead_letter");
+            permanent.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+            permanent.assert_attr(
+                attr::OUTCOME_REASON,
+                "permanent failure: order has no items",
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_hanging_handler_is_a_failure_and_the_message_is_not_lost() {
+        within(async {
+            let r = retrying(fast(5)).await;
+            let topics = RetryTopics::new(
+                r.s.publisher_to(&r.retry_topic, |b| b).await,
+                r.s.publisher_to(&r.dlq_topic, |b| b).await,
+                fast(5),
+            )
+            .with_time_limit(Duration::from_millis(300));
+            let publisher = r.s.publisher().await;
+            publish(&publisher, Message::new().set_data("fragile")).await;
+            let mut stream = r.stream().await;
+            for _ in 0..3 {
+                let (m, handler) = next_of(&mut stream).await;
+                topics
+                    .handle(m, handler, async |m| match m.attempt() {
+                        1 => panic!("bug in the handler"),
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    })
+                    .await
+                    .expect("carried out");
+            }
+            let (_, retry_sub) = r.subs();
+            let spans = r.s.wait(&format!("ack {retry_sub}"), 2).await;
+            let attempts = r.attempts(&spans);
+            assert_eq!(attempts.len(), 3, "{}", spans.tree());
+            attempts[0].assert_attr(attr::ERROR_TYPE, "panic");
+            attempts[0].assert_attr(attr::OUTCOME, "retry");
+            attempts[1].assert_attr(attr::ERROR_TYPE, "timeout");
+            attempts[1].assert_attr(attr::OUTCOME, "retry");
+            attempts[2].assert_attr(attr::OUTCOME, "ack");
+            stream.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_cannot_be_published_is_nacked_and_the_message_comes_again() {
+        within(async {
+            let r = retrying(fast(3)).await;
+            // A dead-letter topic that does not exist.
+            let missing = topic_name(&unique("missing-dlq"));
+            let topics = RetryTopics::new(
+                r.s.publisher_to(&r.retry_topic, |b| b).await,
+                r.s.publisher_to(&missing, |b| b).await,
+                fast(3),
+            );
+            let publisher = r.s.publisher().await;
+            let id = publish(&publisher, Message::new().set_data("precious")).await;
+            let mut stream = r.stream().await;
+            let (m, handler) = next_of(&mut stream).await;
+            let err = topics
+                .handle(m, handler, async |_| Err(HandlerError::permanent("bad")))
+                .await
+                .expect_err("the dead-letter topic is missing");
+            assert!(
+                matches!(&err, RetryError::Publish { topic, .. } if *topic == missing),
+                "{err}"
+            );
+            // Not lost: Pub/Sub delivers it again.
+            let (again, handler) = next_of(&mut stream).await;
+            assert_eq!(again.message_id, id);
+            handler.ack();
+
+            let sub = short(&r.s.sub);
+            let spans = r.s.wait(&format!("ack {sub}"), 1).await;
+            let requeued = spans
+                .named(&format!("subscribe {sub}"))
+                .into_iter()
+                .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+                .unwrap_or_else(|| panic!("no requeued attempt:\n{}", spans.tree()));
+            assert!(
+                requeued
+                    .attr_str(attr::OUTCOME_REASON)
+                    .is_some_and(|r| r.starts_with("could not publish the copy")),
+                "{}",
+                spans.tree()
+            );
+            spans.one(&format!("nack {sub}")).assert_child_of(requeued);
+            let failed = spans.one(&format!("create {}", short(&missing)));
+            assert!(failed.is_error());
+            failed.assert_child_of(requeued);
+            stream.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_copy_read_without_the_retry_stream_is_waited_for_inside_its_process_span() {
+        within(async {
+            let r = retrying(fast(3).with_initial_delay(Duration::from_millis(300))).await;
+            let publisher = r.s.publisher().await;
+            publish(&publisher, Message::new().set_data("later")).await;
+            let mut main = r.s.stream(&r.s.sub).await;
+            let (m, handler) = next_message(&mut main).await;
+            let started = Instant::now();
+            let first = r
+                .topics
+                .handle(m, handler, async |_| Err(HandlerError::transient("busy")))
+                .await
+                .expect("carried out");
+            assert!(matches!(first, Decision::Retry { .. }), "{first:?}");
+            // The retry subscription read directly: the copy comes at once, and `handle` waits.
+            let mut retry = r.s.stream(&r.retry_sub).await;
+            let (copy, handler) = next_message(&mut retry).await;
+            assert_eq!(handler.attempt(), Some(2));
+            r.topics
+                .handle(copy, handler, async |_| Ok(()))
+                .await
+                .expect("carried out");
+            assert!(started.elapsed() >= Duration::from_millis(295));
+            let (_, retry_sub) = r.subs();
+            let spans = r.s.wait(&format!("ack {retry_sub}"), 1).await;
+            let second = spans.one(&format!("subscribe {retry_sub}"));
+            second.assert_attr(attr::OUTCOME, "ack");
+            assert!(
+                second.events.iter().any(|e| e.name == "mqtrace.retry.wait"),
+                "{:?}",
+                second.events
+            );
+        })
+        .await;
+    }
+
+    /// Messages in = messages acked + messages dead-lettered, over a couple hundred messages
+    /// with deterministic pseudo-random transient and permanent failures.
+    ///
+    /// Pub/Sub delivers at least once, so identities are counted, not deliveries: each message
+    /// carries its id as its data; a redelivered attempt (same id and attempt) rolls the same
+    /// failure, so it reaches the same decision, and is counted once in the sets.
+    #[tokio::test]
+    async fn messages_in_equal_messages_acked_plus_dead_lettered_under_random_failures() {
+        within(async {
+            let r = retrying(fast(3).with_initial_delay(Duration::from_millis(20))).await;
+            let total = 200_u32;
+            let publisher = r.s.publisher().await;
+            let published = futures_util::future::join_all(
+                (0..total).map(|i| publisher.publish(Message::new().set_data(i.to_string()))),
+            );
+            for p in tokio::time::timeout(WAIT, published)
+                .await
+                .expect("published within the wait")
+            {
+                p.expect("publish");
+            }
+            // 30 % transient, 5 % permanent failures, per attempt.
+            let roll = |id: u32, attempt: u32| {
+                (id.wrapping_mul(2_654_435_761) ^ attempt.wrapping_mul(40_503)) % 100
+            };
+            let mut stream = r.stream().await;
+            let mut acked = HashSet::new();
+            let mut finished = HashSet::new();
+            let handled = AtomicU32::new(0);
+            let mut duplicates = 0;
+            while finished.len() < total as usize {
+                let (m, handler) = next_of(&mut stream).await;
+                let id = id_of(&m);
+                let decision = r
+                    .topics
+                    .handle(m, handler, async |m| {
+                        handled.fetch_add(1, Ordering::Relaxed);
+                        match roll(id, m.attempt()) {
+                            0..5 => Err(HandlerError::permanent("bad input")),
+                            5..35 => Err(HandlerError::transient("flaky dependency")),
+                            _ => Ok(()),
+                        }
+                    })
+                    .await
+                    .expect("carried out");
+                match decision {
+                    Decision::Retry { .. } => {}
+                    Decision::Ack => {
+                        acked.insert(id);
+                        duplicates += usize::from(!finished.insert(id));
+                    }
+                    Decision::DeadLetter { .. } => {
+                        duplicates += usize::from(!finished.insert(id));
+                    }
+                }
+            }
+            assert_eq!(stream.held(), 0, "no copy left waiting");
+            stream.shutdown().await;
+
+            let mut dlq = r.s.stream(&r.dlq_sub).await;
+            let mut dead = HashSet::new();
+            while dead.len() + acked.len() < total as usize {
+                let (m, handler) = next_message(&mut dlq).await;
+                let id = id_of(&m);
+                // A redelivered dead letter is the same message again: counted once.
+                duplicates += usize::from(!dead.insert(id));
+                handler.ack();
+            }
+            assert!(acked.is_disjoint(&dead), "{:?}", acked.intersection(&dead));
+            let all: HashSet<u32> = (0..total).collect();
+            assert_eq!(&acked | &dead, all, "messages in = acked + dead-lettered");
+            assert!(
+                !dead.is_empty() && acked.len() > 150,
+                "acked {} dead {}",
+                acked.len(),
+                dead.len()
+            );
+            assert!(
+                handled.load(Ordering::Relaxed) > total,
+                "some messages were retried"
+            );
+            // At-least-once: duplicates are allowed, counted once; there should be few.
+            assert!(duplicates < 10, "{duplicates} duplicate deliveries");
+        })
+        .await;
+    }
+}
