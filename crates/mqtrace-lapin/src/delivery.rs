@@ -8,13 +8,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use mqtrace::attributes as attr;
-use mqtrace::{Incoming, Instrumentation, Outcome, ProcessSpan, Settle, SettleError};
+use mqtrace::{Incoming, Instrumentation, Outcome, ProcessSpan, Processing, Settle, SettleError};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Mutex;
 
 /// A delivery with its process span.
 ///
@@ -38,10 +37,7 @@ use std::sync::Mutex;
 /// ```
 pub struct TracedDelivery {
     delivery: Delivery,
-    span: Mutex<Option<ProcessSpan>>,
-    context: Context,
-    span_context: SpanContext,
-    origin: Option<SpanContext>,
+    processing: Processing,
     attempt: u32,
 }
 
@@ -50,7 +46,7 @@ impl std::fmt::Debug for TracedDelivery {
         f.debug_struct("TracedDelivery")
             .field("delivery_tag", &self.delivery.delivery_tag)
             .field("attempt", &self.attempt)
-            .field("span_context", &self.span_context)
+            .field("span_context", self.processing.span_context())
             .finish_non_exhaustive()
     }
 }
@@ -130,20 +126,10 @@ impl TracedDelivery {
             span.set_drop_outcome(Outcome::AutoAck);
         }
         Self {
-            context: span.context().clone(),
-            span_context: span.span_context().clone(),
-            origin: span.origin().cloned(),
             attempt: history.attempt,
-            span: Mutex::new(Some(span)),
+            processing: Processing::new(span),
             delivery,
         }
-    }
-
-    fn take_span(&self) -> Option<ProcessSpan> {
-        self.span
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
     }
 
     /// The context holding the process span, to make it current in synchronous code.
@@ -154,7 +140,7 @@ impl TracedDelivery {
     /// # }
     /// ```
     pub fn context(&self) -> &Context {
-        &self.context
+        self.processing.context()
     }
 
     /// The process span's context (e.g. to log its trace id).
@@ -165,7 +151,7 @@ impl TracedDelivery {
     /// # }
     /// ```
     pub fn span_context(&self) -> &SpanContext {
-        &self.span_context
+        self.processing.span_context()
     }
 
     /// The delivery attempt (1 = first delivery); see [`crate::DeliveryHistory`].
@@ -190,7 +176,7 @@ impl TracedDelivery {
     /// # }
     /// ```
     pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        opentelemetry::context::FutureExt::with_context(fut, self.context.clone())
+        self.processing.in_span(fut)
     }
 
     /// Records a handler error on the process span (it does not settle the message).
@@ -205,14 +191,7 @@ impl TracedDelivery {
         error_type: impl Into<Cow<'static, str>>,
         error: &dyn std::fmt::Display,
     ) {
-        if let Some(span) = self
-            .span
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            span.record_error(error_type, error);
-        }
+        self.processing.record_error(error_type, error);
     }
 
     /// The creation context of the message's first delivery (see
@@ -224,7 +203,7 @@ impl TracedDelivery {
     /// # }
     /// ```
     pub fn origin(&self) -> Option<&SpanContext> {
-        self.origin.as_ref()
+        self.processing.origin()
     }
 
     pub(crate) async fn settle_with(
@@ -232,10 +211,7 @@ impl TracedDelivery {
         settle: Settle,
         op: impl Future<Output = lapin::Result<bool>>,
     ) -> lapin::Result<bool> {
-        match self.take_span() {
-            Some(span) => span.settle(settle, op, check).await,
-            None => op.await,
-        }
+        self.processing.settle(settle, op, check).await
     }
 
     /// Acknowledges, like `Acker::ack`: outcome `ack`.
@@ -323,7 +299,7 @@ impl TracedDelivery {
     /// # let _ = delivery; }
     /// ```
     pub fn into_parts(self) -> (Delivery, Option<ProcessSpan>) {
-        let span = self.take_span();
+        let span = self.processing.take();
         (self.delivery, span)
     }
 }

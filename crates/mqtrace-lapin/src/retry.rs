@@ -24,7 +24,7 @@ use mqtrace::{Outcome, Settle};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The retry and dead-letter queues of one work queue, and the policy that uses them.
@@ -46,12 +46,18 @@ use std::time::Duration;
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RetryQueues {
-    channel: TracedChannel,
-    queue: String,
+    shared: Arc<Shared>,
     policy: RetryPolicy,
     time_limit: Option<Duration>,
+}
+
+/// What the copies of every delivery share: owned, so `handle`'s future is `Send`.
+#[derive(Debug)]
+struct Shared {
+    channel: TracedChannel,
+    queue: String,
     declared: Mutex<HashSet<u32>>,
 }
 
@@ -118,13 +124,16 @@ impl RetryQueues {
         policy: RetryPolicy,
     ) -> lapin::Result<Self> {
         let this = Self {
-            channel,
-            queue: queue.to_owned(),
+            shared: Arc::new(Shared {
+                channel,
+                queue: queue.to_owned(),
+                declared: Mutex::new(HashSet::new()),
+            }),
             policy,
             time_limit: None,
-            declared: Mutex::new(HashSet::new()),
         };
-        this.channel
+        this.shared
+            .channel
             .queue_declare(
                 this.dead_letter_queue().as_str().into(),
                 QueueDeclareOptions {
@@ -169,7 +178,7 @@ impl RetryQueues {
     /// # }
     /// ```
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+        self.shared.dead_letter_queue()
     }
 
     /// `{queue}.retry.{attempt}`: where a message waits before delivery attempt `attempt`.
@@ -180,6 +189,39 @@ impl RetryQueues {
     /// # }
     /// ```
     pub fn retry_queue(&self, attempt: u32) -> String {
+        self.shared.retry_queue(attempt)
+    }
+
+    /// Runs `handler` for `delivery` and carries out what the policy decides: ack, retry after
+    /// a delay, or dead-letter (see [`mqtrace::retry::run`] for panics and time limits).
+    /// Returns the decision, or the broker's error (the message then stays with RabbitMQ).
+    /// The returned future is `Send` when the handler's is, so it can be spawned.
+    ///
+    /// See the example on [`RetryQueues`].
+    pub async fn handle<F>(&self, delivery: TracedDelivery, handler: F) -> lapin::Result<Decision>
+    where
+        F: AsyncFnOnce(&TracedDelivery) -> Result<(), HandlerError>,
+    {
+        let retrying = Retrying {
+            delivery,
+            queues: self.shared.clone(),
+        };
+        retry::run(
+            retrying,
+            &self.policy,
+            self.time_limit,
+            async |r: &Retrying| handler(&r.delivery).await,
+        )
+        .await
+    }
+}
+
+impl Shared {
+    fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    fn retry_queue(&self, attempt: u32) -> String {
         format!("{}.retry.{attempt}", self.queue)
     }
 
@@ -210,28 +252,6 @@ impl RetryQueues {
                 .insert(attempt);
         }
         Ok(name)
-    }
-
-    /// Runs `handler` for `delivery` and carries out what the policy decides: ack, retry after
-    /// a delay, or dead-letter (see [`mqtrace::retry::run`] for panics and time limits).
-    /// Returns the decision, or the broker's error (the message then stays with RabbitMQ).
-    ///
-    /// See the example on [`RetryQueues`].
-    pub async fn handle<F>(&self, delivery: TracedDelivery, handler: F) -> lapin::Result<Decision>
-    where
-        F: AsyncFnOnce(&TracedDelivery) -> Result<(), HandlerError>,
-    {
-        let retrying = Retrying {
-            delivery,
-            queues: self,
-        };
-        retry::run(
-            retrying,
-            &self.policy,
-            self.time_limit,
-            async |r: &Retrying<'_>| handler(&r.delivery).await,
-        )
-        .await
     }
 
     /// Publishes a copy of `delivery` to `queue` with its history, inside its process span.
@@ -272,12 +292,12 @@ impl RetryQueues {
     }
 }
 
-struct Retrying<'q> {
+struct Retrying {
     delivery: TracedDelivery,
-    queues: &'q RetryQueues,
+    queues: Arc<Shared>,
 }
 
-impl Retrying<'_> {
+impl Retrying {
     /// Requeues the original after a failed republish, so the message is not lost.
     async fn requeue(self, why: String) {
         let _ = self
@@ -293,7 +313,7 @@ impl Retrying<'_> {
     }
 }
 
-impl RetryDelivery for Retrying<'_> {
+impl RetryDelivery for Retrying {
     type Error = lapin::Error;
 
     fn attempt(&self) -> u32 {
@@ -305,7 +325,7 @@ impl RetryDelivery for Retrying<'_> {
     }
 
     async fn carry_out(self, decision: &Decision) -> lapin::Result<()> {
-        let q = self.queues;
+        let q = self.queues.clone();
         let (settle, published) = match decision {
             Decision::Ack => (Settle::new(ACK, Outcome::Ack), Ok(())),
             Decision::Retry {
@@ -355,5 +375,27 @@ impl RetryDelivery for Retrying<'_> {
             )
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Compiles only if `handle`'s future can be spawned.
+    #[allow(dead_code)]
+    fn handle_future_is_send(retries: RetryQueues, delivery: TracedDelivery) {
+        let fut = async move {
+            retries
+                .handle(delivery, async |d| {
+                    tokio::task::yield_now().await;
+                    let _ = d.attempt();
+                    Ok(())
+                })
+                .await
+        };
+        assert_send(&fut);
     }
 }

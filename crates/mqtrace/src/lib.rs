@@ -55,6 +55,7 @@ mod metrics;
 mod operation;
 mod outcome;
 mod process;
+mod processing;
 mod producer;
 pub mod propagation;
 mod receive;
@@ -68,6 +69,7 @@ pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Out
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
 pub use process::{PendingSettle, ProcessSpan, Settle, SettleError};
+pub use processing::Processing;
 pub use producer::SendSpan;
 pub use propagation::{ContextIssue, Extracted, Propagation};
 pub use receive::Receive;
