@@ -8,7 +8,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::{ExactlyOnce, Handler};
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Incoming, Instrumentation, Outcome, PendingSettle, ProcessSpan, Settle, SettleError,
+    Incoming, Instrumentation, Outcome, PendingSettle, ProcessSpan, Processing, Settle, SettleError,
 };
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
@@ -36,11 +36,7 @@ const DROPPED: &str = "the handler was dropped without ack or nack; the client n
 /// ```
 pub struct TracedHandler {
     handler: Option<Handler>,
-    span: Option<ProcessSpan>,
-    context: Context,
-    span_context: SpanContext,
-    attempt: Option<u32>,
-    origin: Option<SpanContext>,
+    processing: Processing,
     /// Kept for the settle spans when the process span is recording.
     ack_id: Option<String>,
 }
@@ -48,8 +44,8 @@ pub struct TracedHandler {
 impl fmt::Debug for TracedHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TracedHandler")
-            .field("attempt", &self.attempt)
-            .field("span_context", &self.span_context)
+            .field("attempt", &self.processing.attempt())
+            .field("span_context", self.processing.span_context())
             .finish_non_exhaustive()
     }
 }
@@ -143,11 +139,7 @@ impl TracedHandler {
         });
         Self {
             handler: Some(handler),
-            context: span.context().clone(),
-            span_context: span.span_context().clone(),
-            origin: span.origin().cloned(),
-            span: Some(span),
-            attempt,
+            processing: Processing::new(span),
             ack_id: kept_ack_id,
         }
     }
@@ -160,7 +152,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn context(&self) -> &Context {
-        &self.context
+        self.processing.context()
     }
 
     /// The process span's context (e.g. to log its trace id).
@@ -171,7 +163,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn span_context(&self) -> &SpanContext {
-        &self.span_context
+        self.processing.span_context()
     }
 
     /// The delivery attempt (1 = first delivery), when known: Pub/Sub counts attempts only on
@@ -185,7 +177,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn attempt(&self) -> Option<u32> {
-        self.attempt
+        self.processing.attempt()
     }
 
     /// The client's delivery attempt, like [`Handler::delivery_attempt`] (`Some` only on
@@ -210,7 +202,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn origin(&self) -> Option<&SpanContext> {
-        self.origin.as_ref()
+        self.processing.origin()
     }
 
     /// Whether the subscription has exactly-once delivery (acks can be confirmed).
@@ -233,7 +225,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        opentelemetry::context::FutureExt::with_context(fut, self.context.clone())
+        self.processing.in_span(fut)
     }
 
     /// Records a handler error on the process span (it does not settle the message).
@@ -244,13 +236,11 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn record_error(&self, error_type: impl Into<Cow<'static, str>>, error: &dyn fmt::Display) {
-        if let Some(span) = &self.span {
-            span.record_error(error_type, error);
-        }
+        self.processing.record_error(error_type, error);
     }
 
     fn take(&mut self) -> (Option<Handler>, Option<ProcessSpan>) {
-        (self.handler.take(), self.span.take())
+        (self.handler.take(), self.processing.take())
     }
 
     /// Settles with `op`, which hands the handler back to the client (it returns at once).
@@ -277,17 +267,18 @@ impl TracedHandler {
     where
         F: Future<Output = Result<(), AckError>>,
     {
-        match self.take() {
-            (Some(Handler::ExactlyOnce(h)), Some(span)) => {
-                let pending = start(span, settle, self.ack_id.as_deref());
-                let result = op(h).await;
-                pending.finish(check_ack(&result));
-                result
-            }
-            (Some(Handler::ExactlyOnce(h)), None) => op(h).await,
-            (h, span) => {
+        match self.handler.take() {
+            Some(Handler::ExactlyOnce(h)) => match self.processing.take() {
+                Some(span) => {
+                    let pending = start(span, settle, self.ack_id.as_deref());
+                    let result = op(h).await;
+                    pending.finish(check_ack(&result));
+                    result
+                }
+                None => op(h).await,
+            },
+            h => {
                 self.handler = h;
-                self.span = span;
                 self.settle_now(settle, fallback);
                 Ok(())
             }

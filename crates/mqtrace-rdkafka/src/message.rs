@@ -5,7 +5,9 @@ use crate::headers::{KafkaHeaders, delivery_attempt};
 use crate::partition::partition_id;
 use crate::{POLL, PROCESS};
 use mqtrace::attributes as attr;
-use mqtrace::{Config, Extracted, Incoming, Instrumentation, Outcome, ProcessSpan, Receive};
+use mqtrace::{
+    Config, Extracted, Incoming, Instrumentation, Outcome, ProcessSpan, Processing, Receive,
+};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
 use rdkafka::ClientConfig;
@@ -14,7 +16,6 @@ use rdkafka::message::{BorrowedMessage, Message};
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 /// A consumed message with its CONSUMER process span.
@@ -40,10 +41,7 @@ use std::time::SystemTime;
 /// ```
 pub struct TracedMessage<'a> {
     message: BorrowedMessage<'a>,
-    span: Mutex<Option<ProcessSpan>>,
-    context: Context,
-    span_context: SpanContext,
-    origin: Option<SpanContext>,
+    processing: Processing,
     attempt: u32,
 }
 
@@ -52,7 +50,7 @@ impl std::fmt::Debug for TracedMessage<'_> {
         f.debug_struct("TracedMessage")
             .field("message", &self.message)
             .field("attempt", &self.attempt)
-            .field("span_context", &self.span_context)
+            .field("span_context", self.processing.span_context())
             .finish_non_exhaustive()
     }
 }
@@ -60,20 +58,14 @@ impl std::fmt::Debug for TracedMessage<'_> {
 impl<'a> TracedMessage<'a> {
     fn new(message: BorrowedMessage<'a>, span: ProcessSpan, attempt: u32) -> Self {
         Self {
-            context: span.context().clone(),
-            span_context: span.span_context().clone(),
-            origin: span.origin().cloned(),
-            span: Mutex::new(Some(span)),
+            processing: Processing::new(span),
             attempt,
             message,
         }
     }
 
     pub(crate) fn take_span(&self) -> Option<ProcessSpan> {
-        self.span
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.processing.take()
     }
 
     /// The wrapped message.
@@ -95,7 +87,7 @@ impl<'a> TracedMessage<'a> {
     /// # }
     /// ```
     pub fn context(&self) -> &Context {
-        &self.context
+        self.processing.context()
     }
 
     /// The process span's context (e.g. to log its trace id).
@@ -106,7 +98,7 @@ impl<'a> TracedMessage<'a> {
     /// # }
     /// ```
     pub fn span_context(&self) -> &SpanContext {
-        &self.span_context
+        self.processing.span_context()
     }
 
     /// The creation context of the message's first delivery: its own creation context, or
@@ -119,7 +111,7 @@ impl<'a> TracedMessage<'a> {
     /// # }
     /// ```
     pub fn origin(&self) -> Option<&SpanContext> {
-        self.origin.as_ref()
+        self.processing.origin()
     }
 
     /// The delivery attempt: the `mqtrace-attempt` header when present, else 1 (see
@@ -145,7 +137,7 @@ impl<'a> TracedMessage<'a> {
     /// # }
     /// ```
     pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        opentelemetry::context::FutureExt::with_context(fut, self.context.clone())
+        self.processing.in_span(fut)
     }
 
     /// Records a handler error on the process span (it does not settle the message).
@@ -160,14 +152,7 @@ impl<'a> TracedMessage<'a> {
         error_type: impl Into<Cow<'static, str>>,
         error: &dyn std::fmt::Display,
     ) {
-        if let Some(span) = self
-            .span
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            span.record_error(error_type, error);
-        }
+        self.processing.record_error(error_type, error);
     }
 
     /// Ends the process span with `outcome` without a settle operation, e.g. when offsets are
@@ -179,9 +164,7 @@ impl<'a> TracedMessage<'a> {
     /// # }
     /// ```
     pub fn finish(&self, outcome: Outcome) {
-        if let Some(span) = self.take_span() {
-            span.finish(outcome);
-        }
+        self.processing.finish(outcome);
     }
 
     /// The wrapped message and its process span, for settling by other means (the span ends
