@@ -1200,7 +1200,6 @@ mod retries {
     use mqtrace::carrier::HeaderExtractor;
     use mqtrace::retry::{DEAD_LETTER_REASON_HEADER, Decision, HandlerError, RetryPolicy};
     use mqtrace_rdkafka::{KafkaHeaders, RetryTopics};
-    use opentelemetry::Value;
     use rdkafka::topic_partition_list::TopicPartitionList;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -1244,17 +1243,6 @@ mod retries {
         client.set("fetch.wait.max.ms", "10");
         configure(&mut client);
         consumer_with(t.config(), client, &topics)
-    }
-
-    fn link_of_type<'a>(
-        span: &'a opentelemetry_sdk::trace::SpanData,
-        kind: &str,
-    ) -> Option<&'a opentelemetry::trace::Link> {
-        span.links.links.iter().find(|l| {
-            l.attributes.iter().any(|kv| {
-                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
-            })
-        })
     }
 
     /// The message's headers without the ones mqtrace writes (context and history).
@@ -1412,7 +1400,7 @@ mod retries {
                     .iter()
                     .find(|kv| kv.key.as_str() == "mqtrace.retry.wait.duration")
                     .and_then(|kv| match kv.value {
-                        Value::F64(s) => Some(s),
+                        opentelemetry::Value::F64(s) => Some(s),
                         _ => None,
                     })
                     .expect("the wait's duration");
@@ -1432,13 +1420,14 @@ mod retries {
                 let resend = spans.one(&format!("send {topic}.retry.{}", n + 1));
                 resend.assert_child_of(attempts[n - 1]);
                 attempts[n].assert_child_of(resend);
-                let prev =
-                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                let prev = attempts[n]
+                    .link_of_type("previous_attempt")
+                    .expect("previous-attempt link");
                 assert_eq!(
                     prev.span_context.span_id(),
                     attempts[n - 1].span_context.span_id()
                 );
-                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                let origin = attempts[n].link_of_type("origin").expect("origin link");
                 assert_eq!(origin.span_context.span_id(), send.span_context.span_id());
             }
             // Each original is committed under its own process span, after its copy was sent.
@@ -1559,12 +1548,14 @@ mod retries {
                     .expect("the last attempt");
                 last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
                 assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
-                let prev = link_of_type(dead_process, "previous_attempt").expect("previous");
+                let prev = dead_process
+                    .link_of_type("previous_attempt")
+                    .expect("previous");
                 assert_eq!(
                     prev.span_context.span_id(),
                     last_attempt.span_context.span_id()
                 );
-                let origin = link_of_type(dead_process, "origin").expect("origin");
+                let origin = dead_process.link_of_type("origin").expect("origin");
                 assert_eq!(
                     origin.span_context.span_id(),
                     original.span_context.span_id()

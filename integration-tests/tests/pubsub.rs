@@ -840,7 +840,6 @@ mod retries {
     use mqtrace_integration_tests::WAIT;
     use mqtrace_integration_tests::pubsub::topic as topic_name;
     use mqtrace_pubsub::{RetryError, RetryStream, RetryTopics, TracedHandler};
-    use opentelemetry::Value;
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -919,17 +918,6 @@ mod retries {
             Ok(None) => panic!("the stream ended"),
             Err(_) => panic!("no message within {WAIT:?} ({stream:?})"),
         }
-    }
-
-    fn link_of_type<'a>(
-        span: &'a opentelemetry_sdk::trace::SpanData,
-        kind: &str,
-    ) -> Option<&'a opentelemetry::trace::Link> {
-        span.links.links.iter().find(|l| {
-            l.attributes.iter().any(|kv| {
-                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
-            })
-        })
     }
 
     fn id_of(m: &Message) -> u32 {
@@ -1076,13 +1064,14 @@ mod retries {
                     .unwrap_or_else(|| panic!("no copy made by attempt {n}:\n{}", spans.tree()));
                 attempts[n].assert_child_of(copy);
                 attempts[n].assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &retry_sub);
-                let prev =
-                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                let prev = attempts[n]
+                    .link_of_type("previous_attempt")
+                    .expect("previous-attempt link");
                 assert_eq!(
                     prev.span_context.span_id(),
                     attempts[n - 1].span_context.span_id()
                 );
-                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                let origin = attempts[n].link_of_type("origin").expect("origin link");
                 assert_eq!(origin.span_context.span_id(), create.span_context.span_id());
                 // The copy carries its own create span's context, not a stale one.
                 assert_eq!(
@@ -1185,12 +1174,14 @@ mod retries {
                 last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
                 assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
                 assert!(last_attempt.is_error());
-                let prev = link_of_type(dead_process, "previous_attempt").expect("previous");
+                let prev = dead_process
+                    .link_of_type("previous_attempt")
+                    .expect("previous");
                 assert_eq!(
                     prev.span_context.span_id(),
                     last_attempt.span_context.span_id()
                 );
-                let origin = link_of_type(dead_process, "origin").expect("origin");
+                let origin = dead_process.link_of_type("origin").expect("origin");
                 assert_eq!(origin.span_context.span_id(), create.span_context.span_id());
             }
             let permanent = r

@@ -1254,7 +1254,6 @@ mod retries {
     use super::*;
     use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
     use mqtrace_lapin::RetryQueues;
-    use opentelemetry::Value;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -1270,17 +1269,6 @@ mod retries {
         for n in names {
             let _ = ch.queue_delete(n.as_str().into(), Default::default()).await;
         }
-    }
-
-    fn link_of_type<'a>(
-        span: &'a opentelemetry_sdk::trace::SpanData,
-        kind: &str,
-    ) -> Option<&'a opentelemetry::trace::Link> {
-        span.links.links.iter().find(|l| {
-            l.attributes.iter().any(|kv| {
-                kv.key.as_str() == attr::LINK_TYPE && kv.value == Value::from(kind.to_owned())
-            })
-        })
     }
 
     #[tokio::test]
@@ -1337,8 +1325,9 @@ mod retries {
 
             let spans = wait(&t, &format!("ack {q}"), 3).await;
             let publish = spans.one(&format!("publish {q}"));
-            let mut attempts: Vec<_> = spans.named(&format!("process {q}"));
-            attempts.sort_by_key(|s| s.attr_i64(attr::DELIVERY_ATTEMPT));
+            // The chain read off the exported spans: attempts 1, 2, 3, each linked to the one
+            // before and to the original publish, in one trace.
+            let attempts = spans.attempt_chain(&format!("process {q}"), &publish.span_context);
             assert_eq!(attempts.len(), 3);
             for (i, a) in attempts.iter().enumerate() {
                 assert_eq!(a.attr_i64(attr::DELIVERY_ATTEMPT), Some(i as i64 + 1));
@@ -1361,13 +1350,14 @@ mod retries {
                 let republish = spans.one(&format!("publish {q}.retry.{}", n + 1));
                 republish.assert_child_of(attempts[n - 1]);
                 attempts[n].assert_child_of(republish);
-                let prev =
-                    link_of_type(attempts[n], "previous_attempt").expect("previous-attempt link");
+                let prev = attempts[n]
+                    .link_of_type("previous_attempt")
+                    .expect("previous-attempt link");
                 assert_eq!(
                     prev.span_context.span_id(),
                     attempts[n - 1].span_context.span_id()
                 );
-                let origin = link_of_type(attempts[n], "origin").expect("origin link");
+                let origin = attempts[n].link_of_type("origin").expect("origin link");
                 assert_eq!(
                     origin.span_context.span_id(),
                     publish.span_context.span_id()
@@ -1465,7 +1455,7 @@ mod retries {
                     .expect("last attempt");
                 last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
                 assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
-                assert!(link_of_type(dead_process, "previous_attempt").is_some());
+                assert!(dead_process.link_of_type("previous_attempt").is_some());
             }
             let permanent = spans
                 .named(&format!("process {q}"))

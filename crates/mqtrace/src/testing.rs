@@ -300,6 +300,55 @@ impl Spans {
         )
     }
 
+    /// The process spans named `name`, ordered by `mqtrace.delivery.attempt`, after checking
+    /// they form one attempt chain: attempts 1, 2, 3, … each (after the first) linked to the
+    /// one before (`previous_attempt`) and to `origin`, all in `origin`'s trace. This is how a
+    /// test reads "attempt 3 of 5" off the exported spans.
+    ///
+    /// ```
+    /// let spans = mqtrace::testing::TestTelemetry::new().spans();
+    /// let origin = opentelemetry::trace::SpanContext::empty_context();
+    /// assert!(spans.attempt_chain("process q", &origin).is_empty());
+    /// ```
+    pub fn attempt_chain(&self, name: &str, origin: &SpanContext) -> Vec<&SpanData> {
+        let mut chain = self.named(name);
+        chain.sort_by_key(|s| s.attr_i64(crate::attributes::DELIVERY_ATTEMPT));
+        for (i, span) in chain.iter().enumerate() {
+            let want = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+            assert_eq!(
+                span.attr_i64(crate::attributes::DELIVERY_ATTEMPT),
+                Some(want),
+                "attempt numbers of {name:?}; spans:\n{}",
+                self.tree()
+            );
+            assert_eq!(
+                span.span_context.trace_id(),
+                origin.trace_id(),
+                "attempt {want} of {name:?} left the trace"
+            );
+            if i == 0 {
+                continue;
+            }
+            let prev = span.link_of_type("previous_attempt").unwrap_or_else(|| {
+                panic!("attempt {want} of {name:?} has no previous-attempt link")
+            });
+            assert_eq!(
+                prev.span_context.span_id(),
+                chain[i - 1].span_context.span_id(),
+                "attempt {want} of {name:?} links to the wrong attempt"
+            );
+            let o = span
+                .link_of_type("origin")
+                .unwrap_or_else(|| panic!("attempt {want} of {name:?} has no origin link"));
+            assert_eq!(
+                o.span_context.span_id(),
+                origin.span_id(),
+                "origin of attempt {want}"
+            );
+        }
+        chain
+    }
+
     /// A readable rendering: one line per span, indented under its parent, with kind, ids,
     /// links and attributes. Used in every failure message.
     ///
@@ -390,6 +439,8 @@ pub trait SpanDataExt {
     fn links_to(&self, target: &SpanContext) -> bool;
     /// Panics unless this span links to `target`.
     fn assert_links_to(&self, target: &SpanContext);
+    /// The link tagged `mqtrace.link.type = kind` (`origin`, `previous_attempt`).
+    fn link_of_type(&self, kind: &str) -> Option<&opentelemetry::trace::Link>;
     /// Panics unless this span has kind `kind`.
     fn assert_kind(&self, kind: SpanKind);
     /// Panics unless attribute `key` formats as `value`.
@@ -481,6 +532,14 @@ impl SpanDataExt for SpanData {
                 .map(|l| l.span_context.span_id())
                 .collect::<Vec<_>>()
         );
+    }
+
+    fn link_of_type(&self, kind: &str) -> Option<&opentelemetry::trace::Link> {
+        self.links.links.iter().find(|l| {
+            l.attributes.iter().any(|kv| {
+                kv.key.as_str() == crate::attributes::LINK_TYPE && kv.value.as_str() == kind
+            })
+        })
     }
 
     fn assert_kind(&self, kind: SpanKind) {
