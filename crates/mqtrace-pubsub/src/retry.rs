@@ -20,12 +20,12 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// The attribute of a retry copy saying when it is due: epoch milliseconds, as text (the same
 /// name and format as the Kafka crate's retry header).
-pub const NOT_BEFORE_ATTRIBUTE: &str = "mqtrace-not-before";
+pub const NOT_BEFORE_ATTRIBUTE: &str = mqtrace::retry::NOT_BEFORE_HEADER;
 
 /// The attributes mqtrace writes on a copy, dropped from the original before they are
 /// rewritten.
@@ -234,20 +234,6 @@ impl std::error::Error for RetryError {
     }
 }
 
-fn epoch_millis(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
-/// How long a message must still wait before it is due (at most `max`), if at all.
-fn wait_for(attributes: &HashMap<String, String>, max: Duration) -> Option<Duration> {
-    let millis: u64 = attributes.get(NOT_BEFORE_ATTRIBUTE)?.trim().parse().ok()?;
-    let due = UNIX_EPOCH.checked_add(Duration::from_millis(millis))?;
-    let wait = due.duration_since(SystemTime::now()).ok()?;
-    Some(wait.min(max)).filter(|w| !w.is_zero())
-}
-
 impl RetryTopics {
     /// Retries through `retry` (a publisher of this subscription's retry topic) and
     /// dead-letters through `dead_letter` (a publisher of its dead-letter topic), as `policy`
@@ -356,18 +342,8 @@ impl RetryTopics {
                 span.set_attribute(KeyValue::new(mqtrace::attributes::DELIVERY_ATTEMPT, 1_i64));
             }
         }
-        if let Some(wait) = wait_for(&message.attributes, self.longest_wait()) {
-            let span = handler.context().span();
-            if span.is_recording() {
-                span.add_event(
-                    "mqtrace.retry.wait",
-                    vec![KeyValue::new(
-                        "mqtrace.retry.wait.duration",
-                        wait.as_secs_f64(),
-                    )],
-                );
-            }
-            tokio::time::sleep(wait).await;
+        if let Some(wait) = retry::due_in(&message.attributes, self.longest_wait()) {
+            retry::wait_in_span(handler.context(), wait).await;
         }
         let retrying = Retrying {
             received: Received { message, handler },
@@ -459,7 +435,7 @@ impl RetryDelivery for Retrying {
                 delay,
                 next_attempt,
             } => {
-                let due = epoch_millis(SystemTime::now() + *delay);
+                let due = retry::epoch_millis(SystemTime::now() + *delay);
                 let published = RetryTopics::publish_copy(
                     &t.retry,
                     &self.received,
@@ -703,7 +679,7 @@ impl RetryStream {
                     None => {}
                     Some(Err(e)) => return Some(Err(e)),
                     Some(Ok((message, handler))) => {
-                        match wait_for(&message.attributes, self.max_wait) {
+                        match retry::due_in(&message.attributes, self.max_wait) {
                             None => {
                                 let handler = self.retry_tracer.trace(&message, handler);
                                 return Some(Ok((message, handler)));
@@ -765,23 +741,29 @@ mod tests {
     #[test]
     fn due_times_are_read_capped_and_ignored_when_past_or_invalid() {
         let mut a = HashMap::new();
-        assert_eq!(wait_for(&a, Duration::from_secs(10)), None);
+        assert_eq!(retry::due_in(&a, Duration::from_secs(10)), None);
         a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), "x".to_owned());
-        assert_eq!(wait_for(&a, Duration::from_secs(10)), None);
+        assert_eq!(retry::due_in(&a, Duration::from_secs(10)), None);
         a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), "1000".to_owned());
-        assert_eq!(wait_for(&a, Duration::from_secs(10)), None, "long past");
-        let soon = epoch_millis(SystemTime::now() + Duration::from_secs(5));
+        assert_eq!(
+            retry::due_in(&a, Duration::from_secs(10)),
+            None,
+            "long past"
+        );
+        let soon = retry::epoch_millis(SystemTime::now() + Duration::from_secs(5));
         a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), soon.to_string());
-        let w = wait_for(&a, Duration::from_secs(10)).expect("due later");
+        let w = retry::due_in(&a, Duration::from_secs(10)).expect("due later");
         assert!(
             w > Duration::from_secs(3) && w <= Duration::from_secs(5),
             "{w:?}"
         );
         assert_eq!(
-            wait_for(&a, Duration::from_secs(1)),
+            retry::due_in(&a, Duration::from_secs(1)),
             Some(Duration::from_secs(1))
         );
         a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), u64::MAX.to_string());
-        assert!(wait_for(&a, Duration::from_secs(2)).is_none_or(|w| w <= Duration::from_secs(2)));
+        assert!(
+            retry::due_in(&a, Duration::from_secs(2)).is_none_or(|w| w <= Duration::from_secs(2))
+        );
     }
 }

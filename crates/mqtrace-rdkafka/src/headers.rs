@@ -6,12 +6,10 @@ use mqtrace::w3c;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-/// Header carrying when a message re-sent to a retry topic is due: milliseconds since the Unix
-/// epoch, in decimal. Kafka cannot delay a delivery, so the consumer of the retry topic waits
-/// until then ([`crate::RetryTopics::handle`] does).
-pub const NOT_BEFORE_HEADER: &str = "mqtrace-not-before";
+/// Header carrying when a retried copy is due (see [`mqtrace::retry::NOT_BEFORE_HEADER`]).
+pub use mqtrace::retry::NOT_BEFORE_HEADER;
 
 /// Reads trace context from Kafka headers (a consumed message's [`BorrowedHeaders`], or the
 /// [`OwnedHeaders`] of a record), without copying.
@@ -123,20 +121,7 @@ pub fn delivery_attempt<H: Headers + ?Sized>(headers: Option<&H>) -> u32 {
 /// assert_eq!(mqtrace_rdkafka::not_before::<OwnedHeaders>(None), None);
 /// ```
 pub fn not_before<H: Headers + ?Sized>(headers: Option<&H>) -> Option<SystemTime> {
-    match KafkaHeaders(headers).header(NOT_BEFORE_HEADER) {
-        Some(Ok(v)) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
-        _ => None,
-    }
-}
-
-/// `time` as milliseconds since the Unix epoch, the format of [`NOT_BEFORE_HEADER`].
-pub(crate) fn epoch_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    mqtrace::retry::not_before(&KafkaHeaders(headers))
 }
 
 /// A copy of `headers` (order, binary and null values, repeated keys kept) without the keys
@@ -422,8 +407,11 @@ mod tests {
         };
         assert_eq!(not_before(Some(&h("x"))), None);
         assert_eq!(not_before(Some(&h("-5"))), None);
-        let t = UNIX_EPOCH + Duration::from_millis(1_234);
-        assert_eq!(not_before(Some(&h(&epoch_millis(t).to_string()))), Some(t));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_234);
+        assert_eq!(
+            not_before(Some(&h(&mqtrace::retry::epoch_millis(t).to_string()))),
+            Some(t)
+        );
         assert!(not_before(Some(&h(&u64::MAX.to_string()))).is_none_or(|t| t > SystemTime::now()));
     }
 

@@ -1,17 +1,17 @@
 //! Retries after a delay and dead-lettering on Kafka through retry and dead-letter topics,
 //! driven by a [`RetryPolicy`] (see [`RetryTopics`]).
 
+use crate::TracedStreamConsumer;
 use crate::consumer::{CommitReporting, Meaning};
-use crate::headers::{NOT_BEFORE_HEADER, OwnedHeadersWriter, copy_without, epoch_millis};
+use crate::headers::{KafkaHeaders, NOT_BEFORE_HEADER, OwnedHeadersWriter, copy_without};
 use crate::message::TracedMessage;
 use crate::producer::TracedFutureProducer;
-use crate::{TracedStreamConsumer, not_before};
 use mqtrace::Outcome;
 use mqtrace::carrier::Injector;
+use mqtrace::retry::epoch_millis;
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
+use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::{Context, KeyValue};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -287,17 +287,7 @@ where
         F: AsyncFnOnce(&TracedMessage<'m>) -> Result<(), HandlerError>,
     {
         if let Some(wait) = self.wait_for(&message) {
-            let span = message.context().span();
-            if span.is_recording() {
-                span.add_event(
-                    "mqtrace.retry.wait",
-                    vec![KeyValue::new(
-                        "mqtrace.retry.wait.duration",
-                        wait.as_secs_f64(),
-                    )],
-                );
-            }
-            R::delay_for(wait).await;
+            retry::wait_in_span(message.context(), wait).await;
         }
         let retrying = Retrying {
             message,
@@ -315,10 +305,8 @@ where
 
     /// How long `message` must still wait before it is due, if at all.
     fn wait_for(&self, message: &TracedMessage<'_>) -> Option<Duration> {
-        let due = not_before(message.headers())?;
-        let wait = due.duration_since(SystemTime::now()).ok()?;
         let longest = self.policy.delay_for(u32::MAX).saturating_mul(2);
-        Some(wait.min(longest)).filter(|w| !w.is_zero())
+        retry::due_in(&KafkaHeaders(message.headers()), longest)
     }
 
     /// Produces a copy of `message` to `topic` with its history, inside its process span, and

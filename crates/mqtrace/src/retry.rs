@@ -9,7 +9,7 @@
 //! the policy is a convenience.
 //!
 //! ```
-//! use std::time::Duration;
+//! use std::time::{Duration, SystemTime, UNIX_EPOCH};
 //! use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
 //! let policy = RetryPolicy::exponential(3).with_initial_delay(Duration::from_millis(100)).with_jitter(0.0);
 //! let failed: Result<(), HandlerError> = Err(HandlerError::transient("db timeout"));
@@ -32,7 +32,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header carrying the process span of the attempt before (a `traceparent` value).
 pub const PREVIOUS_ATTEMPT_HEADER: &str = "mqtrace-previous-attempt";
@@ -40,6 +40,84 @@ pub const PREVIOUS_ATTEMPT_HEADER: &str = "mqtrace-previous-attempt";
 pub const ORIGIN_HEADER: &str = "mqtrace-origin";
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON_HEADER: &str = "mqtrace-dead-letter-reason";
+
+/// Header carrying when a retried copy is due (milliseconds since the Unix epoch), for brokers
+/// without a delay of their own (Kafka, Pub/Sub): the consumer waits until then.
+pub const NOT_BEFORE_HEADER: &str = "mqtrace-not-before";
+
+/// `time` as milliseconds since the Unix epoch, the format of [`NOT_BEFORE_HEADER`].
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// assert_eq!(mqtrace::retry::epoch_millis(UNIX_EPOCH + Duration::from_millis(1500)), 1500);
+/// ```
+pub fn epoch_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When a copy is due, from its [`NOT_BEFORE_HEADER`]; `None` when absent or not a time.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let mut h: HashMap<String, String> = HashMap::new();
+/// h.insert("mqtrace-not-before".into(), "1700000000000".into());
+/// assert_eq!(mqtrace::retry::not_before(&h), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+/// h.insert("mqtrace-not-before".into(), "soon".into());
+/// assert_eq!(mqtrace::retry::not_before(&h), None);
+/// ```
+pub fn not_before(headers: &dyn HeaderExtractor) -> Option<SystemTime> {
+    match headers.header(NOT_BEFORE_HEADER) {
+        Some(Ok(v)) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+        _ => None,
+    }
+}
+
+/// How long a copy must still wait before it is due, at most `max` (a guard against a wrong
+/// clock or a forged header); `None` when it is due now.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::{Duration, SystemTime};
+/// let mut h: HashMap<String, String> = HashMap::new();
+/// let due = mqtrace::retry::epoch_millis(SystemTime::now() + Duration::from_secs(3600));
+/// h.insert("mqtrace-not-before".into(), due.to_string());
+/// assert_eq!(mqtrace::retry::due_in(&h, Duration::from_secs(1)), Some(Duration::from_secs(1)));
+/// assert_eq!(mqtrace::retry::due_in(&HashMap::<String, String>::new(), Duration::from_secs(1)), None);
+/// ```
+pub fn due_in(headers: &dyn HeaderExtractor, max: Duration) -> Option<Duration> {
+    let wait = not_before(headers)?
+        .duration_since(SystemTime::now())
+        .ok()?;
+    Some(wait.min(max)).filter(|w| !w.is_zero())
+}
+
+/// Waits `wait` inside the process span of `cx`, recording the event `mqtrace.retry.wait`
+/// (with `mqtrace.retry.wait.duration` in seconds) so the span shows why it took longer.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// mqtrace::retry::wait_in_span(&opentelemetry::Context::new(), std::time::Duration::from_millis(1)).await;
+/// # }
+/// ```
+pub async fn wait_in_span(cx: &Context, wait: Duration) {
+    let span = cx.span();
+    if span.is_recording() {
+        span.add_event(
+            "mqtrace.retry.wait",
+            vec![KeyValue::new(
+                "mqtrace.retry.wait.duration",
+                wait.as_secs_f64(),
+            )],
+        );
+    }
+    tokio::time::sleep(wait).await;
+}
 
 /// The attempt history a retried or dead-lettered message carries in its headers.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -250,7 +328,7 @@ pub enum Decision {
 /// Attempts, backoff and jitter.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// let p = mqtrace::retry::RetryPolicy::exponential(5)
 ///     .with_initial_delay(Duration::from_millis(200))
 ///     .with_multiplier(2.0)
