@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: starts the brokers it needs (natively, if they are not running),
-# then runs every unit, doc and integration test against the real brokers.
+# then runs every unit, doc and integration test against the real brokers, then the demo
+# (scripts/demo.sh --check: the example workers end to end, their traces verified).
 #   scripts/test.sh            # everything
 #   scripts/test.sh rabbitmq   # extra arguments go to `cargo test` (here: a name filter)
 set -euo pipefail
@@ -11,3 +12,9 @@ scripts/start-brokers.sh all
 scripts/interop-venv.sh >/dev/null
 
 cargo test --workspace --all-features --no-fail-fast -- "$@"
+
+# The examples end to end: every stage as its own process, each order's trace checked.
+# Only for the whole suite (a name filter means "just these tests").
+if [ $# -eq 0 ]; then
+  scripts/demo.sh --check
+fi
