@@ -1456,6 +1456,14 @@ mod retries {
                 last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
                 assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
                 assert!(dead_process.link_of_type("previous_attempt").is_some());
+                // The dead-letter consumer's span says why, from the copy's reason header.
+                let why = dead_process
+                    .attr_str(attr::DEAD_LETTER_REASON)
+                    .expect("reason");
+                assert!(
+                    why.starts_with("permanent failure") || why.starts_with("gave up after 3"),
+                    "{why}"
+                );
             }
             let permanent = spans
                 .named(&format!("process {q}"))

@@ -556,8 +556,10 @@ impl Instrumentation {
         // Where the message first came from: the origin header of a retried message, or its
         // own creation context on a first delivery.
         let mut origin = has_creation.then(|| creation_sc.clone());
+        let mut dead_letter_reason = None;
         if let Some(h) = msg.headers {
             let history = crate::retry::history(h);
+            dead_letter_reason = history.dead_letter_reason;
             if let Some(o) = history.origin {
                 origin = Some(o.clone());
                 links.push(Link::new(
@@ -630,6 +632,9 @@ impl Instrumentation {
             }
             if !trusted {
                 span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+            }
+            if let Some(reason) = dead_letter_reason {
+                span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason));
             }
             if !issues.is_empty() {
                 let text = issues

@@ -127,6 +127,8 @@ pub struct History {
     pub previous_attempt: Option<SpanContext>,
     /// The creation context of the first delivery.
     pub origin: Option<SpanContext>,
+    /// Why the message was dead-lettered, on a copy sent to a dead-letter destination.
+    pub dead_letter_reason: Option<String>,
 }
 
 /// Reads the attempt history from a message's headers (invalid values are ignored).
@@ -146,6 +148,10 @@ pub fn history(headers: &dyn HeaderExtractor) -> History {
     History {
         previous_attempt: read(PREVIOUS_ATTEMPT_HEADER),
         origin: read(ORIGIN_HEADER),
+        dead_letter_reason: match headers.header(DEAD_LETTER_REASON_HEADER) {
+            Some(Ok(v)) => Some(v.to_owned()),
+            _ => None,
+        },
     }
 }
 
