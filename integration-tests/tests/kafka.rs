@@ -21,7 +21,10 @@ use mqtrace_rdkafka::{
 };
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
+    TracerProvider,
+};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -1191,6 +1194,180 @@ async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_
                 .iter()
                 .all(|e| e.name != "mqtrace.send.abandoned")
         );
+    })
+    .await;
+}
+
+/// The venv's python, from `scripts/interop-venv.sh` (it creates the venv with the pinned
+/// `integration-tests/interop/requirements-*.txt` on first use), run once per test process.
+fn venv_python(root: &std::path::Path) -> Result<String, String> {
+    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
+                .output()
+                .map_err(|e| format!("scripts/interop-venv.sh does not run: {e}"))?;
+            if !venv.status.success() {
+                return Err(format!(
+                    "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
+                    String::from_utf8_lossy(&venv.stderr)
+                ));
+            }
+            Ok(String::from_utf8_lossy(&venv.stdout).trim().to_owned())
+        })
+        .clone()
+}
+
+/// Runs `integration-tests/interop/kafka_peer.py` (confluent-kafka with OpenTelemetry's
+/// confluent-kafka instrumentation) with `args` against the test broker and returns its JSON.
+async fn python_peer(args: &[&str]) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let run = tokio::task::spawn_blocking(move || {
+        let python = venv_python(&root)?;
+        std::process::Command::new(python)
+            .arg(root.join("integration-tests/interop/kafka_peer.py"))
+            .args(&args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", kafka::bootstrap_servers())
+            .output()
+            .map_err(|e| format!("the python peer does not run: {e}"))
+    });
+    // The venv may be created on first use; the peer itself waits 20 s at most.
+    let out = match tokio::time::timeout(Duration::from_secs(100), run).await {
+        Ok(Ok(Ok(out))) => out,
+        Ok(Ok(Err(e))) => panic!("{e}"),
+        Ok(Err(e)) => panic!("python peer task: {e}"),
+        Err(_) => panic!("the python peer did not finish within 100 s"),
+    };
+    assert!(
+        out.status.success(),
+        "python peer failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python peer printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn python_span<'a>(peer: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    peer["spans"]
+        .as_array()
+        .and_then(|spans| {
+            spans
+                .iter()
+                .find(|s| s["kind"] == kind && s["name"] == name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} span {name:?} from the python peer: {peer}"))
+}
+
+fn python_context(span: &serde_json::Value) -> SpanContext {
+    let hex = |key: &str| {
+        span[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {span}"))
+            .to_owned()
+    };
+    SpanContext::new(
+        TraceId::from_hex(&hex("trace_id")).expect("hex trace id"),
+        SpanId::from_hex(&hex("span_id")).expect("hex span id"),
+        TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    )
+}
+
+/// Python's confluent-kafka instrumentation (0.66b1) and mqtrace read each other's context.
+///
+/// Python writes `traceparent` as UTF-8 bytes under the lower-case key, with flags `03`
+/// (sampled + random trace id), which mqtrace reads as is. Python's consumer side does not
+/// continue the producer's trace: each poll starts a new trace (`recv`, a root) whose
+/// `TOPIC process` span *links* to the producer's context. So our send span is asserted as
+/// that link, and the new root is asserted too, so that a release of the instrumentation that
+/// parents instead shows up here.
+#[tokio::test]
+async fn python_confluent_kafka_instrumentation_and_mqtrace_continue_each_others_traces() {
+    within(async {
+        let t = TestTelemetry::new();
+
+        // Python produces, we consume.
+        let from_py = unique("from-python");
+        create_topic(&from_py, 1).await;
+        let peer = python_peer(&["produce", &from_py]).await;
+        let py_send = python_span(&peer, "PRODUCER", &format!("{from_py} send"));
+        let py_context = python_context(py_send);
+        let consumer = consumer(t.config(), &unique("from-python"), &[&from_py]);
+        let message = next_message(&consumer).await;
+        assert_eq!(message.payload(), Some(&b"from python"[..]));
+        assert_eq!(
+            pairs(message.headers()),
+            vec![
+                ("x-origin".to_owned(), Some(b"python".to_vec())),
+                (
+                    "traceparent".to_owned(),
+                    Some(
+                        format!("00-{}-{}-03", py_context.trace_id(), py_context.span_id())
+                            .into_bytes()
+                    )
+                ),
+            ],
+            "python's headers on the wire: {peer}"
+        );
+        message.finish(Outcome::Ack);
+        drop(message);
+        let spans = wait(&t, &format!("process {from_py}"), 1).await;
+        let process = spans.one(&format!("process {from_py}"));
+        process.assert_parent_context(&py_context);
+        assert!(process.parent_span_is_remote);
+        process.assert_links_to(&py_context);
+        assert!(
+            process.attr(attr::CONTEXT_ERROR).is_none(),
+            "{:?}",
+            process.attr(attr::CONTEXT_ERROR)
+        );
+
+        // We produce, Python consumes.
+        let to_py = unique("to-python");
+        create_topic(&to_py, 1).await;
+        let producer = kafka::producer(t.config());
+        send(&producer, &to_py, "k", Some(b"from rust"), None).await;
+        let spans = wait(&t, &format!("send {to_py}"), 1).await;
+        let send = spans.one(&format!("send {to_py}"));
+        let peer = python_peer(&["consume", &to_py, &unique("python")]).await;
+        assert_eq!(peer["body"], "from rust", "{peer}");
+        assert_eq!(
+            peer["headers"],
+            serde_json::json!([["traceparent", traceparent_of(&send.span_context), "bytes"]]),
+            "the headers python received"
+        );
+        let py_process = python_span(&peer, "CONSUMER", &format!("{to_py} process"));
+        let ours = serde_json::json!({
+            "trace_id": send.span_context.trace_id().to_string(),
+            "span_id": send.span_context.span_id().to_string(),
+        });
+        assert_eq!(
+            py_process["links"],
+            serde_json::json!([ours]),
+            "python's process span does not link to our send span: {peer}"
+        );
+        let py_recv = python_span(&peer, "CONSUMER", "recv");
+        assert_eq!(
+            (
+                &py_recv["parent_id"],
+                &py_process["parent_id"],
+                &py_process["trace_id"]
+            ),
+            (
+                &serde_json::Value::Null,
+                &py_recv["span_id"],
+                &py_recv["trace_id"]
+            ),
+            "python's consumer starts its own trace (recv -> process): {peer}"
+        );
+        assert_ne!(py_recv["trace_id"], ours["trace_id"], "{peer}");
     })
     .await;
 }
