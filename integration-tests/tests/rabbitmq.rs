@@ -1014,6 +1014,41 @@ async fn dropped_unsettled_and_auto_ack_deliveries_end_their_spans() {
 }
 
 #[tokio::test]
+async fn basic_get_continues_the_trace_like_a_consumer() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        let q = unique("get");
+        declare_queue(&ch, &q, FieldTable::default()).await;
+        publish(&ch, "", &q, b"one", BasicProperties::default()).await;
+        publish(&ch, "", &q, b"two", BasicProperties::default()).await;
+        let got = ch
+            .basic_get(q.as_str().into(), Default::default())
+            .await
+            .expect("basic_get")
+            .expect("a message");
+        assert_eq!(got.data, b"one");
+        assert_eq!(got.message_count, 1);
+        got.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        let spans = wait(&t, &format!("ack {q}"), 1).await;
+        let process = spans.one(&format!("process {q}"));
+        let first_publish = spans
+            .named(&format!("publish {q}"))
+            .into_iter()
+            .find(|p| p.span_context.span_id() == process.parent_span_id)
+            .expect("the process span continues a publish span");
+        process.assert_links_to(&first_publish.span_context);
+        process.assert_attr(attr::OUTCOME, "ack");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn reject_without_requeue_is_outcome_reject() {
     within(async {
         let (t, _conn, ch) = setup(|c| c).await;

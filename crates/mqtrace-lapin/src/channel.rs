@@ -2,10 +2,11 @@
 
 use crate::confirm::TracedPublisherConfirm;
 use crate::consumer::TracedConsumer;
+use crate::delivery::TracedDelivery;
 use crate::error::error_type;
 use crate::headers::{AmqpHeaders, AmqpHeadersMut};
 use crate::{PUBLISH, publish_destination};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use mqtrace::attributes as attr;
@@ -156,6 +157,31 @@ impl TracedChannel {
         }
     }
 
+    /// Fetches one message like [`Channel::basic_get`]; the message carries a process span, as
+    /// a consumer's deliveries do (with `no_ack: true`, outcome `auto_ack` when dropped).
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
+    /// use lapin::options::{BasicAckOptions, BasicGetOptions};
+    /// if let Some(message) = channel.basic_get("orders".into(), BasicGetOptions::default()).await? {
+    ///     println!("{} more waiting", message.message_count);
+    ///     message.delivery.ack(BasicAckOptions::default()).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_get(
+        &self,
+        queue: ShortString,
+        options: BasicGetOptions,
+    ) -> lapin::Result<Option<TracedGetMessage>> {
+        let no_ack = options.no_ack;
+        let got = self.channel.basic_get(queue.clone(), options).await?;
+        Ok(got.map(|m| TracedGetMessage {
+            delivery: TracedDelivery::new(m.delivery, &self.inst, queue.as_str(), no_ack),
+            message_count: m.message_count,
+        }))
+    }
+
     /// Starts a consumer like [`Channel::basic_consume`]; its deliveries carry process spans.
     ///
     /// With `no_ack: true` the broker settles on delivery and each process span ends with
@@ -201,5 +227,30 @@ impl Deref for TracedChannel {
 
     fn deref(&self) -> &Channel {
         &self.channel
+    }
+}
+
+/// A message fetched with [`TracedChannel::basic_get`], like `lapin::message::BasicGetMessage`.
+///
+/// ```no_run
+/// # async fn demo(m: mqtrace_lapin::TracedGetMessage) -> lapin::Result<()> {
+/// let _body = &m.data; // through Deref to the traced delivery
+/// m.delivery.ack(Default::default()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TracedGetMessage {
+    /// The message, with its process span.
+    pub delivery: TracedDelivery,
+    /// Messages left in the queue after this one.
+    pub message_count: u32,
+}
+
+impl Deref for TracedGetMessage {
+    type Target = TracedDelivery;
+
+    fn deref(&self) -> &TracedDelivery {
+        &self.delivery
     }
 }

@@ -52,7 +52,7 @@ mod headers;
 mod retry;
 
 pub use attempt::DeliveryHistory;
-pub use channel::TracedChannel;
+pub use channel::{TracedChannel, TracedGetMessage};
 pub use confirm::TracedPublisherConfirm;
 pub use connection::{TracedConnection, instrumentation};
 pub use consumer::TracedConsumer;
