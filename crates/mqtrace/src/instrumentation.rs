@@ -477,7 +477,8 @@ impl Instrumentation {
     /// span.end_ok();
     /// ```
     pub fn start_send(&self, msg: Outgoing<'_>, headers: &mut dyn Injector) -> SendSpan {
-        let start = Instant::now();
+        // The clock is read only when a duration will be recorded.
+        let start = self.inner.metrics.is_some().then(Instant::now);
         let parent = Context::current();
         let destination: Arc<str> = Arc::from(msg.destination);
         let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
@@ -506,7 +507,7 @@ impl Instrumentation {
             .config
             .propagation()
             .inject(span.span_context(), &parent, headers);
-        let measure = self.inner.metrics.is_some().then(|| {
+        let measure = start.map(|start| {
             (
                 self.clone(),
                 Measure {
@@ -544,7 +545,7 @@ impl Instrumentation {
     /// span.finish(Outcome::Ack);
     /// ```
     pub fn start_process(&self, msg: Incoming<'_>, extracted: Extracted) -> ProcessSpan {
-        let start = Instant::now();
+        let start = self.inner.metrics.is_some().then(Instant::now);
         let (creation, issues) = extracted.into_parts();
         let ambient = Context::current();
         let has_ambient = ambient.span().span_context().is_valid();
@@ -651,17 +652,18 @@ impl Instrumentation {
             };
             self.inner.config.apply_hook(&mut span, &info);
         }
-        let measure = Measure {
+        let measure = start.map(|start| Measure {
             op: msg.operation,
-            destination,
+            destination: destination.clone(),
             start,
-        };
-        if let Some(m) = &self.inner.metrics {
-            measure.consumed(m, &self.common());
+        });
+        if let (Some(m), Some(metrics)) = (&measure, &self.inner.metrics) {
+            m.consumed(metrics, &self.common());
         }
         ProcessSpan::new(
             self.clone(),
             parent.with_span(span),
+            destination,
             measure,
             msg.attempt,
             origin,

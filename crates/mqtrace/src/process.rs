@@ -6,11 +6,14 @@ use crate::metrics::Measure;
 use crate::operation::Operation;
 use crate::outcome::Outcome;
 use opentelemetry::context::{FutureExt, WithContext};
+use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 mod pending;
 pub use pending::PendingSettle;
@@ -121,7 +124,9 @@ pub struct ProcessSpan {
     inst: Instrumentation,
     cx: Context,
     span_context: SpanContext,
-    measure: Measure,
+    destination: Arc<str>,
+    /// Present only when metrics are recorded (no clock read otherwise).
+    measure: Option<Measure>,
     attempt: Option<u32>,
     origin: Option<SpanContext>,
     drop_outcome: Outcome,
@@ -132,7 +137,7 @@ impl fmt::Debug for ProcessSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessSpan")
             .field("span_context", self.span_context())
-            .field("destination", &self.measure.destination)
+            .field("destination", &self.destination)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -142,7 +147,8 @@ impl ProcessSpan {
     pub(crate) fn new(
         inst: Instrumentation,
         cx: Context,
-        measure: Measure,
+        destination: Arc<str>,
+        measure: Option<Measure>,
         attempt: Option<u32>,
         origin: Option<SpanContext>,
     ) -> Self {
@@ -151,6 +157,7 @@ impl ProcessSpan {
             inst,
             cx,
             span_context,
+            destination,
             measure,
             attempt,
             origin,
@@ -186,8 +193,17 @@ impl ProcessSpan {
     }
 
     /// The destination settle spans are named after.
-    pub(crate) fn destination(&self) -> &std::sync::Arc<str> {
-        &self.measure.destination
+    pub(crate) fn destination(&self) -> &Arc<str> {
+        &self.destination
+    }
+
+    /// The metric measure of a settle operation starting now, when metrics are recorded.
+    pub(crate) fn settle_measure(&self, op: Operation) -> Option<Measure> {
+        self.inst.metrics().is_some().then(|| Measure {
+            op,
+            destination: self.destination.clone(),
+            start: Instant::now(),
+        })
     }
 
     /// The delivery attempt recorded on the span, when known (1 = first delivery).
@@ -308,33 +324,13 @@ impl ProcessSpan {
     where
         F: Future<Output = R>,
     {
-        let started = std::time::Instant::now();
-        let mut span =
-            self.inst
-                .start_settle(settle.operation, &self.measure.destination, &self.cx);
+        let measure = self.settle_measure(settle.operation);
+        let span = self
+            .inst
+            .start_settle(settle.operation, &self.destination, &self.cx);
         let result = fut.await;
         let error = check(&result);
-        if let Some(metrics) = self.inst.metrics() {
-            let m = Measure {
-                op: settle.operation,
-                destination: self.measure.destination.clone(),
-                start: started,
-            };
-            m.operation_done(
-                metrics,
-                &self.inst.common(),
-                error.as_ref().map(SettleError::error_type),
-                false,
-            );
-        }
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(attr::OUTCOME, settle.outcome.as_str()));
-            if let Some(e) = &error {
-                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, e.error_type.clone()));
-                span.set_status(Status::error(e.description.clone()));
-            }
-        }
-        span.end();
+        end_settle_span(&self.inst, span, measure, settle.outcome, error.as_ref());
         self.end(settle.outcome, settle.reason, error);
         result
     }
@@ -363,14 +359,13 @@ impl ProcessSpan {
             return;
         }
         self.done = true;
-        if let Some(metrics) = self.inst.metrics() {
+        if let (Some(metrics), Some(m)) = (self.inst.metrics(), &self.measure) {
             let error_type = match &error {
                 Some(e) => Some(e.error_type()),
                 None if outcome.is_failure() => Some(outcome.as_str()),
                 None => None,
             };
-            self.measure
-                .processed(metrics, &self.inst.common(), error_type);
+            m.processed(metrics, &self.inst.common(), error_type);
         }
         let span = self.cx.span();
         if span.is_recording() {
@@ -399,6 +394,34 @@ impl ProcessSpan {
         }
         span.end();
     }
+}
+
+/// Ends a settle span with its outcome and error, and records its duration metric: the end
+/// of every settle operation, awaited ([`ProcessSpan::settle`]) or reported later
+/// ([`PendingSettle::finish`]).
+pub(crate) fn end_settle_span(
+    inst: &Instrumentation,
+    mut span: BoxedSpan,
+    measure: Option<Measure>,
+    outcome: Outcome,
+    error: Option<&SettleError>,
+) {
+    if let (Some(m), Some(metrics)) = (measure, inst.metrics()) {
+        m.operation_done(
+            metrics,
+            &inst.common(),
+            error.map(SettleError::error_type),
+            false,
+        );
+    }
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
+        if let Some(e) = error {
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, e.error_type.clone()));
+            span.set_status(Status::error(e.description.clone()));
+        }
+    }
+    span.end();
 }
 
 impl Drop for ProcessSpan {

@@ -1,15 +1,14 @@
 //! Settle operations whose result is not a future: a blocking call, or a broker answer that a
 //! client library reports later through a callback (e.g. a Kafka offset commit).
 
-use super::{ProcessSpan, Settle, SettleError};
+use super::{ProcessSpan, Settle, SettleError, end_settle_span};
 use crate::attributes as attr;
 use crate::instrumentation::Instrumentation;
 use crate::metrics::Measure;
 use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, SpanContext, Status};
+use opentelemetry::trace::{Span, SpanContext};
 use std::fmt;
-use std::time::Instant;
 
 /// A settle operation that has started and whose result is reported with
 /// [`PendingSettle::finish`].
@@ -74,11 +73,7 @@ impl ProcessSpan {
             .inst
             .start_settle(settle.operation, self.destination(), &self.cx);
         let span_context = span.span_context().clone();
-        let measure = self.inst.metrics().is_some().then(|| Measure {
-            op: settle.operation,
-            destination: self.destination().clone(),
-            start: Instant::now(),
-        });
+        let measure = self.settle_measure(settle.operation);
         PendingSettle {
             inst: self.inst.clone(),
             process: Some(self),
@@ -153,23 +148,14 @@ impl PendingSettle {
     ///
     /// See the example on [`PendingSettle`].
     pub fn finish(mut self, error: Option<SettleError>) {
-        if let (Some(m), Some(metrics)) = (self.measure.take(), self.inst.metrics()) {
-            m.operation_done(
-                metrics,
-                &self.inst.common(),
-                error.as_ref().map(SettleError::error_type),
-                false,
+        if let Some(span) = self.span.take() {
+            end_settle_span(
+                &self.inst,
+                span,
+                self.measure.take(),
+                self.settle.outcome,
+                error.as_ref(),
             );
-        }
-        if let Some(mut span) = self.span.take() {
-            if span.is_recording() {
-                span.set_attribute(KeyValue::new(attr::OUTCOME, self.settle.outcome.as_str()));
-                if let Some(e) = &error {
-                    span.set_attribute(KeyValue::new(attr::ERROR_TYPE, e.error_type.clone()));
-                    span.set_status(Status::error(e.description.clone()));
-                }
-            }
-            span.end();
         }
         if let Some(mut process) = self.process.take() {
             process.end(self.settle.outcome, self.settle.reason.clone(), error);
