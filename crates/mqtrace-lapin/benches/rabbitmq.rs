@@ -24,42 +24,18 @@ use mqtrace::{Config, Incoming, Instrumentation, Outcome, Outgoing};
 use mqtrace_lapin::{AmqpHeaders, AmqpHeadersMut, PROCESS, PUBLISH, TracedChannel};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
-};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
-struct DropExporter;
-
-impl SpanExporter for DropExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        black_box(batch);
-        Ok(())
-    }
-}
-
 fn provider(sampled: bool) -> SdkTracerProvider {
-    let processor = BatchSpanProcessor::builder(DropExporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(65_536)
-                .with_max_export_batch_size(2048)
-                .build(),
-        )
-        .build();
-    SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(if sampled {
-            Sampler::AlwaysOn
-        } else {
-            Sampler::AlwaysOff
-        })
-        .build()
+    mqtrace::testing::discarding_provider(if sampled {
+        Sampler::AlwaysOn
+    } else {
+        Sampler::AlwaysOff
+    })
 }
 
 /// Hand-written publish instrumentation, as commonly written.

@@ -16,11 +16,8 @@ use mqtrace::Config;
 use mqtrace_rdkafka::{TracedFutureProducer, TracedStreamConsumer};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
-};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -32,28 +29,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
-struct DropExporter;
-
-impl SpanExporter for DropExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        black_box(batch);
-        Ok(())
-    }
-}
-
 fn provider() -> SdkTracerProvider {
-    let processor = BatchSpanProcessor::builder(DropExporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(65_536)
-                .with_max_export_batch_size(2048)
-                .build(),
-        )
-        .build();
-    SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .build()
+    mqtrace::testing::discarding_provider(opentelemetry_sdk::trace::Sampler::AlwaysOn)
 }
 
 #[derive(Clone, Copy, PartialEq)]

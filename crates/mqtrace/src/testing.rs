@@ -201,6 +201,41 @@ impl TestTelemetry {
     }
 }
 
+/// An exporter that discards what it is given: for benchmarks.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
+/// A tracer provider for benchmarks: spans go through the SDK's batch processor (queue of
+/// 65 536, batches of 2 048, so bursts are not dropped) into an exporter that discards them,
+/// so what is measured is the instrumentation, not the export.
+///
+/// ```
+/// use opentelemetry_sdk::trace::Sampler;
+/// let provider = mqtrace::testing::discarding_provider(Sampler::AlwaysOn);
+/// let _ = provider.shutdown();
+/// ```
+pub fn discarding_provider(sampler: opentelemetry_sdk::trace::Sampler) -> SdkTracerProvider {
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Discard)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(65_536)
+                .with_max_export_batch_size(2048)
+                .build(),
+        )
+        .build();
+    SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler)
+        .build()
+}
+
 /// A set of exported spans, with lookups that explain themselves when they fail.
 ///
 /// ```
