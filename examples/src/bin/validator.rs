@@ -94,8 +94,8 @@ async fn run() -> Result<(), Error> {
                 None => return Err("the RabbitMQ consumer was cancelled".into()),
             },
         };
-        // One message at a time keeps the example short; spawn a task per delivery (with an
-        // Arc<RetryQueues>) for concurrency.
+        // One message at a time keeps the example short; spawn a task per delivery (with a
+        // clone of `retries`: it is an Arc inside) for concurrency.
         let decision = retries
             .handle(delivery, async |d| validate(d, &producer).await)
             .await?;
