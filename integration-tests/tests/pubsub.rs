@@ -58,7 +58,7 @@ async fn setup(
 }
 
 impl Setup {
-    fn inst(&self) -> mqtrace::Instrumentation {
+    fn inst(&self) -> mqtrace::instrument::Instrumentation {
         self.ps.emulator.instrumentation(self.t.config())
     }
 
@@ -623,7 +623,8 @@ async fn a_wrong_endpoint_fails_fast_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn a_process_span_started_in_an_ambient_span_is_its_child_and_links_the_creation() {
+async fn a_process_span_started_in_an_ambient_span_is_the_creations_child_and_links_the_ambient_span()
+ {
     within(async {
         let s = setup(|sub| sub).await;
         let publisher = s.publisher().await;
@@ -637,12 +638,10 @@ async fn a_process_span_started_in_an_ambient_span_is_its_child_and_links_the_cr
         let sub = short(&s.sub);
         let spans = s.wait(&format!("ack {sub}"), 1).await;
         let process = spans.one(&format!("subscribe {sub}"));
-        process.assert_child_of(spans.one("poll loop"));
-        process.assert_links_to(
-            &spans
-                .one(&format!("create {}", short(&s.topic)))
-                .span_context,
-        );
+        let create = spans.one(&format!("create {}", short(&s.topic)));
+        process.assert_child_of(create);
+        process.assert_links_to(&create.span_context);
+        process.assert_links_to(&spans.one("poll loop").span_context);
     })
     .await;
 }

@@ -884,23 +884,32 @@ async fn tracing_and_opentelemetry_spans_in_an_async_handler_are_children_of_the
 }
 
 #[tokio::test]
-async fn ambient_span_is_the_parent_and_the_creation_context_a_link() {
+async fn in_an_ambient_span_the_creation_context_stays_the_parent_unless_ambient_span_is_asked_for()
+{
     within(async {
-        let (t, _conn, ch) = setup(|c| c).await;
-        let q = unique("ambient");
-        declare_queue(&ch, &q, FieldTable::default()).await;
-        publish(&ch, "", &q, b"x", BasicProperties::default()).await;
-        let mut consumer = consume(&ch, &q).await;
-        let batch = t.provider().tracer("app").start("batch job");
-        let cx = Context::current_with_span(batch);
-        let d = next_delivery(&mut consumer).with_context(cx.clone()).await;
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-        cx.span().end();
-        let spans = wait(&t, &format!("ack {q}"), 1).await;
-        let publish = spans.one(&format!("publish {q}"));
-        let process = spans.one(&format!("process {q}"));
-        process.assert_child_of(spans.one("batch job"));
-        process.assert_links_to(&publish.span_context);
+        for policy in [ParentPolicy::CreationContext, ParentPolicy::AmbientSpan] {
+            let (t, _conn, ch) = setup(|c| c.with_parent_policy(policy)).await;
+            let q = unique("ambient");
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            publish(&ch, "", &q, b"x", BasicProperties::default()).await;
+            let mut consumer = consume(&ch, &q).await;
+            let batch = t.provider().tracer("app").start("batch job");
+            let cx = Context::current_with_span(batch);
+            let d = next_delivery(&mut consumer).with_context(cx.clone()).await;
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+            cx.span().end();
+            let spans = wait(&t, &format!("ack {q}"), 1).await;
+            let publish = spans.one(&format!("publish {q}"));
+            let process = spans.one(&format!("process {q}"));
+            let batch = spans.one("batch job");
+            process.assert_links_to(&publish.span_context);
+            if policy == ParentPolicy::CreationContext {
+                process.assert_child_of(publish);
+                process.assert_links_to(&batch.span_context);
+            } else {
+                process.assert_child_of(batch);
+            }
+        }
     })
     .await;
 }

@@ -20,7 +20,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use mqtrace::{Config, Incoming, Instrumentation, Outcome, Outgoing};
+use mqtrace::{
+    Config, Outcome,
+    instrument::{Incoming, Instrumentation, Outgoing},
+};
 use mqtrace_lapin::{AmqpHeaders, AmqpHeadersMut, PROCESS, PUBLISH, TracedChannel};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue, global};

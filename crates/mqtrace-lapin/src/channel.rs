@@ -10,7 +10,7 @@ use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use mqtrace::attributes as attr;
-use mqtrace::{Instrumentation, Outgoing};
+use mqtrace::instrument::{Instrumentation, Outgoing};
 use opentelemetry::KeyValue;
 use std::ops::Deref;
 

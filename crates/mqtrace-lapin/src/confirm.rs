@@ -2,7 +2,7 @@
 
 use crate::error::error_type;
 use lapin::{Confirmation, PublisherConfirm};
-use mqtrace::SendSpan;
+use mqtrace::instrument::SendSpan;
 use opentelemetry::KeyValue;
 use std::future::Future;
 use std::pin::Pin;

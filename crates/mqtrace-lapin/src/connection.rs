@@ -2,7 +2,7 @@
 
 use crate::channel::TracedChannel;
 use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
-use mqtrace::{Config, Instrumentation};
+use mqtrace::{Config, instrument::Instrumentation};
 use std::ops::Deref;
 
 /// Builds the RabbitMQ [`Instrumentation`] for a broker at `host:port` (the values recorded

@@ -4,7 +4,7 @@ use crate::delivery::TracedDelivery;
 use futures_core::Stream;
 use lapin::Consumer;
 use lapin::types::ShortString;
-use mqtrace::Instrumentation;
+use mqtrace::instrument::Instrumentation;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

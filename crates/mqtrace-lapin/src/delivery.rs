@@ -8,7 +8,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use mqtrace::attributes as attr;
-use mqtrace::{Incoming, Instrumentation, Outcome, ProcessSpan, Processing, Settle, SettleError};
+use mqtrace::{
+    Outcome,
+    instrument::{Incoming, Instrumentation, ProcessSpan, Processing, Settle, SettleError},
+};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
@@ -195,7 +198,7 @@ impl TracedDelivery {
     }
 
     /// The creation context of the message's first delivery (see
-    /// [`mqtrace::ProcessSpan::origin`]).
+    /// [`mqtrace::instrument::ProcessSpan::origin`]).
     ///
     /// ```no_run
     /// # fn demo(d: mqtrace_lapin::TracedDelivery) {

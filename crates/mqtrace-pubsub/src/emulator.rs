@@ -9,7 +9,7 @@ use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::builder::publisher::PublisherBuilder;
 use google_cloud_pubsub::builder::subscriber::ClientBuilder as SubscriberBuilder;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
-use mqtrace::{Config, Instrumentation};
+use mqtrace::{Config, instrument::Instrumentation};
 use std::fmt;
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! in ours.
 
 use mqtrace::w3c;
-use mqtrace::{ContextIssue, Extracted};
+use mqtrace::{ContextIssue, instrument::Extracted};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceState};
 use std::collections::HashMap;
 

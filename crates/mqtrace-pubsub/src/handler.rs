@@ -8,7 +8,10 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::{ExactlyOnce, Handler};
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Incoming, Instrumentation, Outcome, PendingSettle, ProcessSpan, Processing, Settle, SettleError,
+    Outcome,
+    instrument::{
+        Incoming, Instrumentation, PendingSettle, ProcessSpan, Processing, Settle, SettleError,
+    },
 };
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
@@ -194,7 +197,7 @@ impl TracedHandler {
 
     /// The creation context of the message's first delivery: its own creation context, or for
     /// a copy [`RetryTopics`](crate::RetryTopics) published, the one carried in the
-    /// `mqtrace-origin` attribute (see [`mqtrace::ProcessSpan::origin`]).
+    /// `mqtrace-origin` attribute (see [`mqtrace::instrument::ProcessSpan::origin`]).
     ///
     /// ```no_run
     /// # fn demo(h: mqtrace_pubsub::TracedHandler) {

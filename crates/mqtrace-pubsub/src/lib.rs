@@ -72,7 +72,7 @@ pub use publisher::{TracedPublishFuture, TracedPublisher};
 pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
 
-use mqtrace::{Config, Instrumentation, Operation, OperationType};
+use mqtrace::{Config, Operation, OperationType, instrument::Instrumentation};
 
 /// `create`: the PRODUCER span of one published message.
 pub const CREATE: Operation = Operation::new("create", OperationType::Create);

@@ -9,7 +9,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::publisher::PublishFuture;
 use mqtrace::attributes as attr;
 use mqtrace::carrier::Injector;
-use mqtrace::{Instrumentation, Outgoing, SendSpan};
+use mqtrace::instrument::{Instrumentation, Outgoing, SendSpan};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use std::collections::HashMap;

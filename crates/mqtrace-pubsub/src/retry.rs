@@ -9,7 +9,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
-use mqtrace::{Outcome, Settle};
+use mqtrace::{Outcome, instrument::Settle};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};

@@ -8,7 +8,7 @@ use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
-use mqtrace::Instrumentation;
+use mqtrace::instrument::Instrumentation;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! What the spans of one client record about it, read from its `ClientConfig`.
 
 use mqtrace::attributes as attr;
-use mqtrace::{Config, Instrumentation, MessagingSystem};
+use mqtrace::{Config, MessagingSystem, instrument::Instrumentation};
 use opentelemetry::{KeyValue, StringValue};
 use rdkafka::ClientConfig;
 use std::sync::Arc;

@@ -36,6 +36,6 @@ pub fn error_type(error: &KafkaError) -> Cow<'static, str> {
 }
 
 /// The settle error recorded for a failed commit or offset store.
-pub(crate) fn settle_error(error: &KafkaError) -> mqtrace::SettleError {
-    mqtrace::SettleError::new(error_type(error), error)
+pub(crate) fn settle_error(error: &KafkaError) -> mqtrace::instrument::SettleError {
+    mqtrace::instrument::SettleError::new(error_type(error), error)
 }

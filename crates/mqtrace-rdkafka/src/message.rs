@@ -6,7 +6,8 @@ use crate::partition::partition_id;
 use crate::{POLL, PROCESS};
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Config, Extracted, Incoming, Instrumentation, Outcome, ProcessSpan, Processing, Receive,
+    Config, Outcome,
+    instrument::{Extracted, Incoming, Instrumentation, ProcessSpan, Processing, Receive},
 };
 use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
@@ -103,7 +104,7 @@ impl<'a> TracedMessage<'a> {
 
     /// The creation context of the message's first delivery: its own creation context, or
     /// for a message mqtrace re-sent to a retry or dead-letter topic, the one carried in the
-    /// `mqtrace-origin` header (see [`mqtrace::ProcessSpan::origin`]).
+    /// `mqtrace-origin` header (see [`mqtrace::instrument::ProcessSpan::origin`]).
     ///
     /// ```no_run
     /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {

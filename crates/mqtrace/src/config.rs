@@ -11,7 +11,17 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use std::fmt;
 use std::sync::Arc;
 
-/// How a process span relates to the message's creation context and to an ambient span.
+/// How a process span relates to the message's creation context and to an ambient span
+/// (a span active where the message is handled, e.g. a worker loop under
+/// `#[tracing::instrument]` or an OpenTelemetry span around the loop).
+///
+/// | policy | parent | links |
+/// | --- | --- | --- |
+/// | [`CreationContext`](Self::CreationContext) (default) | the creation context | the creation context; the ambient span (`mqtrace.link.type = ambient`) |
+/// | [`AmbientSpan`](Self::AmbientSpan) | the ambient span; the creation context when none is active | the creation context |
+/// | [`AlwaysLink`](Self::AlwaysLink) | the ambient span, or a new root | the creation context |
+///
+/// Whatever the policy, a message from an untrusted source ([`Trust`]) is only linked.
 ///
 /// ```
 /// use mqtrace::{Config, ParentPolicy};
@@ -22,12 +32,14 @@ use std::sync::Arc;
 #[non_exhaustive]
 pub enum ParentPolicy {
     /// The creation context is the parent and also a link, so one trace runs through the
-    /// pipeline; when an ambient span is active it is the parent instead and the creation
-    /// context is only linked. The default.
+    /// pipeline, even when an ambient span is active: that span is linked instead. What
+    /// Java's agent and Python's, Node's and Go's messaging instrumentations do. The default.
     #[default]
     CreationContext,
-    /// The creation context is always the parent; an ambient span becomes a second link.
-    CreationContextOverAmbient,
+    /// The ambient span, when one is active, is the parent and the creation context is only
+    /// linked (every message handled in a loop span lands in that loop's trace); without an
+    /// ambient span, as [`CreationContext`](Self::CreationContext).
+    AmbientSpan,
     /// The creation context is only linked; the process span is a child of the ambient span
     /// or a new root (the messaging conventions' default).
     AlwaysLink,

@@ -1,78 +1,54 @@
 //! # mqtrace
 //!
 //! The broker-agnostic core of mqtrace: it makes message queues transparent to distributed
-//! tracing. Broker crates (`mqtrace-lapin` for RabbitMQ, ...) wrap their client's producers and
-//! consumers and drive this core, which owns everything that is the same for every broker:
+//! tracing. Applications use it through a broker crate (`mqtrace-lapin` for RabbitMQ,
+//! `mqtrace-rdkafka` for Kafka, `mqtrace-pubsub` for Google Cloud Pub/Sub) and configure it
+//! here:
 //!
-//! - [`carrier`]: reading and writing a broker's headers without intermediate maps;
-//! - [`Propagation`]: the globally configured propagator (W3C trace context and baggage when
-//!   none is installed), with a direct W3C codec ([`w3c`]) and a reason for every rejection;
-//! - [`Instrumentation`]: spans named `{operation} {destination}` with the OpenTelemetry
-//!   messaging conventions' kinds and attributes, the parent-or-link policy ([`ParentPolicy`])
-//!   and the trust policy ([`Trust`]);
-//! - [`ProcessSpan`]: the consumer span that covers the handler (across `.await`s, for
-//!   OpenTelemetry and `tracing` spans alike) until the message is settled, recording the
-//!   [`Outcome`] and a settle span; it never stays open;
+//! - [`Config`]: tracer and meter provider, [`Propagation`], the parent-or-link policy
+//!   ([`ParentPolicy`]), which sources are trusted ([`Trust`]), capture options, an attribute
+//!   hook ([`SpanInfo`]);
+//! - [`Outcome`]: how a message was settled, one vocabulary for every broker;
+//! - [`retry`]: [`retry::RetryPolicy`] and [`retry::HandlerError`] for the broker crates'
+//!   retry and dead-letter types;
+//! - [`w3c`], [`propagation`], [`carrier`]: the context codec and header access;
 //! - `envelope` (feature `json`): context carried in a JSON payload;
 //! - `testing` (feature `testing`): an in-memory exporter fixture and trace-tree assertions.
 //!
+//! What a broker crate builds on (the instrumentation engine, the span types, the message
+//! descriptions) is in [`instrument`], documented there as "how to add a broker".
+//!
 //! ```
-//! use std::collections::HashMap;
-//! use mqtrace::*;
-//! use mqtrace::testing::{SpanDataExt, TestTelemetry};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let telemetry = TestTelemetry::new();
-//! let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "example").build(telemetry.config());
-//!
-//! // Producer side: a PRODUCER span, its context written into the headers.
-//! let mut headers: HashMap<String, String> = HashMap::new();
-//! let send = inst.start_send(Outgoing::new(Operation::new("publish", OperationType::Send), "orders"), &mut headers);
-//! send.end_ok();
-//!
-//! // Consumer side: the context read back, a CONSUMER span that continues the trace.
-//! let process = inst.start_process(
-//!     Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"),
-//!     inst.extract(&headers),
-//! );
-//! process.finish(Outcome::Ack);
-//!
-//! let spans = telemetry.spans();
-//! spans.one("process orders").assert_child_of(spans.one("publish orders"));
-//! # }
+//! use mqtrace::{Config, ParentPolicy, Propagation, Trust};
+//! let config = Config::new()
+//!     .with_propagation(Propagation::Global)
+//!     .with_parent_policy(ParentPolicy::CreationContext)
+//!     .with_trust(Trust::untrusted_sources(["public-webhooks"]));
+//! assert_eq!(config.parent_policy(), ParentPolicy::CreationContext);
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod attributes;
-mod batch;
 pub mod carrier;
 mod config;
 #[cfg(feature = "json")]
 pub mod envelope;
-mod instrumentation;
+pub mod instrument;
 mod metrics;
 mod operation;
 mod outcome;
-mod process;
-mod processing;
-mod producer;
 pub mod propagation;
-mod receive;
 pub mod retry;
+mod span;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod w3c;
 
 pub use config::{Config, ParentPolicy, SpanInfo, Trust};
-pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Outgoing};
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
-pub use process::{PendingSettle, ProcessSpan, Settle, SettleError};
-pub use processing::Processing;
-pub use producer::SendSpan;
-pub use propagation::{ContextIssue, Extracted, Propagation};
-pub use receive::Receive;
+pub use propagation::{ContextIssue, Propagation};
 
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";

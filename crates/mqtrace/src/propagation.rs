@@ -132,7 +132,7 @@ impl Extracted {
     /// The extracted context (remote span context and baggage); empty when none was found.
     ///
     /// ```
-    /// assert!(!mqtrace::Extracted::default().context().has_active_span());
+    /// assert!(!mqtrace::instrument::Extracted::default().context().has_active_span());
     /// # use opentelemetry::trace::TraceContextExt;
     /// ```
     pub fn context(&self) -> &Context {
@@ -142,7 +142,7 @@ impl Extracted {
     /// The creation span context (invalid when none was found).
     ///
     /// ```
-    /// assert!(!mqtrace::Extracted::default().span_context().is_valid());
+    /// assert!(!mqtrace::instrument::Extracted::default().span_context().is_valid());
     /// ```
     pub fn span_context(&self) -> &SpanContext {
         &self.span_context
@@ -151,7 +151,7 @@ impl Extracted {
     /// Problems found while reading; empty when the headers were valid or absent.
     ///
     /// ```
-    /// assert!(mqtrace::Extracted::default().issues().is_empty());
+    /// assert!(mqtrace::instrument::Extracted::default().issues().is_empty());
     /// ```
     pub fn issues(&self) -> &[ContextIssue] {
         &self.issues
@@ -160,7 +160,7 @@ impl Extracted {
     /// Builds an extraction result from parts, e.g. for a payload-borne context.
     ///
     /// ```
-    /// let x = mqtrace::Extracted::from_parts(opentelemetry::Context::new(), vec![]);
+    /// let x = mqtrace::instrument::Extracted::from_parts(opentelemetry::Context::new(), vec![]);
     /// assert!(!x.span_context().is_valid());
     /// ```
     pub fn from_parts(context: Context, issues: Vec<ContextIssue>) -> Self {

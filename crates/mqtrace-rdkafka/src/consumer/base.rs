@@ -2,7 +2,7 @@
 
 use super::{CommitReporting, TracedConsumerContext};
 use crate::message::{Consuming, TracedMessage};
-use mqtrace::{Config, Instrumentation};
+use mqtrace::{Config, instrument::Instrumentation};
 use rdkafka::ClientConfig;
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::base_consumer::Iter;

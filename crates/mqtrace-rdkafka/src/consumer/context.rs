@@ -2,7 +2,7 @@
 //! auto-commit arrive through `ConsumerContext::commit_callback`.
 
 use crate::error::settle_error;
-use mqtrace::PendingSettle;
+use mqtrace::instrument::PendingSettle;
 use rdkafka::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaResult;
@@ -118,7 +118,7 @@ impl CommitTracker {
     ///
     /// See the example on [`CommitTracker`].
     pub fn report(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
-        let mut done: Vec<(PendingSettle, Option<mqtrace::SettleError>)> = Vec::new();
+        let mut done: Vec<(PendingSettle, Option<mqtrace::instrument::SettleError>)> = Vec::new();
         {
             let mut all = self
                 .partitions

@@ -11,7 +11,7 @@ pub use stream::{TracedMessageStream, TracedStreamConsumer};
 use crate::error::settle_error;
 use crate::message::{Consuming, TracedMessage};
 use crate::{COMMIT, SEEK, STORE_OFFSET};
-use mqtrace::{Operation, Outcome, Settle};
+use mqtrace::{Operation, Outcome, instrument::Settle};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaResult;

@@ -4,7 +4,7 @@ use super::{CommitReporting, TracedConsumerContext};
 use crate::message::{Consuming, TracedMessage};
 use futures_util::future::{Either, FutureExt, select};
 use futures_util::stream::{Stream, StreamExt};
-use mqtrace::{Config, Instrumentation};
+use mqtrace::{Config, instrument::Instrumentation};
 use rdkafka::ClientConfig;
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{CommitMode, MessageStream, StreamConsumer};

@@ -1,7 +1,10 @@
 //! The traced `BaseProducer` and `ThreadedProducer`: their delivery callbacks end the spans.
 
 use super::{Producing, Record, delivered, failed};
-use mqtrace::{Config, Instrumentation, SendSpan};
+use mqtrace::{
+    Config,
+    instrument::{Instrumentation, SendSpan},
+};
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{
     ClientConfig, FromClientConfig, FromClientConfigAndContext, RDKafkaLogLevel,

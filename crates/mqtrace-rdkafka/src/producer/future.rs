@@ -1,7 +1,10 @@
 //! The traced `FutureProducer`.
 
 use super::{Producing, Record, delivered, failed};
-use mqtrace::{Config, Instrumentation, SendSpan};
+use mqtrace::{
+    Config,
+    instrument::{Instrumentation, SendSpan},
+};
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};

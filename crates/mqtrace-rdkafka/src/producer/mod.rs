@@ -12,7 +12,10 @@ use crate::error::error_type;
 use crate::headers::{KafkaHeaders, KafkaHeadersMut};
 use crate::partition::partition_id;
 use mqtrace::attributes as attr;
-use mqtrace::{Config, Instrumentation, Outgoing, SendSpan};
+use mqtrace::{
+    Config,
+    instrument::{Instrumentation, Outgoing, SendSpan},
+};
 use opentelemetry::KeyValue;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;

@@ -1,13 +1,87 @@
-//! The PRODUCER span of one outgoing message.
+//! The PRODUCER span of one outgoing message ([`start`]), the CLIENT send span of a batch of
+//! messages that each have their own create span ([`start_batch`]), and [`SendSpan`], which
+//! both return.
 
 use crate::attributes as attr;
-use crate::instrumentation::Instrumentation;
+use crate::carrier::Injector;
+use crate::instrument::{Instrumentation, Outgoing, SpanFacts, span_name};
 use crate::metrics::Measure;
-use opentelemetry::KeyValue;
+use crate::operation::{Operation, OperationType};
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, SpanContext, Status};
+use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, SpanKind, Status};
+use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Starts the PRODUCER span of `msg` under the current context and injects its context into
+/// `headers` (see [`Instrumentation::start_send`]).
+pub(crate) fn start(
+    inst: &Instrumentation,
+    msg: Outgoing<'_>,
+    headers: &mut dyn Injector,
+) -> SendSpan {
+    // The clock is read only when a duration will be recorded.
+    let start = inst.metrics().is_some().then(Instant::now);
+    let parent = Context::current();
+    let destination: Arc<str> = Arc::from(msg.destination);
+    let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
+        .with_kind(msg.operation.kind().span_kind())
+        .with_attributes(inst.creation_attributes_with(
+            msg.operation,
+            destination.clone(),
+            msg.attributes,
+        ));
+    let facts = SpanFacts {
+        message_id: msg.message_id,
+        conversation_id: msg.conversation_id,
+        body_size: msg.body_size,
+        headers: msg.headers,
+        ..SpanFacts::new(msg.operation, msg.destination)
+    };
+    let span = inst.start_span(builder, &parent, &facts, |_| {});
+    inst.config()
+        .propagation()
+        .inject(span.span_context(), &parent, headers);
+    let measure = start.map(|start| {
+        (
+            inst.clone(),
+            Measure {
+                op: msg.operation,
+                destination,
+                start,
+            },
+        )
+    });
+    SendSpan::new(span, measure)
+}
+
+/// Starts the CLIENT send span of a batch (see [`Instrumentation::start_batch_send`]).
+pub(crate) fn start_batch<'c>(
+    inst: &Instrumentation,
+    operation: Operation,
+    destination: &str,
+    created: impl IntoIterator<Item = &'c SpanContext>,
+) -> SendSpan {
+    debug_assert_eq!(operation.kind(), OperationType::Send);
+    let mut count: i64 = 0;
+    let links: Vec<Link> = created
+        .into_iter()
+        .inspect(|_| count += 1)
+        .filter(|sc| sc.is_valid())
+        .map(|sc| Link::with_context(sc.clone()))
+        .collect();
+    let mut attributes = inst.creation_attributes(operation, destination.to_owned());
+    attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
+    let builder = SpanBuilder::from_name(span_name(operation.name(), destination))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .with_links(links);
+    let facts = SpanFacts::new(operation, destination);
+    let span = inst.start_span(builder, &Context::current(), &facts, |_| {});
+    SendSpan::new(span, None)
+}
 
 /// The span of a message being sent; end it when the broker has answered.
 ///
@@ -16,7 +90,7 @@ use std::fmt;
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use mqtrace::*;
+/// use mqtrace::{*, instrument::*};
 /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
 /// let mut headers: HashMap<String, String> = HashMap::new();
 /// let mut span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut headers);
@@ -58,7 +132,7 @@ impl SendSpan {
     /// The span's context (what was injected into the message).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let mut h: std::collections::HashMap<String, String> = Default::default();
     /// let span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h);
@@ -71,7 +145,7 @@ impl SendSpan {
     /// Whether the span is sampled (attributes are only worth computing then).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let mut h: std::collections::HashMap<String, String> = Default::default();
     /// let span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h);
@@ -84,7 +158,7 @@ impl SendSpan {
     /// Adds attributes computed by `f`, which runs only if the span is recording.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let mut h: std::collections::HashMap<String, String> = Default::default();
     /// let mut span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h);
@@ -102,7 +176,7 @@ impl SendSpan {
     /// Ends the span: the broker accepted the message.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let mut h: std::collections::HashMap<String, String> = Default::default();
     /// inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h).end_ok();
@@ -117,7 +191,7 @@ impl SendSpan {
     /// Ends the span as failed, with `error.type` and a description.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let mut h: std::collections::HashMap<String, String> = Default::default();
     /// let span = inst.start_send(Outgoing::new(Operation::new("send", OperationType::Send), "t"), &mut h);
@@ -148,6 +222,45 @@ impl Drop for SendSpan {
                 span.add_event("mqtrace.send.abandoned", Vec::new());
             }
             span.end();
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::{instrument::*, *};
+    use opentelemetry::trace::SpanKind;
+    use std::collections::HashMap;
+
+    #[test]
+    fn links_every_create_span_and_counts_the_batch() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::GcpPubSub, "test").build(t.config());
+        let create = Operation::new("create", OperationType::Create);
+        let created: Vec<_> = (0..3)
+            .map(|_| {
+                let mut h: HashMap<String, String> = HashMap::new();
+                let s = inst.start_send(Outgoing::new(create, "t"), &mut h);
+                let sc = s.span_context().clone();
+                s.end_ok();
+                sc
+            })
+            .collect();
+        inst.start_batch_send(Operation::new("send", OperationType::Send), "t", &created)
+            .end_ok();
+        let spans = t.spans();
+        let send = spans.one("send t");
+        send.assert_kind(SpanKind::Client);
+        send.assert_root();
+        send.assert_attr(attributes::MESSAGING_BATCH_MESSAGE_COUNT, "3");
+        send.assert_attr(attributes::MESSAGING_OPERATION_TYPE, "send");
+        for sc in &created {
+            send.assert_links_to(sc);
+        }
+        for create in spans.named("create t") {
+            create.assert_kind(SpanKind::Producer);
+            create.assert_attr(attributes::MESSAGING_OPERATION_TYPE, "create");
         }
     }
 }

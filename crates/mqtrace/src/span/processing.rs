@@ -1,7 +1,7 @@
 //! The process span of a delivered message, held by the broker crate's message wrapper.
 
+use super::{ProcessSpan, Settle, SettleError};
 use crate::outcome::Outcome;
-use crate::process::{ProcessSpan, Settle, SettleError};
 use opentelemetry::Context;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::trace::SpanContext;
@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use mqtrace::*;
+/// use mqtrace::{*, instrument::*};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
 /// let h: HashMap<String, String> = HashMap::new();
@@ -130,7 +130,7 @@ impl Processing {
     /// Takes the span out, to settle it by other means.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let p = Processing::new(inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h)));
@@ -144,7 +144,7 @@ impl Processing {
     /// Ends the span with `outcome`, if it is not settled yet (see [`ProcessSpan::finish`]).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let p = Processing::new(inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h)));

@@ -1,14 +1,124 @@
-//! Settle operations whose result is not a future: a blocking call, or a broker answer that a
-//! client library reports later through a callback (e.g. a Kafka offset commit).
+//! Settle operations: what is settled ([`Settle`]), how it failed ([`SettleError`]), the end
+//! of every settle span ([`end_settle_span`]), and settles whose result is not a future
+//! ([`PendingSettle`]: a blocking call, or a broker answer that a client library reports
+//! later through a callback, e.g. a Kafka offset commit).
 
-use super::{ProcessSpan, Settle, SettleError, end_settle_span};
+use super::ProcessSpan;
 use crate::attributes as attr;
-use crate::instrumentation::Instrumentation;
+use crate::instrument::Instrumentation;
 use crate::metrics::Measure;
+use crate::operation::Operation;
+use crate::outcome::Outcome;
 use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, SpanContext};
+use opentelemetry::trace::{Span, SpanContext, Status};
+use std::borrow::Cow;
 use std::fmt;
+
+/// A settle operation about to be performed on a message.
+///
+/// ```
+/// use mqtrace::{Operation, OperationType, Outcome, instrument::Settle};
+/// let s = Settle::new(Operation::new("reject", OperationType::Settle), Outcome::DeadLetter)
+///     .with_reason("invalid order");
+/// # let _ = s;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Settle {
+    pub(crate) operation: Operation,
+    pub(crate) outcome: Outcome,
+    pub(crate) reason: Option<Cow<'static, str>>,
+}
+
+impl Settle {
+    /// Settling with broker operation `operation`, meaning `outcome`.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Settle::new(Operation::new("ack", OperationType::Settle), Outcome::Ack);
+    /// ```
+    pub fn new(operation: Operation, outcome: Outcome) -> Self {
+        Self {
+            operation,
+            outcome,
+            reason: None,
+        }
+    }
+
+    /// Why (recorded as `mqtrace.outcome.reason`).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Settle::new(Operation::new("nack", OperationType::Settle), Outcome::Requeue).with_reason("db down");
+    /// ```
+    pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// A failed settle operation: `error.type` and a description.
+///
+/// ```
+/// let e = mqtrace::instrument::SettleError::new("channel_closed", "the channel was closed");
+/// assert_eq!(e.error_type(), "channel_closed");
+/// ```
+#[derive(Clone, Debug)]
+pub struct SettleError {
+    pub(crate) error_type: Cow<'static, str>,
+    pub(crate) description: String,
+}
+
+impl SettleError {
+    /// An error of low-cardinality type `error_type`.
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::SettleError::new("timeout", "no answer in 5 s");
+    /// ```
+    pub fn new(error_type: impl Into<Cow<'static, str>>, description: impl fmt::Display) -> Self {
+        Self {
+            error_type: error_type.into(),
+            description: description.to_string(),
+        }
+    }
+
+    /// The `error.type` value.
+    ///
+    /// ```
+    /// assert_eq!(mqtrace::instrument::SettleError::new("x", "y").error_type(), "x");
+    /// ```
+    pub fn error_type(&self) -> &str {
+        &self.error_type
+    }
+}
+
+/// Ends a settle span with its outcome and error, and records its duration metric: the end
+/// of every settle operation, awaited ([`ProcessSpan::settle`]) or reported later
+/// ([`PendingSettle::finish`]).
+pub(crate) fn end_settle_span(
+    inst: &Instrumentation,
+    mut span: BoxedSpan,
+    measure: Option<Measure>,
+    outcome: Outcome,
+    error: Option<&SettleError>,
+) {
+    if let (Some(m), Some(metrics)) = (measure, inst.metrics()) {
+        m.operation_done(
+            metrics,
+            &inst.common(),
+            error.map(SettleError::error_type),
+            false,
+        );
+    }
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
+        if let Some(e) = error {
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, e.error_type.clone()));
+            span.set_status(Status::error(e.description.clone()));
+        }
+    }
+    span.end();
+}
 
 /// A settle operation that has started and whose result is reported with
 /// [`PendingSettle::finish`].
@@ -28,7 +138,7 @@ use std::fmt;
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use mqtrace::*;
+/// use mqtrace::{*, instrument::*};
 /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
 /// let h: HashMap<String, String> = HashMap::new();
 /// let span = inst.start_process(
@@ -89,7 +199,7 @@ impl PendingSettle {
     /// The settle span's context.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -104,7 +214,7 @@ impl PendingSettle {
     /// Adds attributes computed by `f` to the settle span; `f` runs only if it is recording.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -127,7 +237,7 @@ impl PendingSettle {
     /// settle span only.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -179,7 +289,7 @@ impl Drop for PendingSettle {
 #[cfg(test)]
 mod tests {
     use crate::testing::{SpanDataExt, TestTelemetry};
-    use crate::*;
+    use crate::{instrument::*, *};
     use std::collections::HashMap;
 
     const COMMIT: Operation = Operation::new("commit", OperationType::Settle);

@@ -1,13 +1,17 @@
 //! The CONSUMER process span of one message, its settle spans and its outcome.
 
+use super::parent::{self, Contexts, Parent};
+use super::settle::{Settle, SettleError, end_settle_span};
 use crate::attributes as attr;
-use crate::instrumentation::Instrumentation;
+use crate::instrument::{Incoming, Instrumentation, SpanFacts, span_name};
 use crate::metrics::Measure;
 use crate::operation::Operation;
 use crate::outcome::Outcome;
+use crate::propagation::{ContextIssue, Extracted};
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::context::{FutureExt, WithContext};
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
+use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
@@ -15,83 +19,156 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-mod pending;
-pub use pending::PendingSettle;
+/// Starts the process span of `msg` (see [`Instrumentation::start_process`]), in named steps:
+/// the retry history, the parent-and-links choice ([`parent::choose`]), the span with the
+/// delivery's attributes, the consumed-messages metric.
+pub(crate) fn start(
+    inst: &Instrumentation,
+    msg: Incoming<'_>,
+    extracted: Extracted,
+) -> ProcessSpan {
+    let start = inst.metrics().is_some().then(Instant::now);
+    let (creation, issues) = extracted.into_parts();
+    let ambient = Context::current();
+    let creation_sc = creation.span().span_context().clone();
+    let trusted = inst.config().trust().is_trusted(msg.source);
+    let history = msg.headers.map(crate::retry::history).unwrap_or_default();
+    let choice = parent::choose(
+        inst.config().parent_policy(),
+        Contexts {
+            creation: creation_sc.is_valid(),
+            trusted,
+            ambient: ambient.span().span_context().is_valid(),
+        },
+    );
+    // Where the message first came from: the origin header of a retried message, or its own
+    // creation context on a first delivery.
+    let origin = history
+        .origin
+        .clone()
+        .or_else(|| creation_sc.is_valid().then(|| creation_sc.clone()));
+    let links = links(&choice, &creation_sc, &ambient, &history);
+    let parent = match choice.parent {
+        Parent::Creation => creation,
+        Parent::Ambient if choice.carry_baggage => with_baggage_of(ambient, &creation),
+        Parent::Ambient => ambient,
+    };
 
-/// A settle operation about to be performed on a message.
-///
-/// ```
-/// use mqtrace::{Operation, OperationType, Outcome, Settle};
-/// let s = Settle::new(Operation::new("reject", OperationType::Settle), Outcome::DeadLetter)
-///     .with_reason("invalid order");
-/// # let _ = s;
-/// ```
-#[derive(Clone, Debug)]
-pub struct Settle {
-    operation: Operation,
-    outcome: Outcome,
-    reason: Option<Cow<'static, str>>,
+    let destination: Arc<str> = Arc::from(msg.destination);
+    let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
+        .with_kind(msg.operation.kind().span_kind())
+        .with_attributes(inst.creation_attributes_with(
+            msg.operation,
+            destination.clone(),
+            msg.attributes,
+        ))
+        .with_links(links);
+    let facts = SpanFacts {
+        message_id: msg.message_id,
+        conversation_id: msg.conversation_id,
+        body_size: msg.body_size,
+        headers: msg.headers,
+        ..SpanFacts::new(msg.operation, msg.destination)
+    };
+    let span = inst.start_span(builder, &parent, &facts, |span| {
+        record_delivery(span, &msg, trusted, history.dead_letter_reason, &issues);
+    });
+    let measure = start.map(|start| Measure {
+        op: msg.operation,
+        destination: destination.clone(),
+        start,
+    });
+    if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
+        m.consumed(metrics, &inst.common());
+    }
+    ProcessSpan::new(
+        inst.clone(),
+        parent.with_span(span),
+        destination,
+        measure,
+        msg.attempt,
+        origin,
+    )
 }
 
-impl Settle {
-    /// Settling with broker operation `operation`, meaning `outcome`.
-    ///
-    /// ```
-    /// # use mqtrace::*;
-    /// let _ = Settle::new(Operation::new("ack", OperationType::Settle), Outcome::Ack);
-    /// ```
-    pub fn new(operation: Operation, outcome: Outcome) -> Self {
-        Self {
-            operation,
-            outcome,
-            reason: None,
-        }
+/// The process span's links, in order: the creation context, the retry history's origin and
+/// previous attempt, the ambient span.
+fn links(
+    choice: &parent::Choice,
+    creation: &SpanContext,
+    ambient: &Context,
+    history: &crate::retry::History,
+) -> Vec<Link> {
+    let mut links = Vec::with_capacity(4);
+    if choice.link_creation {
+        links.push(Link::with_context(creation.clone()));
     }
-
-    /// Why (recorded as `mqtrace.outcome.reason`).
-    ///
-    /// ```
-    /// # use mqtrace::*;
-    /// let _ = Settle::new(Operation::new("nack", OperationType::Settle), Outcome::Requeue).with_reason("db down");
-    /// ```
-    pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
-        self.reason = Some(reason.into());
-        self
+    if let Some(o) = &history.origin {
+        links.push(Link::new(
+            o.clone(),
+            vec![KeyValue::new(attr::LINK_TYPE, "origin")],
+            0,
+        ));
     }
+    if let Some(p) = &history.previous_attempt {
+        links.push(Link::new(
+            p.clone(),
+            vec![KeyValue::new(attr::LINK_TYPE, "previous_attempt")],
+            0,
+        ));
+    }
+    if choice.link_ambient {
+        links.push(Link::new(
+            ambient.span().span_context().clone(),
+            vec![KeyValue::new(attr::LINK_TYPE, "ambient")],
+            0,
+        ));
+    }
+    links
 }
 
-/// A failed settle operation: `error.type` and a description.
-///
-/// ```
-/// let e = mqtrace::SettleError::new("channel_closed", "the channel was closed");
-/// assert_eq!(e.error_type(), "channel_closed");
-/// ```
-#[derive(Clone, Debug)]
-pub struct SettleError {
-    error_type: Cow<'static, str>,
-    description: String,
+/// `ambient` with a trusted producer's baggage, when it has none of its own: the producer is
+/// not the parent, but its baggage still reaches the handler.
+fn with_baggage_of(ambient: Context, creation: &Context) -> Context {
+    if creation.baggage().is_empty() || !ambient.baggage().is_empty() {
+        return ambient;
+    }
+    ambient.with_baggage(
+        creation
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| {
+                opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
-impl SettleError {
-    /// An error of low-cardinality type `error_type`.
-    ///
-    /// ```
-    /// let _ = mqtrace::SettleError::new("timeout", "no answer in 5 s");
-    /// ```
-    pub fn new(error_type: impl Into<Cow<'static, str>>, description: impl fmt::Display) -> Self {
-        Self {
-            error_type: error_type.into(),
-            description: description.to_string(),
-        }
+/// The delivery's own attributes of a sampled process span: attempt, trust, dead-letter
+/// reason, what was wrong with its context.
+fn record_delivery(
+    span: &mut BoxedSpan,
+    msg: &Incoming<'_>,
+    trusted: bool,
+    dead_letter_reason: Option<String>,
+    issues: &[ContextIssue],
+) {
+    if let Some(a) = msg.attempt {
+        span.set_attribute(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(a)));
     }
-
-    /// The `error.type` value.
-    ///
-    /// ```
-    /// assert_eq!(mqtrace::SettleError::new("x", "y").error_type(), "x");
-    /// ```
-    pub fn error_type(&self) -> &str {
-        &self.error_type
+    if !trusted {
+        span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+    }
+    if let Some(reason) = dead_letter_reason {
+        span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason));
+    }
+    if !issues.is_empty() {
+        let text = issues
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        span.set_attribute(KeyValue::new(attr::CONTEXT_ERROR, text));
     }
 }
 
@@ -103,7 +180,7 @@ impl SettleError {
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use mqtrace::*;
+/// use mqtrace::{*, instrument::*};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
 /// let headers: HashMap<String, String> = HashMap::new();
@@ -121,8 +198,8 @@ impl SettleError {
 /// # }
 /// ```
 pub struct ProcessSpan {
-    inst: Instrumentation,
-    cx: Context,
+    pub(super) inst: Instrumentation,
+    pub(super) cx: Context,
     span_context: SpanContext,
     destination: Arc<str>,
     /// Present only when metrics are recorded (no clock read otherwise).
@@ -169,7 +246,7 @@ impl ProcessSpan {
     /// The context holding the process span: the parent for whatever the handler does.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -182,7 +259,7 @@ impl ProcessSpan {
     /// The process span's own span context.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -209,7 +286,7 @@ impl ProcessSpan {
     /// The delivery attempt recorded on the span, when known (1 = first delivery).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// let span = inst.start_process(
@@ -226,7 +303,7 @@ impl ProcessSpan {
     /// a message mqtrace retried, the one carried in the `mqtrace-origin` header.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -241,7 +318,7 @@ impl ProcessSpan {
     /// are children of the process span, across `.await`s.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
@@ -257,7 +334,7 @@ impl ProcessSpan {
     /// Adds attributes computed by `f`, which runs only if the span is recording.
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -276,7 +353,7 @@ impl ProcessSpan {
     /// Records a handler error on the process span (`error.type`, status, an exception event).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -299,7 +376,7 @@ impl ProcessSpan {
     /// [`Outcome::AutoAck`] for consumers whose broker acknowledges on delivery).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// let mut span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -339,7 +416,7 @@ impl ProcessSpan {
     /// elsewhere, or an auto-acknowledged delivery).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
@@ -349,7 +426,7 @@ impl ProcessSpan {
         self.end(outcome, None, None);
     }
 
-    fn end(
+    pub(super) fn end(
         &mut self,
         outcome: Outcome,
         reason: Option<Cow<'static, str>>,
@@ -394,34 +471,6 @@ impl ProcessSpan {
         }
         span.end();
     }
-}
-
-/// Ends a settle span with its outcome and error, and records its duration metric: the end
-/// of every settle operation, awaited ([`ProcessSpan::settle`]) or reported later
-/// ([`PendingSettle::finish`]).
-pub(crate) fn end_settle_span(
-    inst: &Instrumentation,
-    mut span: BoxedSpan,
-    measure: Option<Measure>,
-    outcome: Outcome,
-    error: Option<&SettleError>,
-) {
-    if let (Some(m), Some(metrics)) = (measure, inst.metrics()) {
-        m.operation_done(
-            metrics,
-            &inst.common(),
-            error.map(SettleError::error_type),
-            false,
-        );
-    }
-    if span.is_recording() {
-        span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
-        if let Some(e) = error {
-            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, e.error_type.clone()));
-            span.set_status(Status::error(e.description.clone()));
-        }
-    }
-    span.end();
 }
 
 impl Drop for ProcessSpan {

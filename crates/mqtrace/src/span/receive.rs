@@ -1,11 +1,10 @@
 //! The CLIENT receive span of a poll or pull that returned a batch of messages.
 
 use crate::attributes as attr;
-use crate::config::SpanInfo;
-use crate::instrumentation::{Instrumentation, span_name};
+use crate::instrument::{Instrumentation, SpanFacts, span_name};
 use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
-use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, Tracer};
+use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext};
 use opentelemetry::{Context, KeyValue};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,7 +12,7 @@ use std::time::{Instant, SystemTime};
 /// A receive operation (a poll or pull that returned messages), as the core needs to see it.
 ///
 /// ```
-/// use mqtrace::{Operation, OperationType, Receive};
+/// use mqtrace::{Operation, OperationType, instrument::Receive};
 /// let started = std::time::SystemTime::now();
 /// // ... poll the broker ...
 /// let r = Receive::new(Operation::new("poll", OperationType::Receive), started)
@@ -32,7 +31,7 @@ impl<'a> Receive<'a> {
     /// A receive operation `operation` that started at `started` (before the poll).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// let _ = Receive::new(Operation::new("receive", OperationType::Receive), std::time::SystemTime::now());
     /// ```
     pub fn new(operation: Operation, started: SystemTime) -> Self {
@@ -48,7 +47,7 @@ impl<'a> Receive<'a> {
     /// is then named `{operation} {destination}`, otherwise just `{operation}`).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// let _ = Receive::new(Operation::new("poll", OperationType::Receive), std::time::SystemTime::now())
     ///     .with_destination(Some("orders"));
     /// ```
@@ -61,7 +60,7 @@ impl<'a> Receive<'a> {
     /// `messaging.consumer.group.name`).
     ///
     /// ```
-    /// # use mqtrace::*;
+    /// # use mqtrace::{*, instrument::*};
     /// let kv = [opentelemetry::KeyValue::new("messaging.consumer.group.name", "billing")];
     /// let _ = Receive::new(Operation::new("poll", OperationType::Receive), std::time::SystemTime::now())
     ///     .with_attributes(&kv);
@@ -72,98 +71,64 @@ impl<'a> Receive<'a> {
     }
 }
 
-impl Instrumentation {
-    /// Records the CLIENT receive span of a poll that returned a batch: it starts at
-    /// [`Receive::new`]'s `started`, ends now, is a child of the current context, records
-    /// `messaging.batch.message_count` (one per item of `creation`) and links every valid
-    /// creation context in `creation`. Returns the receive span's context.
-    ///
-    /// It is not made current: each message's process span is still the child of its own
-    /// creation context (see [`crate::ParentPolicy`]).
-    ///
-    /// ```
-    /// use std::collections::HashMap;
-    /// use mqtrace::*;
-    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
-    /// let started = std::time::SystemTime::now();
-    /// let batch: Vec<HashMap<String, String>> = vec![HashMap::new(), HashMap::new()]; // polled
-    /// let contexts: Vec<Extracted> = batch.iter().map(|h| inst.extract(h)).collect();
-    /// let receive = Receive::new(Operation::new("poll", OperationType::Receive), started)
-    ///     .with_destination(Some("orders"));
-    /// inst.record_receive(receive, contexts.iter().map(Extracted::span_context));
-    /// for x in contexts {
-    ///     let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"), x);
-    ///     span.finish(Outcome::Ack);
-    /// }
-    /// ```
-    pub fn record_receive<'c>(
-        &self,
-        receive: Receive<'_>,
-        creation: impl IntoIterator<Item = &'c SpanContext>,
-    ) -> SpanContext {
-        debug_assert_eq!(receive.operation.kind(), OperationType::Receive);
-        let mut count: i64 = 0;
-        let links: Vec<Link> = creation
-            .into_iter()
-            .inspect(|_| count += 1)
-            .filter(|sc| sc.is_valid())
-            .map(|sc| Link::with_context(sc.clone()))
-            .collect();
-        let op = receive.operation;
-        let (name, mut attributes) = match receive.destination {
-            Some(d) => (
-                span_name(op.name(), d),
-                self.creation_attributes(op, d.to_owned()),
-            ),
-            None => (
-                std::borrow::Cow::Borrowed(op.name()),
-                vec![
-                    KeyValue::new(attr::MESSAGING_SYSTEM, self.system().as_str()),
-                    KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
-                    KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
-                ],
-            ),
+/// Records the receive span of a poll (see [`Instrumentation::record_receive`]).
+pub(crate) fn record<'c>(
+    inst: &Instrumentation,
+    receive: Receive<'_>,
+    creation: impl IntoIterator<Item = &'c SpanContext>,
+) -> SpanContext {
+    debug_assert_eq!(receive.operation.kind(), OperationType::Receive);
+    let mut count: i64 = 0;
+    let links: Vec<Link> = creation
+        .into_iter()
+        .inspect(|_| count += 1)
+        .filter(|sc| sc.is_valid())
+        .map(|sc| Link::with_context(sc.clone()))
+        .collect();
+    let op = receive.operation;
+    let (name, mut attributes) = match receive.destination {
+        Some(d) => (
+            span_name(op.name(), d),
+            inst.creation_attributes(op, d.to_owned()),
+        ),
+        None => (
+            std::borrow::Cow::Borrowed(op.name()),
+            vec![
+                KeyValue::new(attr::MESSAGING_SYSTEM, inst.system().as_str()),
+                KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
+                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
+            ],
+        ),
+    };
+    attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
+    attributes.extend_from_slice(receive.attributes);
+    let builder = SpanBuilder::from_name(name)
+        .with_kind(op.kind().span_kind())
+        .with_start_time(receive.started)
+        .with_attributes(attributes)
+        .with_links(links);
+    let facts = SpanFacts::new(op, receive.destination.unwrap_or(""));
+    let mut span = inst.start_span(builder, &Context::current(), &facts, |_| {});
+    if let (Some(metrics), Some(d)) = (inst.metrics(), receive.destination) {
+        let elapsed = receive.started.elapsed().unwrap_or_default();
+        let m = Measure {
+            op,
+            destination: Arc::from(d),
+            start: Instant::now()
+                .checked_sub(elapsed)
+                .unwrap_or_else(Instant::now),
         };
-        attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
-        attributes.extend_from_slice(receive.attributes);
-        let builder = SpanBuilder::from_name(name)
-            .with_kind(op.kind().span_kind())
-            .with_start_time(receive.started)
-            .with_attributes(attributes)
-            .with_links(links);
-        let mut span = self
-            .tracer()
-            .build_with_context(builder, &Context::current());
-        if span.is_recording() {
-            self.common_attributes(&mut span, None, None, None);
-            let info = SpanInfo {
-                operation: op,
-                destination: receive.destination.unwrap_or(""),
-                headers: None,
-            };
-            self.config().apply_hook(&mut span, &info);
-        }
-        if let (Some(metrics), Some(d)) = (self.metrics(), receive.destination) {
-            let elapsed = receive.started.elapsed().unwrap_or_default();
-            let m = Measure {
-                op,
-                destination: Arc::from(d),
-                start: Instant::now()
-                    .checked_sub(elapsed)
-                    .unwrap_or_else(Instant::now),
-            };
-            m.operation_done(metrics, &self.common(), None, false);
-        }
-        let span_context = span.span_context().clone();
-        span.end();
-        span_context
+        m.operation_done(metrics, &inst.common(), None, false);
     }
+    let span_context = span.span_context().clone();
+    span.end();
+    span_context
 }
 
 #[cfg(test)]
 mod tests {
     use crate::testing::{SpanDataExt, TestTelemetry};
-    use crate::*;
+    use crate::{instrument::*, *};
     use opentelemetry::trace::SpanKind;
     use std::collections::HashMap;
 

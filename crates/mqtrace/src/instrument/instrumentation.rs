@@ -1,0 +1,549 @@
+//! The engine broker crates drive: it starts producer and consumer spans with the conventions'
+//! names, kinds and attributes, applies the parent-or-link and trust policies, and injects and
+//! extracts context through the configured propagation.
+
+use crate::attributes as attr;
+use crate::carrier::{HeaderExtractor, Injector};
+use crate::config::{Config, SpanInfo};
+use crate::instrument::{Incoming, Outgoing};
+use crate::metrics::{Common, Metrics};
+use crate::operation::{MessagingSystem, Operation, OperationType};
+use crate::propagation::Extracted;
+use crate::span::{ProcessSpan, Receive, SendSpan};
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{Span, SpanBuilder, SpanContext, Tracer};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+struct Inner {
+    tracer: BoxedTracer,
+    config: Config,
+    system: MessagingSystem,
+    server_address: Option<StringValue>,
+    server_port: Option<i64>,
+    metrics: Option<Metrics>,
+}
+
+/// The per-client instrumentation: a tracer, the configuration and the broker's identity.
+///
+/// Broker crates create one per connection or client and clone it into every traced
+/// producer and consumer; it is an `Arc` inside.
+///
+/// ```
+/// use mqtrace::{Config, instrument::{Instrumentation, MessagingSystem}};
+/// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "my-broker-crate")
+///     .server("127.0.0.1", 5672)
+///     .build(Config::new());
+/// assert_eq!(inst.system(), MessagingSystem::RabbitMq);
+/// ```
+#[derive(Clone)]
+pub struct Instrumentation {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrumentation")
+            .field("system", &self.inner.system)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Instrumentation`].
+///
+/// ```
+/// let b = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").version("1.0");
+/// let _ = b.build(mqtrace::Config::new());
+/// ```
+#[derive(Debug)]
+pub struct InstrumentationBuilder {
+    system: MessagingSystem,
+    scope: &'static str,
+    version: Option<&'static str>,
+    server_address: Option<String>,
+    server_port: Option<u16>,
+}
+
+impl InstrumentationBuilder {
+    /// The instrumentation scope version (the broker crate's version).
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").version("1.0");
+    /// ```
+    pub fn version(mut self, version: &'static str) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// `server.address` and `server.port` of the broker.
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").server("k", 9092);
+    /// ```
+    pub fn server(mut self, address: impl Into<String>, port: u16) -> Self {
+        self.server_address = Some(address.into());
+        self.server_port = Some(port);
+        self
+    }
+
+    /// Finishes with `config`.
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// ```
+    pub fn build(self, config: Config) -> Instrumentation {
+        let mut scope = InstrumentationScope::builder(self.scope)
+            .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL);
+        if let Some(v) = self.version {
+            scope = scope.with_version(v);
+        }
+        let scope = scope.build();
+        let tracer = config.tracer(scope.clone());
+        let metrics = config.metrics().then(|| Metrics::new(&config.meter(scope)));
+        Instrumentation {
+            inner: Arc::new(Inner {
+                tracer,
+                metrics,
+                config,
+                system: self.system,
+                server_address: self
+                    .server_address
+                    .map(|a| StringValue::from(Arc::<str>::from(a))),
+                server_port: self.server_port.map(i64::from),
+            }),
+        }
+    }
+}
+
+/// Formats a span name `{operation} {destination}`.
+pub(crate) fn span_name(op: &str, destination: &str) -> Cow<'static, str> {
+    let mut s = String::with_capacity(op.len() + 1 + destination.len());
+    s.push_str(op);
+    s.push(' ');
+    s.push_str(destination);
+    Cow::Owned(s)
+}
+
+impl Instrumentation {
+    /// Starts building an instrumentation for `system`, under the instrumentation scope
+    /// `scope` (normally the broker crate's name).
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::GcpPubSub, "mqtrace-pubsub");
+    /// ```
+    pub fn builder(system: MessagingSystem, scope: &'static str) -> InstrumentationBuilder {
+        InstrumentationBuilder {
+            system,
+            scope,
+            version: None,
+            server_address: None,
+            server_port: None,
+        }
+    }
+
+    /// The configuration.
+    ///
+    /// ```
+    /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// assert!(!i.config().body_size());
+    /// ```
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The messaging system.
+    ///
+    /// ```
+    /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// assert_eq!(i.system().as_str(), "kafka");
+    /// ```
+    pub fn system(&self) -> MessagingSystem {
+        self.inner.system
+    }
+
+    /// The tracer spans are started with.
+    ///
+    /// ```
+    /// use opentelemetry::trace::Tracer;
+    /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// let _span = i.tracer().start("custom");
+    /// ```
+    pub fn tracer(&self) -> &BoxedTracer {
+        &self.inner.tracer
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    pub(crate) fn common(&self) -> Common<'_> {
+        Common {
+            system: self.inner.system.as_str(),
+            server_address: self.inner.server_address.as_ref(),
+            server_port: self.inner.server_port,
+        }
+    }
+
+    /// The attributes every span needs at creation (they may drive sampling decisions).
+    pub(crate) fn creation_attributes(
+        &self,
+        op: Operation,
+        destination: impl Into<StringValue>,
+    ) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new(attr::MESSAGING_SYSTEM, self.inner.system.as_str()),
+            KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
+            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                Value::String(destination.into()),
+            ),
+        ]
+    }
+
+    /// [`Self::creation_attributes`] and the broker's own creation-time attributes.
+    pub(crate) fn creation_attributes_with(
+        &self,
+        op: Operation,
+        destination: impl Into<StringValue>,
+        extra: &[KeyValue],
+    ) -> Vec<KeyValue> {
+        let mut kv = self.creation_attributes(op, destination);
+        if !extra.is_empty() {
+            kv.extend_from_slice(extra);
+        }
+        kv
+    }
+
+    /// Attributes recorded only on sampled spans.
+    pub(crate) fn common_attributes(
+        &self,
+        span: &mut dyn crate::config::SpanSink,
+        message_id: Option<&str>,
+        conversation_id: Option<&str>,
+        body_size: Option<usize>,
+    ) {
+        if let Some(a) = &self.inner.server_address {
+            span.put(KeyValue::new(
+                attr::SERVER_ADDRESS,
+                Value::String(a.clone()),
+            ));
+        }
+        if let Some(p) = self.inner.server_port {
+            span.put(KeyValue::new(attr::SERVER_PORT, p));
+        }
+        if let Some(id) = message_id {
+            span.put(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
+        }
+        if let Some(id) = conversation_id {
+            span.put(KeyValue::new(
+                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+                id.to_owned(),
+            ));
+        }
+        if let (true, Some(n)) = (self.inner.config.body_size(), body_size) {
+            span.put(KeyValue::new(
+                attr::MESSAGING_MESSAGE_BODY_SIZE,
+                i64::try_from(n).unwrap_or(i64::MAX),
+            ));
+        }
+    }
+
+    /// Starts a span from `builder` under `parent`: the one place where a span mqtrace starts
+    /// gets the attributes of sampled spans (server, message id, conversation id, body size),
+    /// then `extra` (also only when recording), then the user's attribute hook.
+    pub(crate) fn start_span(
+        &self,
+        builder: SpanBuilder,
+        parent: &Context,
+        facts: &SpanFacts<'_>,
+        extra: impl FnOnce(&mut BoxedSpan),
+    ) -> BoxedSpan {
+        let mut span = self.inner.tracer.build_with_context(builder, parent);
+        if span.is_recording() {
+            self.common_attributes(
+                &mut span,
+                facts.message_id,
+                facts.conversation_id,
+                facts.body_size,
+            );
+            extra(&mut span);
+            let info = SpanInfo {
+                operation: facts.operation,
+                destination: facts.destination,
+                headers: facts.headers,
+            };
+            self.inner.config.apply_hook(&mut span, &info);
+        }
+        span
+    }
+
+    /// Starts the PRODUCER span of one outgoing message and writes its context into
+    /// `headers`. The parent is the current context.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// let mut headers: HashMap<String, String> = HashMap::new();
+    /// let span = inst.start_send(Outgoing::new(Operation::new("publish", OperationType::Send), "orders"), &mut headers);
+    /// assert!(!headers.contains_key("traceparent")); // no tracer provider installed here
+    /// span.end_ok();
+    /// ```
+    pub fn start_send(&self, msg: Outgoing<'_>, headers: &mut dyn Injector) -> SendSpan {
+        crate::span::send::start(self, msg, headers)
+    }
+
+    /// Starts the send span of a batch whose messages were each given a create span (see
+    /// [`OperationType::Create`]) carrying their creation context: the span is a child of the
+    /// current context, links every valid context in `created` and records
+    /// `messaging.batch.message_count` (one per item of `created`). End it when the broker has
+    /// answered, like any [`SendSpan`].
+    ///
+    /// Its kind is CLIENT, not PRODUCER: the messaging conventions reserve PRODUCER for a send
+    /// span whose context is the messages' creation context, and here the create spans are.
+    /// The messages were already counted by their create spans, so this span adds no
+    /// `messaging.client.sent.messages`.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::GcpPubSub, "doc").build(mqtrace::Config::new());
+    /// let create = Operation::new("create", OperationType::Create);
+    /// let mut created = Vec::new();
+    /// for _ in 0..2 {
+    ///     let mut attributes: HashMap<String, String> = HashMap::new();
+    ///     let span = inst.start_send(Outgoing::new(create, "orders"), &mut attributes);
+    ///     created.push(span.span_context().clone());
+    ///     span.end_ok();
+    /// }
+    /// let send = inst.start_batch_send(Operation::new("send", OperationType::Send), "orders", &created);
+    /// send.end_ok(); // `send orders`, linking both create spans
+    /// ```
+    pub fn start_batch_send<'c>(
+        &self,
+        operation: Operation,
+        destination: &str,
+        created: impl IntoIterator<Item = &'c SpanContext>,
+    ) -> SendSpan {
+        crate::span::send::start_batch(self, operation, destination, created)
+    }
+
+    /// Reads the creation context from a message's headers.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// let inst = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::RabbitMq, "doc").build(Default::default());
+    /// let x = inst.extract(&HashMap::<String, String>::new());
+    /// assert!(!x.span_context().is_valid());
+    /// ```
+    pub fn extract(&self, headers: &dyn HeaderExtractor) -> Extracted {
+        self.inner.config.propagation().extract(headers)
+    }
+
+    /// Records the CLIENT receive span of a poll that returned a batch: it starts at
+    /// [`Receive::new`]'s `started`, ends now, is a child of the current context, records
+    /// `messaging.batch.message_count` (one per item of `creation`) and links every valid
+    /// creation context in `creation`. Returns the receive span's context.
+    ///
+    /// It is not made current: each message's process span is still the child of its own
+    /// creation context (see [`crate::ParentPolicy`]).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::{Outcome, instrument::*};
+    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(mqtrace::Config::new());
+    /// let started = std::time::SystemTime::now();
+    /// let batch: Vec<HashMap<String, String>> = vec![HashMap::new(), HashMap::new()]; // polled
+    /// let contexts: Vec<Extracted> = batch.iter().map(|h| inst.extract(h)).collect();
+    /// let receive = Receive::new(Operation::new("poll", OperationType::Receive), started)
+    ///     .with_destination(Some("orders"));
+    /// let span_context = inst.record_receive(receive, contexts.iter().map(Extracted::span_context));
+    /// assert!(!span_context.is_valid()); // no tracer provider installed here
+    /// for x in contexts {
+    ///     let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"), x);
+    ///     span.finish(Outcome::Ack);
+    /// }
+    /// ```
+    pub fn record_receive<'c>(
+        &self,
+        receive: Receive<'_>,
+        creation: impl IntoIterator<Item = &'c SpanContext>,
+    ) -> SpanContext {
+        crate::span::receive::record(self, receive, creation)
+    }
+
+    /// Starts the CONSUMER process span of one delivered message, choosing its parent and
+    /// links per the configured [`crate::ParentPolicy`]. The span ends when it is settled or
+    /// dropped.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::{Outcome, instrument::*};
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// let headers: HashMap<String, String> = HashMap::new();
+    /// let x = inst.extract(&headers);
+    /// let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"), x);
+    /// assert!(!span.span_context().is_valid()); // no tracer provider installed here
+    /// span.finish(Outcome::Ack);
+    /// ```
+    pub fn start_process(&self, msg: Incoming<'_>, extracted: Extracted) -> ProcessSpan {
+        crate::span::process::start(self, msg, extracted)
+    }
+
+    /// Starts a CLIENT settle span, child of `parent`.
+    pub(crate) fn start_settle(
+        &self,
+        op: Operation,
+        destination: &Arc<str>,
+        parent: &Context,
+    ) -> BoxedSpan {
+        debug_assert_eq!(op.kind(), OperationType::Settle);
+        let builder = SpanBuilder::from_name(span_name(op.name(), destination))
+            .with_kind(op.kind().span_kind())
+            .with_attributes(self.creation_attributes(op, destination.clone()));
+        self.start_span(builder, parent, &SpanFacts::new(op, destination), |_| {})
+    }
+}
+
+/// What [`Instrumentation::start_span`] records on a sampled span besides the builder's
+/// attributes, and what the attribute hook is shown.
+#[derive(Clone, Copy)]
+pub(crate) struct SpanFacts<'a> {
+    pub(crate) operation: Operation,
+    pub(crate) destination: &'a str,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) conversation_id: Option<&'a str>,
+    pub(crate) body_size: Option<usize>,
+    pub(crate) headers: Option<&'a dyn HeaderExtractor>,
+}
+
+impl<'a> SpanFacts<'a> {
+    pub(crate) fn new(operation: Operation, destination: &'a str) -> Self {
+        Self {
+            operation,
+            destination,
+            message_id: None,
+            conversation_id: None,
+            body_size: None,
+            headers: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::{Outcome, ParentPolicy, Trust};
+    use opentelemetry::trace::{TraceContextExt, TracerProvider};
+    use std::collections::HashMap;
+
+    const SEND: Operation = Operation::new("send", OperationType::Send);
+    const PROCESS: Operation = Operation::new("process", OperationType::Process);
+
+    /// A message sent, then processed with or without an ambient span under `config`.
+    fn round_trip(config: impl Fn(Config) -> Config, ambient: bool) -> crate::testing::Spans {
+        let t = TestTelemetry::new();
+        let inst =
+            Instrumentation::builder(MessagingSystem::Kafka, "test").build(config(t.config()));
+        let mut headers: HashMap<String, String> = HashMap::new();
+        inst.start_send(Outgoing::new(SEND, "t"), &mut headers)
+            .end_ok();
+        let tracer = t.provider().tracer("app");
+        let cx = Context::new().with_span(tracer.start("ambient"));
+        let guard = ambient.then(|| cx.clone().attach());
+        inst.start_process(Incoming::new(PROCESS, "t", "t"), inst.extract(&headers))
+            .finish(Outcome::Ack);
+        drop(guard);
+        cx.span().end();
+        t.spans()
+    }
+
+    fn link_type(span: &opentelemetry_sdk::trace::SpanData, to: &SpanContext) -> Option<String> {
+        span.links
+            .iter()
+            .find(|l| {
+                l.span_context.span_id() == to.span_id()
+                    && l.span_context.trace_id() == to.trace_id()
+            })
+            .map(|l| {
+                l.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == crate::attributes::LINK_TYPE)
+                    .map_or_else(String::new, |kv| kv.value.to_string())
+            })
+    }
+
+    #[test]
+    fn default_policy_inside_an_ambient_span_parents_to_the_message_and_links_the_ambient_span() {
+        let spans = round_trip(|c| c, true);
+        let (send, process, ambient) = (
+            spans.one("send t"),
+            spans.one("process t"),
+            spans.one("ambient"),
+        );
+        process.assert_child_of(send);
+        assert_eq!(
+            process.span_context.trace_id(),
+            send.span_context.trace_id()
+        );
+        assert_eq!(link_type(process, &send.span_context).as_deref(), Some(""));
+        assert_eq!(
+            link_type(process, &ambient.span_context).as_deref(),
+            Some("ambient")
+        );
+        assert_eq!(process.links.links.len(), 2);
+    }
+
+    #[test]
+    fn default_policy_without_ambient_parents_to_the_message() {
+        let spans = round_trip(|c| c, false);
+        let (send, process) = (spans.one("send t"), spans.one("process t"));
+        process.assert_child_of(send);
+        process.assert_links_to(&send.span_context);
+        assert_eq!(process.links.links.len(), 1);
+    }
+
+    #[test]
+    fn ambient_span_policy_parents_to_the_loop_span_and_links_the_message() {
+        let spans = round_trip(|c| c.with_parent_policy(ParentPolicy::AmbientSpan), true);
+        let (send, process, ambient) = (
+            spans.one("send t"),
+            spans.one("process t"),
+            spans.one("ambient"),
+        );
+        process.assert_child_of(ambient);
+        process.assert_links_to(&send.span_context);
+        assert_eq!(process.links.links.len(), 1);
+    }
+
+    #[test]
+    fn always_link_makes_a_new_root_linked_to_the_message() {
+        let spans = round_trip(|c| c.with_parent_policy(ParentPolicy::AlwaysLink), false);
+        let (send, process) = (spans.one("send t"), spans.one("process t"));
+        process.assert_root();
+        assert_ne!(
+            process.span_context.trace_id(),
+            send.span_context.trace_id()
+        );
+        process.assert_links_to(&send.span_context);
+    }
+
+    #[test]
+    fn an_untrusted_source_is_only_linked_even_by_default() {
+        let spans = round_trip(|c| c.with_trust(Trust::untrusted_sources(["t"])), false);
+        let (send, process) = (spans.one("send t"), spans.one("process t"));
+        process.assert_root();
+        process.assert_links_to(&send.span_context);
+        assert!(
+            process
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == crate::attributes::CONTEXT_UNTRUSTED)
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The messages as the core sees them: one about to be sent ([`Outgoing`]) and one delivered
+//! ([`Incoming`]). A broker crate fills them from its client's types; nothing here allocates.
+
+use crate::carrier::HeaderExtractor;
+use crate::operation::Operation;
+use opentelemetry::KeyValue;
+
+/// One message about to be sent, as the core needs to see it.
+///
+/// ```
+/// use mqtrace::{Operation, OperationType, instrument::Outgoing};
+/// let m = Outgoing::new(Operation::new("publish", OperationType::Send), "orders")
+///     .with_message_id(Some("m-1"))
+///     .with_body_size(42);
+/// # let _ = m;
+/// ```
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub(crate) operation: Operation,
+    pub(crate) destination: &'a str,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) conversation_id: Option<&'a str>,
+    pub(crate) body_size: Option<usize>,
+    pub(crate) headers: Option<&'a dyn HeaderExtractor>,
+    pub(crate) attributes: &'a [KeyValue],
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message for `operation` on `destination` (`messaging.destination.name`).
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Outgoing::new(mqtrace::Operation::new("send", mqtrace::OperationType::Send), "t");
+    /// ```
+    pub fn new(operation: Operation, destination: &'a str) -> Self {
+        Self {
+            operation,
+            destination,
+            message_id: None,
+            conversation_id: None,
+            body_size: None,
+            headers: None,
+            attributes: &[],
+        }
+    }
+
+    /// `messaging.message.id`.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_message_id(Some("id"));
+    /// ```
+    pub fn with_message_id(mut self, id: Option<&'a str>) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    /// `messaging.message.conversation_id` (e.g. the AMQP correlation id).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_conversation_id(Some("c"));
+    /// ```
+    pub fn with_conversation_id(mut self, id: Option<&'a str>) -> Self {
+        self.conversation_id = id;
+        self
+    }
+
+    /// The body size, recorded only when [`Config::with_body_size`] is on.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_body_size(3);
+    /// ```
+    pub fn with_body_size(mut self, size: usize) -> Self {
+        self.body_size = Some(size);
+        self
+    }
+
+    /// The user's headers as they are before injection, for the attribute hook.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let h = std::collections::HashMap::<String, String>::new();
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_headers(&h);
+    /// ```
+    pub fn with_headers(mut self, headers: &'a dyn HeaderExtractor) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+
+    /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
+    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let kv = [opentelemetry::KeyValue::new("messaging.destination.partition.id", "0")];
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_attributes(&kv);
+    /// ```
+    pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.attributes = attributes;
+        self
+    }
+}
+
+/// One delivered message, as the core needs to see it.
+///
+/// ```
+/// use mqtrace::{Operation, OperationType, instrument::Incoming};
+/// let m = Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders")
+///     .with_attempt(Some(2));
+/// # let _ = m;
+/// ```
+#[derive(Clone, Copy)]
+pub struct Incoming<'a> {
+    pub(crate) operation: Operation,
+    pub(crate) destination: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) conversation_id: Option<&'a str>,
+    pub(crate) body_size: Option<usize>,
+    pub(crate) attempt: Option<u32>,
+    pub(crate) headers: Option<&'a dyn HeaderExtractor>,
+    pub(crate) attributes: &'a [KeyValue],
+}
+
+impl<'a> Incoming<'a> {
+    /// A message handled by `operation`, delivered from `destination`
+    /// (`messaging.destination.name`); `source` is the name the trust policy is asked about
+    /// (queue, topic or subscription).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "ex:rk:q", "q");
+    /// ```
+    pub fn new(operation: Operation, destination: &'a str, source: &'a str) -> Self {
+        Self {
+            operation,
+            destination,
+            source,
+            message_id: None,
+            conversation_id: None,
+            body_size: None,
+            attempt: None,
+            headers: None,
+            attributes: &[],
+        }
+    }
+
+    /// `messaging.message.id`.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_message_id(Some("m"));
+    /// ```
+    pub fn with_message_id(mut self, id: Option<&'a str>) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    /// `messaging.message.conversation_id`.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_conversation_id(Some("c"));
+    /// ```
+    pub fn with_conversation_id(mut self, id: Option<&'a str>) -> Self {
+        self.conversation_id = id;
+        self
+    }
+
+    /// The body size, recorded only when [`Config::with_body_size`] is on.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_body_size(1);
+    /// ```
+    pub fn with_body_size(mut self, size: usize) -> Self {
+        self.body_size = Some(size);
+        self
+    }
+
+    /// The delivery attempt (1 for the first delivery), when known.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_attempt(Some(1));
+    /// ```
+    pub fn with_attempt(mut self, attempt: Option<u32>) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The message's headers, for the attribute hook.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let h = std::collections::HashMap::<String, String>::new();
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_headers(&h);
+    /// ```
+    pub fn with_headers(mut self, headers: &'a dyn HeaderExtractor) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+
+    /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
+    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let kv = [opentelemetry::KeyValue::new("messaging.destination.partition.id", "0")];
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "t", "t").with_attributes(&kv);
+    /// ```
+    pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.attributes = attributes;
+        self
+    }
+}
