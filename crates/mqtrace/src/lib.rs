@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod answer;
 pub mod attributes;
 mod batch;
 pub mod carrier;
@@ -62,8 +63,10 @@ mod receive;
 pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traced;
 pub mod w3c;
 
+pub use answer::{ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer};
 pub use config::{Config, ParentPolicy, SpanInfo, Trust};
 pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Outgoing};
 pub use operation::{MessagingSystem, Operation, OperationType};
@@ -73,6 +76,7 @@ pub use processing::Processing;
 pub use producer::SendSpan;
 pub use propagation::{ContextIssue, Extracted, Propagation};
 pub use receive::Receive;
+pub use traced::Traced;
 
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";

@@ -111,7 +111,7 @@ impl Processing {
         self.slot().is_none()
     }
 
-    /// Runs `fut` inside the process span (see [`ProcessSpan::instrument`]).
+    /// Runs `fut` inside the process span (see [`ProcessSpan::in_span`]).
     ///
     /// See the example on [`Processing`].
     pub fn in_span<F: Future>(&self, fut: F) -> WithContext<F> {
