@@ -6,7 +6,7 @@ use crate::consumer::{CommitReporting, Meaning};
 use crate::headers::{KafkaHeaders, NOT_BEFORE_HEADER, OwnedHeadersWriter, copy_without};
 use crate::message::TracedMessage;
 use crate::producer::TracedFutureProducer;
-use mqtrace::Outcome;
+use mqtrace::{Outcome, Traced as _};
 use mqtrace::carrier::Injector;
 use mqtrace::retry::epoch_millis;
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};

@@ -129,6 +129,7 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     ///
     /// ```no_run
     /// # fn demo(c: mqtrace_rdkafka::TracedBaseConsumer) {
+    /// use mqtrace_rdkafka::prelude::*;
     /// if let Some(Ok(message)) = c.poll(std::time::Duration::from_millis(100)) {
     ///     message.finish(mqtrace::Outcome::Ack);
     /// }
