@@ -68,9 +68,24 @@ pub use emulator::{Emulator, EmulatorError};
 pub use error::{ack_error_type, error_type, publish_error_type};
 pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};
 pub use handler::TracedHandler;
-pub use publisher::{TracedPublishFuture, TracedPublisher};
+pub use mqtrace::Traced;
+pub use publisher::{PublishAnswer, TracedPublishFuture, TracedPublisher};
 pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
+
+/// One import for the traced types' methods: `use mqtrace_pubsub::prelude::*;` (with
+/// `futures_util::StreamExt` for `next()` on a [`TracedMessageStream`]).
+///
+/// ```no_run
+/// use mqtrace_pubsub::prelude::*;
+/// # async fn demo(h: TracedHandler) {
+/// h.in_span(async { /* the handler */ }).await;
+/// # }
+/// ```
+pub mod prelude {
+    pub use crate::{TracedHandler, TracedMessageStream, TracedPublisher, TracedSubscriber};
+    pub use mqtrace::Traced;
+}
 
 use mqtrace::{Config, Instrumentation, Operation, OperationType};
 

@@ -9,7 +9,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
-use mqtrace::{Outcome, Settle};
+use mqtrace::{Outcome, Settle, Traced as _};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
@@ -172,7 +172,7 @@ impl Received {
     /// # }
     /// ```
     pub fn attempt(&self) -> u32 {
-        self.handler.attempt().unwrap_or(1)
+        self.handler.attempt()
     }
 }
 
@@ -334,7 +334,7 @@ impl RetryTopics {
     where
         F: AsyncFnOnce(&Received) -> Result<(), HandlerError>,
     {
-        if handler.attempt().is_none() {
+        if handler.processing().attempt().is_none() {
             // Neither Pub/Sub nor a copy says: this is the first attempt as far as the policy
             // counts, and the span says so.
             let span = handler.context().span();

@@ -77,11 +77,11 @@ pub use consumer::{
 pub use error::error_type;
 pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
 pub use message::TracedMessage;
+pub use mqtrace::Traced;
 pub use producer::{
     DeliveryAnswer, TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,
 };
-pub use mqtrace::Traced;
 pub use retry::RetryTopics;
 
 /// One import for the traced types' methods: `use mqtrace_rdkafka::prelude::*;`.

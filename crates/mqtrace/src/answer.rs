@@ -30,6 +30,23 @@ pub const ABANDON_REASON: &str = "mqtrace.send.abandon_reason";
 /// The reason recorded in [`ABANDON_REASON`] when an [`Answer`] is dropped outside a runtime.
 pub const NO_RUNTIME: &str = "dropped before the broker answered, outside a Tokio runtime";
 
+/// The error of a poll after completion, for clients that have no "already completed" error of
+/// their own to carry it (as a source).
+///
+/// ```
+/// assert_eq!(mqtrace::PolledAfterCompletion.to_string(), "polled after completion: the broker's answer was already returned");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolledAfterCompletion;
+
+impl fmt::Display for PolledAfterCompletion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("polled after completion: the broker's answer was already returned")
+    }
+}
+
+impl std::error::Error for PolledAfterCompletion {}
+
 /// How one broker's answer ends its send span: what a broker crate supplies to [`Answer`].
 ///
 /// `T` is the output of the client's future.

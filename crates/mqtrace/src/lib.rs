@@ -66,7 +66,7 @@ pub mod testing;
 mod traced;
 pub mod w3c;
 
-pub use answer::{ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer};
+pub use answer::{ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer, PolledAfterCompletion};
 pub use config::{Config, ParentPolicy, SpanInfo, Trust};
 pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Outgoing};
 pub use operation::{MessagingSystem, Operation, OperationType};
