@@ -15,6 +15,7 @@ use mqtrace_integration_tests::kafka::{
     next_message, try_kafka,
 };
 use mqtrace_integration_tests::{WAIT, unique};
+use mqtrace_rdkafka::prelude::*;
 use mqtrace_rdkafka::{
     CommitReporting, TracedBaseConsumer, TracedBaseProducer, TracedFutureProducer, TracedMessage,
     TracedStreamConsumer, TracedThreadedProducer,
