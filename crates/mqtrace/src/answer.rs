@@ -268,6 +268,8 @@ mod tests {
     use tokio::sync::oneshot;
 
     type Reply = Result<Result<u64, String>, oneshot::error::RecvError>;
+    type Replier = oneshot::Sender<Result<u64, String>>;
+    type Waiting = Answer<oneshot::Receiver<Result<u64, String>>, Counting>;
 
     /// Ends the span with the answer, counting its calls.
     struct Counting {
@@ -319,12 +321,7 @@ mod tests {
             }
         }
 
-        fn answer(
-            &self,
-        ) -> (
-            oneshot::Sender<Result<u64, String>>,
-            Answer<oneshot::Receiver<Result<u64, String>>, Counting>,
-        ) {
+        fn answer(&self) -> (Replier, Waiting) {
             let mut headers: HashMap<String, String> = HashMap::new();
             let span = self.inst.start_send(
                 Outgoing::new(Operation::new("send", OperationType::Send), "orders"),
@@ -356,7 +353,7 @@ mod tests {
         let (tx, mut answer) = f.answer();
         assert!(answer.span_context().is_some_and(SpanContext::is_valid));
         let trace_id = answer.span_context().map(SpanContext::trace_id);
-        tx.send(Ok(42)).unwrap();
+        tx.send(Ok(42)).expect("the answer is awaited");
         assert_eq!((&mut answer).await, Ok(Ok(42)));
         assert_eq!(f.calls(), (1, 0));
         assert!(answer.is_done() && answer.span_context().is_none());
@@ -372,7 +369,8 @@ mod tests {
     async fn a_refusal_ends_the_span_as_an_error() {
         let f = Fixture::new();
         let (tx, answer) = f.answer();
-        tx.send(Err("nack".to_owned())).unwrap();
+        tx.send(Err("nack".to_owned()))
+            .expect("the answer is awaited");
         assert_eq!(answer.await, Ok(Err("nack".to_owned())));
         let spans = f.telemetry.spans();
         let span = spans.one("send orders");
@@ -384,7 +382,7 @@ mod tests {
     async fn polled_after_completion_it_resolves_at_once_to_the_documented_error() {
         let f = Fixture::new();
         let (tx, mut answer) = f.answer();
-        tx.send(Ok(1)).unwrap();
+        tx.send(Ok(1)).expect("the answer is awaited");
         assert_eq!((&mut answer).await, Ok(Ok(1)));
         for _ in 0..2 {
             let again = tokio::time::timeout(std::time::Duration::from_secs(1), &mut answer)
@@ -404,7 +402,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(f.calls(), (0, 0), "still waiting for the answer");
         assert!(f.telemetry.spans().find("send orders").is_none());
-        tx.send(Ok(9)).unwrap();
+        tx.send(Ok(9)).expect("the answer is awaited");
         for _ in 0..100 {
             if f.calls().0 == 1 {
                 break;
@@ -439,7 +437,7 @@ mod tests {
             abandoned: f.abandoned.clone(),
         };
         let mut answer = Answer::new(rx, None, on_answer);
-        tx.send(Ok(3)).unwrap();
+        tx.send(Ok(3)).expect("the answer is awaited");
         assert_eq!((&mut answer).await, Ok(Ok(3)));
         assert_eq!(f.calls(), (0, 0));
         assert_eq!(
