@@ -157,6 +157,7 @@ impl Received {
     ///
     /// ```no_run
     /// # fn demo(m: &mqtrace_pubsub::Received) {
+    /// use mqtrace_pubsub::prelude::*;
     /// println!("trace {}", m.handler().span_context().trace_id());
     /// # }
     /// ```

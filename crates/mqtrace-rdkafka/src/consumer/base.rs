@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 ///
 /// ```no_run
 /// # fn demo() -> rdkafka::error::KafkaResult<()> {
+/// use mqtrace_rdkafka::prelude::*;
 /// use rdkafka::ClientConfig;
 /// use rdkafka::consumer::{CommitMode, Consumer};
 /// use std::time::Duration;
