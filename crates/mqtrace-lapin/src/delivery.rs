@@ -66,6 +66,16 @@ fn check(result: &lapin::Result<bool>) -> Option<SettleError> {
     }
 }
 
+/// The outcome of a nack or reject: the broker requeues the message, or discards it (or
+/// dead-letters it through the queue's dead-letter exchange).
+fn requeue_or_reject(requeue: bool) -> Outcome {
+    if requeue {
+        Outcome::Requeue
+    } else {
+        Outcome::Reject
+    }
+}
+
 impl TracedDelivery {
     /// Starts the process span of `delivery`, consumed from `queue`.
     ///
@@ -167,16 +177,9 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn nack(&self, options: BasicNackOptions) -> lapin::Result<bool> {
-        let outcome = if options.requeue {
-            Outcome::Requeue
-        } else {
-            Outcome::Reject
-        };
-        self.settle_with(
-            Settle::new(NACK, outcome),
-            self.delivery.acker.nack(options),
-        )
-        .await
+        let settle = Settle::new(NACK, requeue_or_reject(options.requeue));
+        self.settle_with(settle, self.delivery.acker.nack(options))
+            .await
     }
 
     /// Rejects, like `Acker::reject`: outcome `requeue` or `reject`, as for [`Self::nack`].
@@ -187,16 +190,9 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn reject(&self, options: BasicRejectOptions) -> lapin::Result<bool> {
-        let outcome = if options.requeue {
-            Outcome::Requeue
-        } else {
-            Outcome::Reject
-        };
-        self.settle_with(
-            Settle::new(REJECT, outcome),
-            self.delivery.acker.reject(options),
-        )
-        .await
+        let settle = Settle::new(REJECT, requeue_or_reject(options.requeue));
+        self.settle_with(settle, self.delivery.acker.reject(options))
+            .await
     }
 
     /// Rejects without requeue so the queue's dead-letter exchange takes the message, and
