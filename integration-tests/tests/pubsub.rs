@@ -231,6 +231,45 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
 }
 
 #[tokio::test]
+async fn a_publish_future_polled_again_says_so_at_once_not_shutdown() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let publisher = s.publisher().await;
+        let mut published = publisher.publish(Message::new().set_data("x"));
+        let id = tokio::time::timeout(Duration::from_secs(20), &mut published)
+            .await
+            .expect("publish answered within 20 s")
+            .expect("publish");
+        let again = tokio::time::timeout(Duration::from_secs(2), &mut published)
+            .await
+            .expect("a poll after completion resolves at once")
+            .expect_err("nothing is published twice");
+        // Not `Shutdown`: the publisher is alive, and the error says what happened.
+        assert!(
+            !matches!(again, google_cloud_pubsub::error::PublishError::Shutdown),
+            "{again}"
+        );
+        let mut chain = Vec::new();
+        let mut source: Option<&dyn std::error::Error> = Some(&again);
+        while let Some(e) = source {
+            chain.push(e.to_string());
+            source = e.source();
+        }
+        assert!(
+            chain.iter().any(|e| e.contains("polled after completion")),
+            "{chain:?}"
+        );
+        let topic = short(&s.topic);
+        let spans = s.wait(&format!("create {topic}"), 1).await;
+        let creates = spans.named(&format!("create {topic}"));
+        assert_eq!(creates.len(), 1, "{}", spans.tree());
+        creates[0].assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        assert!(!creates[0].is_error());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn user_attributes_are_kept_and_googclient_keys_can_be_turned_off() {
     within(async {
         let s = setup(|sub| sub).await;
