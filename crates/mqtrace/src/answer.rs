@@ -1,19 +1,6 @@
 //! The wait for the broker's answer to a send: the one future every traced producer returns.
 //!
-//! A broker crate's publish hands back the client's own "answer" future (a publisher confirm,
-//! a delivery report, a publish result) wrapped in an [`Answer`], together with the message's
-//! [`SendSpan`] and an [`OnAnswer`] that knows how that broker's answer ends the span. The
-//! behaviour is then the same for every broker:
-//!
-//! - **awaited**: it resolves to exactly what the client's future resolves to, and the span
-//!   ends at that moment, with what the answer says;
-//! - **polled again after it resolved**: it never panics and never stays pending; it resolves
-//!   at once to [`OnAnswer::after_completion`], the client's own error for "already completed"
-//!   (each broker crate documents which value that is);
-//! - **dropped unawaited**: inside a Tokio runtime, a background task keeps waiting for the
-//!   answer, so the span still ends when the broker answers; outside one, the span ends at the
-//!   drop, marked abandoned (event `mqtrace.send.abandoned`) with the reason in
-//!   [`ABANDON_REASON`].
+//! See [`Answer`].
 
 use crate::producer::SendSpan;
 use opentelemetry::KeyValue;
@@ -102,8 +89,22 @@ struct Waiting<F, H> {
 
 /// A client's answer future that ends the message's send span when the broker answers.
 ///
-/// See the [module documentation](self) for what it does when awaited, polled after completion
-/// and dropped. `F` must be `Unpin`, `Send` and `'static` (the three clients' answer futures
+/// A broker crate's publish hands back the client's own "answer" future (a publisher confirm,
+/// a delivery report, a publish result) wrapped in an `Answer`, together with the message's
+/// [`SendSpan`] and an [`OnAnswer`] that knows how that broker's answer ends the span. The
+/// behaviour is then the same for every broker:
+///
+/// - **awaited**: it resolves to exactly what the client's future resolves to, and the span
+///   ends at that moment, with what the answer says;
+/// - **polled again after it resolved**: it never panics and never stays pending; it resolves
+///   at once to [`OnAnswer::after_completion`], the client's own error for "already completed"
+///   (each broker crate documents which value that is);
+/// - **dropped unawaited**: inside a Tokio runtime, a background task keeps waiting for the
+///   answer, so the span still ends when the broker answers; outside one, the span ends at the
+///   drop, marked abandoned (event `mqtrace.send.abandoned`) with the reason in
+///   [`ABANDON_REASON`].
+///
+/// `F` must be `Unpin`, `Send` and `'static` (the three clients' answer futures
 /// are); a span of `None`
 /// (e.g. a publish without confirms, whose span already ended) only forwards the answer.
 ///

@@ -13,6 +13,11 @@
 //! - [`ProcessSpan`]: the consumer span that covers the handler (across `.await`s, for
 //!   OpenTelemetry and `tracing` spans alike) until the message is settled, recording the
 //!   [`Outcome`] and a settle span; it never stays open;
+//! - [`Traced`]: the accessors every broker's traced message offers (context, span context,
+//!   origin, attempt, `in_span`, `record_error`, `finish`), written once over [`Processing`];
+//! - [`Answer`]: the future a traced publish returns, ending the send span when the broker
+//!   answers, with one behaviour after completion and one drop path for every broker
+//!   ([`OnAnswer`] says how a broker's answer ends the span);
 //! - `envelope` (feature `json`): context carried in a JSON payload;
 //! - `testing` (feature `testing`): an in-memory exporter fixture and trace-tree assertions.
 //!
