@@ -2,6 +2,7 @@
 //! it), topic and subscription set-up, bounded waits for messages.
 
 use crate::WAIT;
+use futures_util::StreamExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{DeadLetterPolicy, Message, Subscription};
 use mqtrace_pubsub::{Emulator, TracedHandler, TracedMessageStream};

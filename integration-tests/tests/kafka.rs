@@ -15,6 +15,7 @@ use mqtrace_integration_tests::kafka::{
     next_message, try_kafka,
 };
 use mqtrace_integration_tests::{WAIT, unique};
+use mqtrace_rdkafka::prelude::*;
 use mqtrace_rdkafka::{
     CommitReporting, TracedBaseConsumer, TracedBaseProducer, TracedFutureProducer, TracedMessage,
     TracedStreamConsumer, TracedThreadedProducer,
@@ -1194,6 +1195,41 @@ async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_
                 .iter()
                 .all(|e| e.name != "mqtrace.send.abandoned")
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_delivery_future_polled_again_resolves_at_once_and_its_span_ends_once() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("again");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let mut delivery = producer
+            .send_result(FutureRecord::to(&topic).key("k").payload("x"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        let report = tokio::time::timeout(WAIT, &mut delivery)
+            .await
+            .expect("a delivery report in time");
+        let delivered = match report {
+            Ok(Ok(d)) => d,
+            Ok(Err((e, _))) => panic!("not delivered: {e}"),
+            Err(_) => panic!("the producer is alive: no cancellation"),
+        };
+        assert_eq!(delivered.offset, 0);
+        // Polled after completion: at once, rdkafka's `Canceled` (no report will come), never
+        // pending and never a panic.
+        let again = tokio::time::timeout(Duration::from_secs(2), &mut delivery)
+            .await
+            .expect("a poll after completion resolves at once");
+        assert!(again.is_err(), "Err(Canceled) after completion");
+        let spans = wait(&t, &format!("send {topic}"), 1).await;
+        let sends = spans.named(&format!("send {topic}"));
+        assert_eq!(sends.len(), 1, "{}", spans.tree());
+        assert!(!sends[0].is_error());
+        sends[0].assert_attr(attr::MESSAGING_KAFKA_OFFSET, "0");
     })
     .await;
 }

@@ -12,6 +12,7 @@ use mqtrace::w3c;
 use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
 use mqtrace_integration_tests::unique;
 use mqtrace_pubsub::attributes as ps;
+use mqtrace_pubsub::prelude::*;
 use mqtrace_pubsub::{
     Emulator, GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext, TracedMessageStream,
     TracedPublisher, TracedSubscriber,
@@ -225,6 +226,45 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
         ack.assert_attr(attr::MESSAGING_DESTINATION_NAME, sub);
         ack.assert_attr(ps::ACK_ID, &ack_id);
         ack.assert_attr(attr::OUTCOME, "ack");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_publish_future_polled_again_says_so_at_once_not_shutdown() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let publisher = s.publisher().await;
+        let mut published = publisher.publish(Message::new().set_data("x"));
+        let id = tokio::time::timeout(Duration::from_secs(20), &mut published)
+            .await
+            .expect("publish answered within 20 s")
+            .expect("publish");
+        let again = tokio::time::timeout(Duration::from_secs(2), &mut published)
+            .await
+            .expect("a poll after completion resolves at once")
+            .expect_err("nothing is published twice");
+        // Not `Shutdown`: the publisher is alive, and the error says what happened.
+        assert!(
+            !matches!(again, google_cloud_pubsub::error::PublishError::Shutdown),
+            "{again}"
+        );
+        let mut chain = Vec::new();
+        let mut source: Option<&dyn std::error::Error> = Some(&again);
+        while let Some(e) = source {
+            chain.push(e.to_string());
+            source = e.source();
+        }
+        assert!(
+            chain.iter().any(|e| e.contains("polled after completion")),
+            "{chain:?}"
+        );
+        let topic = short(&s.topic);
+        let spans = s.wait(&format!("create {topic}"), 1).await;
+        let creates = spans.named(&format!("create {topic}"));
+        assert_eq!(creates.len(), 1, "{}", spans.tree());
+        creates[0].assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        assert!(!creates[0].is_error());
     })
     .await;
 }
@@ -446,7 +486,7 @@ async fn dead_letter_policy_counts_attempts_and_the_dead_letter_stays_in_the_tra
             let (m, handler) = next_message(&mut stream).await;
             assert_eq!(m.message_id, id);
             assert_eq!(handler.delivery_attempt(), Some(attempt));
-            assert_eq!(handler.attempt(), u32::try_from(attempt).ok());
+            assert_eq!(i64::from(handler.attempt()), i64::from(attempt));
             handler.nack();
         }
         // After five attempts Pub/Sub moves it to the dead-letter topic.
@@ -823,7 +863,7 @@ async fn a_confirmed_ack_that_fails_is_recorded_on_the_ack_and_process_spans() {
         let spans = s.wait(&format!("ack {sub}"), 1).await;
         let ack = spans.one(&format!("ack {sub}"));
         assert!(ack.is_error(), "{}", spans.tree());
-        ack.assert_attr(attr::ERROR_TYPE, expected);
+        ack.assert_attr(attr::ERROR_TYPE, &expected);
         let process = spans.one(&format!("subscribe {sub}"));
         process.assert_attr(attr::OUTCOME, "ack");
         assert!(process.is_error(), "{}", spans.tree());
@@ -1143,12 +1183,12 @@ mod retries {
                     (
                         "always-transient".into(),
                         "gave up after 3 of 3 attempts: db down".into(),
-                        Some(3)
+                        3
                     ),
                     (
                         "permanent".into(),
                         "permanent failure: order has no items".into(),
-                        Some(1)
+                        1
                     ),
                 ]
             );
@@ -1308,7 +1348,7 @@ mod retries {
             // The retry subscription read directly: the copy comes at once, and `handle` waits.
             let mut retry = r.s.stream(&r.retry_sub).await;
             let (copy, handler) = next_message(&mut retry).await;
-            assert_eq!(handler.attempt(), Some(2));
+            assert_eq!(handler.attempt(), 2);
             r.topics
                 .handle(copy, handler, async |_| Ok(()))
                 .await

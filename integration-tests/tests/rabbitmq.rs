@@ -13,6 +13,7 @@ use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace::{Config, Outcome, ParentPolicy, Propagation, Trust};
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
+use mqtrace_lapin::prelude::*;
 use mqtrace_lapin::{TracedChannel, TracedConsumer};
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::context::FutureExt;

@@ -1,6 +1,6 @@
 //! The traced channel: `basic_publish` and `basic_consume` with trace context.
 
-use crate::confirm::TracedPublisherConfirm;
+use crate::confirm::{ConfirmAnswer, TracedPublisherConfirm};
 use crate::consumer::TracedConsumer;
 use crate::delivery::TracedDelivery;
 use crate::error::error_type;
@@ -10,7 +10,7 @@ use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use mqtrace::attributes as attr;
-use mqtrace::instrument::{Instrumentation, Outgoing};
+use mqtrace::instrument::{Answer, Instrumentation, Outgoing};
 use opentelemetry::KeyValue;
 use std::ops::Deref;
 
@@ -149,10 +149,10 @@ impl TracedChannel {
                 span.end_error(error_type(&e), &e);
                 Err(e)
             }
-            Ok(confirm) if confirm_mode => Ok(TracedPublisherConfirm::new(confirm, Some(span))),
+            Ok(confirm) if confirm_mode => Ok(Answer::new(confirm, Some(span), ConfirmAnswer)),
             Ok(confirm) => {
                 span.end_ok();
-                Ok(TracedPublisherConfirm::new(confirm, None))
+                Ok(Answer::new(confirm, None, ConfirmAnswer))
             }
         }
     }
@@ -191,6 +191,7 @@ impl TracedChannel {
     /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
     /// use futures_util::StreamExt;
     /// use lapin::{options::*, types::FieldTable};
+    /// use mqtrace_lapin::prelude::*;
     /// let mut consumer = channel
     ///     .basic_consume("orders".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default())
     ///     .await?;
@@ -245,6 +246,20 @@ pub struct TracedGetMessage {
     pub delivery: TracedDelivery,
     /// Messages left in the queue after this one.
     pub message_count: u32,
+}
+
+impl mqtrace::Traced for TracedGetMessage {
+    /// The fetched delivery's process span.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_lapin::TracedGetMessage) {
+    /// use mqtrace_lapin::prelude::*;
+    /// println!("attempt {} of trace {}", m.attempt(), m.span_context().trace_id());
+    /// # }
+    /// ```
+    fn processing(&self) -> &mqtrace::instrument::Processing {
+        self.delivery.processing()
+    }
 }
 
 impl Deref for TracedGetMessage {

@@ -9,18 +9,20 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::ShortString;
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Outcome,
+    Outcome, Traced,
     instrument::{Incoming, Instrumentation, ProcessSpan, Processing, Settle, SettleError},
 };
-use opentelemetry::trace::SpanContext;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Deref;
 
 /// A delivery with its process span.
 ///
-/// It dereferences to the `lapin::message::Delivery` (`data`, `properties`, `routing_key`,
+/// The accessors every traced message has (`context`, `span_context`, `origin`, `attempt`,
+/// `in_span`, `record_error`, `finish`) come from [`mqtrace::Traced`] (in
+/// [`crate::prelude`]); the attempt is the one [`crate::DeliveryHistory`] reads (1 = first
+/// delivery). It dereferences to the `lapin::message::Delivery` (`data`, `properties`, `routing_key`,
 /// `delivery_tag`, `redelivered` are all there, unchanged). Settle it with [`ack`](Self::ack),
 /// [`nack`](Self::nack), [`reject`](Self::reject) or [`dead_letter`](Self::dead_letter): each
 /// performs lapin's operation under a CLIENT settle span and ends the process span with the
@@ -30,7 +32,8 @@ use std::ops::Deref;
 ///
 /// ```no_run
 /// # async fn demo(delivery: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
-/// use lapin::options::BasicNackOptions;
+/// use mqtrace_lapin::prelude::*;
+/// println!("trace {}, attempt {}", delivery.span_context().trace_id(), delivery.attempt());
 /// let parsed: Result<u32, _> = std::str::from_utf8(&delivery.data).unwrap_or("").parse();
 /// match parsed {
 ///     Ok(_) => { delivery.ack(Default::default()).await?; }
@@ -41,14 +44,13 @@ use std::ops::Deref;
 pub struct TracedDelivery {
     delivery: Delivery,
     processing: Processing,
-    attempt: u32,
 }
 
 impl std::fmt::Debug for TracedDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TracedDelivery")
             .field("delivery_tag", &self.delivery.delivery_tag)
-            .field("attempt", &self.attempt)
+            .field("attempt", &self.attempt())
             .field("span_context", self.processing.span_context())
             .finish_non_exhaustive()
     }
@@ -62,6 +64,16 @@ fn check(result: &lapin::Result<bool>) -> Option<SettleError> {
             "the delivery was already settled or its channel is closed",
         )),
         Err(e) => Some(SettleError::new(error_type(e), e)),
+    }
+}
+
+/// The outcome of a nack or reject: the broker requeues the message, or discards it (or
+/// dead-letters it through the queue's dead-letter exchange).
+fn requeue_or_reject(requeue: bool) -> Outcome {
+    if requeue {
+        Outcome::Requeue
+    } else {
+        Outcome::Reject
     }
 }
 
@@ -129,84 +141,9 @@ impl TracedDelivery {
             span.set_drop_outcome(Outcome::AutoAck);
         }
         Self {
-            attempt: history.attempt,
             processing: Processing::new(span),
             delivery,
         }
-    }
-
-    /// The context holding the process span, to make it current in synchronous code.
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// let _guard = d.context().clone().attach();
-    /// # }
-    /// ```
-    pub fn context(&self) -> &Context {
-        self.processing.context()
-    }
-
-    /// The process span's context (e.g. to log its trace id).
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// println!("trace {}", d.span_context().trace_id());
-    /// # }
-    /// ```
-    pub fn span_context(&self) -> &SpanContext {
-        self.processing.span_context()
-    }
-
-    /// The delivery attempt (1 = first delivery); see [`crate::DeliveryHistory`].
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// if d.attempt() > 3 { /* give up */ }
-    /// # }
-    /// ```
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// Runs `fut` inside the process span: OpenTelemetry and `tracing` spans created in it,
-    /// across `.await`s, are children of the process span.
-    ///
-    /// ```no_run
-    /// # async fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// d.in_span(async {
-    ///     tracing::info_span!("validate").in_scope(|| { /* ... */ });
-    /// }).await;
-    /// # }
-    /// ```
-    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        self.processing.in_span(fut)
-    }
-
-    /// Records a handler error on the process span (it does not settle the message).
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// d.record_error("validation", &"amount must be positive");
-    /// # }
-    /// ```
-    pub fn record_error(
-        &self,
-        error_type: impl Into<Cow<'static, str>>,
-        error: &dyn std::fmt::Display,
-    ) {
-        self.processing.record_error(error_type, error);
-    }
-
-    /// The creation context of the message's first delivery (see
-    /// [`mqtrace::instrument::ProcessSpan::origin`]).
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
-    /// let _first = d.origin().map(|sc| sc.span_id());
-    /// # }
-    /// ```
-    pub fn origin(&self) -> Option<&SpanContext> {
-        self.processing.origin()
     }
 
     pub(crate) async fn settle_with(
@@ -241,16 +178,9 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn nack(&self, options: BasicNackOptions) -> lapin::Result<bool> {
-        let outcome = if options.requeue {
-            Outcome::Requeue
-        } else {
-            Outcome::Reject
-        };
-        self.settle_with(
-            Settle::new(NACK, outcome),
-            self.delivery.acker.nack(options),
-        )
-        .await
+        let settle = Settle::new(NACK, requeue_or_reject(options.requeue));
+        self.settle_with(settle, self.delivery.acker.nack(options))
+            .await
     }
 
     /// Rejects, like `Acker::reject`: outcome `requeue` or `reject`, as for [`Self::nack`].
@@ -261,16 +191,9 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn reject(&self, options: BasicRejectOptions) -> lapin::Result<bool> {
-        let outcome = if options.requeue {
-            Outcome::Requeue
-        } else {
-            Outcome::Reject
-        };
-        self.settle_with(
-            Settle::new(REJECT, outcome),
-            self.delivery.acker.reject(options),
-        )
-        .await
+        let settle = Settle::new(REJECT, requeue_or_reject(options.requeue));
+        self.settle_with(settle, self.delivery.acker.reject(options))
+            .await
     }
 
     /// Rejects without requeue so the queue's dead-letter exchange takes the message, and
@@ -304,6 +227,20 @@ impl TracedDelivery {
     pub fn into_parts(self) -> (Delivery, Option<ProcessSpan>) {
         let span = self.processing.take();
         (self.delivery, span)
+    }
+}
+
+impl Traced for TracedDelivery {
+    /// The process span this delivery holds until it is settled.
+    ///
+    /// ```no_run
+    /// # fn demo(d: mqtrace_lapin::TracedDelivery) {
+    /// use mqtrace_lapin::prelude::*;
+    /// assert_eq!(d.processing().attempt(), Some(d.attempt()));
+    /// # }
+    /// ```
+    fn processing(&self) -> &Processing {
+        &self.processing
     }
 }
 

@@ -12,10 +12,13 @@
 //!   a CONSUMER span `process {exchange}:{routing key}:{queue}` that continues the producer's
 //!   trace;
 //! - `ack`, `nack`, `reject` and `dead_letter` on the delivery are recorded as CLIENT settle
-//!   spans and as the process span's outcome, with the delivery attempt.
+//!   spans and as the process span's outcome, with the delivery attempt;
+//! - the accessors every traced message has, in every broker crate (`span_context`,
+//!   `attempt`, `in_span`, `record_error`, ...), are the [`Traced`] trait's, in [`prelude`].
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
+//! use mqtrace_lapin::prelude::*; // the message accessors: in_span, span_context, attempt, ...
 //! use lapin::{BasicProperties, ConnectionProperties, options::*, types::FieldTable};
 //!
 //! # async fn demo() -> lapin::Result<()> {
@@ -53,13 +56,27 @@ mod retry;
 
 pub use attempt::DeliveryHistory;
 pub use channel::{TracedChannel, TracedGetMessage};
-pub use confirm::TracedPublisherConfirm;
+pub use confirm::{ConfirmAnswer, TracedPublisherConfirm};
 pub use connection::{TracedConnection, instrumentation};
 pub use consumer::TracedConsumer;
 pub use delivery::TracedDelivery;
 pub use error::error_type;
 pub use headers::{AmqpHeaders, AmqpHeadersMut};
+pub use mqtrace::Traced;
 pub use retry::RetryQueues;
+
+/// One import for the traced types' methods: `use mqtrace_lapin::prelude::*;`.
+///
+/// ```no_run
+/// use mqtrace_lapin::prelude::*;
+/// # async fn demo(d: TracedDelivery) {
+/// d.in_span(async { /* the handler */ }).await;
+/// # }
+/// ```
+pub mod prelude {
+    pub use crate::{TracedChannel, TracedConnection, TracedConsumer, TracedDelivery};
+    pub use mqtrace::Traced;
+}
 
 use mqtrace::{Operation, OperationType};
 

@@ -20,7 +20,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
-use mqtrace::{Outcome, instrument::Settle};
+use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
 use std::collections::HashSet;

@@ -8,14 +8,12 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::{ExactlyOnce, Handler};
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Outcome,
+    Outcome, Traced,
     instrument::{
         Incoming, Instrumentation, PendingSettle, ProcessSpan, Processing, Settle, SettleError,
     },
 };
-use opentelemetry::trace::SpanContext;
-use opentelemetry::{Context, KeyValue};
-use std::borrow::Cow;
+use opentelemetry::KeyValue;
 use std::fmt;
 use std::future::Future;
 
@@ -31,14 +29,26 @@ const DROPPED: &str = "the handler was dropped without ack or nack; the client n
 /// and is recorded as `requeue` with that reason. Each settles under a CLIENT span
 /// `ack {subscription}` / `nack {subscription}`, a child of the process span.
 ///
+/// The accessors every traced message has (`context`, `span_context`, `origin`, `attempt`,
+/// `in_span`, `record_error`, `finish`) come from [`mqtrace::Traced`] (in [`crate::prelude`]).
+///
 /// ```no_run
 /// # async fn demo(message: google_cloud_pubsub::model::Message, handler: mqtrace_pubsub::TracedHandler) {
+/// use mqtrace_pubsub::prelude::*;
 /// let ok = handler.in_span(async { std::str::from_utf8(&message.data).is_ok() }).await;
 /// if ok { handler.ack() } else { handler.nack() }
 /// # }
 /// ```
 pub struct TracedHandler {
-    handler: Option<Handler>,
+    // Dropped first: dropping the client's handler is what nacks the message, then `settling`
+    // records that nack (if nothing settled the message before).
+    handler: Handler,
+    settling: Settling,
+}
+
+/// The process span and what its settle spans record; records the client's nack when it is
+/// dropped unsettled.
+struct Settling {
     processing: Processing,
     /// Kept for the settle spans when the process span is recording.
     ack_id: Option<String>,
@@ -47,8 +57,8 @@ pub struct TracedHandler {
 impl fmt::Debug for TracedHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TracedHandler")
-            .field("attempt", &self.processing.attempt())
-            .field("span_context", self.processing.span_context())
+            .field("attempt", &self.attempt())
+            .field("span_context", self.span_context())
             .finish_non_exhaustive()
     }
 }
@@ -60,12 +70,37 @@ fn check_ack(result: &Result<(), AckError>) -> Option<SettleError> {
         .map(|e| SettleError::new(ack_error_type(e), e))
 }
 
-/// Starts the settle span of `settle` (with the ack id), for an operation reported with
-/// [`PendingSettle::finish`].
-fn start(span: ProcessSpan, settle: Settle, ack_id: Option<&str>) -> PendingSettle {
-    let mut pending = span.start_settle(settle);
-    pending.record(|| ack_id.map(|id| KeyValue::new(attributes::ACK_ID, id.to_owned())));
-    pending
+impl Settling {
+    /// Takes the process span out and starts the settle span of `settle` (with the ack id), for
+    /// an operation reported with [`PendingSettle::finish`]; `None` if already settled.
+    fn start(&self, settle: Settle) -> Option<PendingSettle> {
+        let mut pending = self.processing.take()?.start_settle(settle);
+        pending.record(|| {
+            self.ack_id
+                .as_deref()
+                .map(|id| KeyValue::new(attributes::ACK_ID, id.to_owned()))
+        });
+        Some(pending)
+    }
+
+    /// Settles with `op`, which hands the handler back to the client (it returns at once).
+    fn now(&self, settle: Settle, op: impl FnOnce()) {
+        let pending = self.start(settle);
+        op();
+        if let Some(pending) = pending {
+            pending.finish(None);
+        }
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        // The client's handler, dropped just before, nacked the message.
+        self.now(
+            Settle::new(NACK, Outcome::Requeue).with_reason(DROPPED),
+            || {},
+        );
+    }
 }
 
 impl TracedHandler {
@@ -141,46 +176,12 @@ impl TracedHandler {
             kv
         });
         Self {
-            handler: Some(handler),
-            processing: Processing::new(span),
-            ack_id: kept_ack_id,
+            handler,
+            settling: Settling {
+                processing: Processing::new(span),
+                ack_id: kept_ack_id,
+            },
         }
-    }
-
-    /// The context holding the process span, to make it current in synchronous code.
-    ///
-    /// ```no_run
-    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// let _guard = h.context().clone().attach();
-    /// # }
-    /// ```
-    pub fn context(&self) -> &Context {
-        self.processing.context()
-    }
-
-    /// The process span's context (e.g. to log its trace id).
-    ///
-    /// ```no_run
-    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// println!("trace {}", h.span_context().trace_id());
-    /// # }
-    /// ```
-    pub fn span_context(&self) -> &SpanContext {
-        self.processing.span_context()
-    }
-
-    /// The delivery attempt (1 = first delivery), when known: Pub/Sub counts attempts only on
-    /// subscriptions with a dead-letter policy; a copy that [`RetryTopics`](crate::RetryTopics)
-    /// published carries its attempt in the `mqtrace-attempt` attribute. When both are there,
-    /// Pub/Sub's redeliveries of the copy add to the attempt it carries.
-    ///
-    /// ```no_run
-    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// if h.attempt().is_some_and(|n| n > 3) { /* give up */ }
-    /// # }
-    /// ```
-    pub fn attempt(&self) -> Option<u32> {
-        self.processing.attempt()
     }
 
     /// The client's delivery attempt, like [`Handler::delivery_attempt`] (`Some` only on
@@ -192,20 +193,7 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn delivery_attempt(&self) -> Option<i32> {
-        self.handler.as_ref().and_then(Handler::delivery_attempt)
-    }
-
-    /// The creation context of the message's first delivery: its own creation context, or for
-    /// a copy [`RetryTopics`](crate::RetryTopics) published, the one carried in the
-    /// `mqtrace-origin` attribute (see [`mqtrace::instrument::ProcessSpan::origin`]).
-    ///
-    /// ```no_run
-    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// if let Some(origin) = h.origin() { println!("first published in trace {}", origin.trace_id()); }
-    /// # }
-    /// ```
-    pub fn origin(&self) -> Option<&SpanContext> {
-        self.processing.origin()
+        self.handler.delivery_attempt()
     }
 
     /// Whether the subscription has exactly-once delivery (acks can be confirmed).
@@ -216,53 +204,13 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn is_exactly_once(&self) -> bool {
-        matches!(self.handler, Some(Handler::ExactlyOnce(_)))
-    }
-
-    /// Runs `fut` inside the process span: OpenTelemetry and `tracing` spans created in it,
-    /// across `.await`s, are children of the process span.
-    ///
-    /// ```no_run
-    /// # async fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// h.in_span(async { /* handle the message */ }).await;
-    /// # }
-    /// ```
-    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        self.processing.in_span(fut)
-    }
-
-    /// Records a handler error on the process span (it does not settle the message).
-    ///
-    /// ```no_run
-    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
-    /// h.record_error("validation", &"amount must be positive");
-    /// # }
-    /// ```
-    pub fn record_error(&self, error_type: impl Into<Cow<'static, str>>, error: &dyn fmt::Display) {
-        self.processing.record_error(error_type, error);
-    }
-
-    fn take(&mut self) -> (Option<Handler>, Option<ProcessSpan>) {
-        (self.handler.take(), self.processing.take())
-    }
-
-    /// Settles with `op`, which hands the handler back to the client (it returns at once).
-    fn settle_now(&mut self, settle: Settle, op: impl FnOnce(Handler)) {
-        match self.take() {
-            (Some(h), Some(span)) => {
-                let pending = start(span, settle, self.ack_id.as_deref());
-                op(h);
-                pending.finish(None);
-            }
-            (Some(h), None) => op(h),
-            (None, _) => {}
-        }
+        matches!(self.handler, Handler::ExactlyOnce(_))
     }
 
     /// Settles an exactly-once handler with `op` and waits for the service's confirmation; other
     /// handlers are settled with `fallback`, which has nothing to confirm.
     async fn settle_confirmed<F>(
-        &mut self,
+        self,
         settle: Settle,
         op: impl FnOnce(ExactlyOnce) -> F,
         fallback: impl FnOnce(Handler),
@@ -270,10 +218,10 @@ impl TracedHandler {
     where
         F: Future<Output = Result<(), AckError>>,
     {
-        match self.handler.take() {
-            Some(Handler::ExactlyOnce(h)) => match self.processing.take() {
-                Some(span) => {
-                    let pending = start(span, settle, self.ack_id.as_deref());
+        let Self { handler, settling } = self;
+        match handler {
+            Handler::ExactlyOnce(h) => match settling.start(settle) {
+                Some(pending) => {
                     let result = op(h).await;
                     pending.finish(check_ack(&result));
                     result
@@ -281,8 +229,7 @@ impl TracedHandler {
                 None => op(h).await,
             },
             h => {
-                self.handler = h;
-                self.settle_now(settle, fallback);
+                settling.now(settle, || fallback(h));
                 Ok(())
             }
         }
@@ -297,8 +244,9 @@ impl TracedHandler {
     /// h.ack();
     /// # }
     /// ```
-    pub fn ack(mut self) {
-        self.settle_now(Settle::new(ACK, Outcome::Ack), Handler::ack);
+    pub fn ack(self) {
+        let Self { handler, settling } = self;
+        settling.now(Settle::new(ACK, Outcome::Ack), || handler.ack());
     }
 
     /// Negatively acknowledges, like [`Handler::nack`]: outcome `requeue` (Pub/Sub redelivers
@@ -309,8 +257,9 @@ impl TracedHandler {
     /// h.nack();
     /// # }
     /// ```
-    pub fn nack(mut self) {
-        self.settle_now(Settle::new(NACK, Outcome::Requeue), Handler::nack);
+    pub fn nack(self) {
+        let Self { handler, settling } = self;
+        settling.now(Settle::new(NACK, Outcome::Requeue), || handler.nack());
     }
 
     /// Acknowledges and waits for the service to confirm it (exactly-once subscriptions): the
@@ -325,7 +274,7 @@ impl TracedHandler {
     /// }
     /// # }
     /// ```
-    pub async fn confirmed_ack(mut self) -> Result<(), AckError> {
+    pub async fn confirmed_ack(self) -> Result<(), AckError> {
         self.settle_confirmed(
             Settle::new(ACK, Outcome::Ack),
             ExactlyOnce::confirmed_ack,
@@ -342,7 +291,7 @@ impl TracedHandler {
     /// let _ = h.confirmed_nack().await;
     /// # }
     /// ```
-    pub async fn confirmed_nack(mut self) -> Result<(), AckError> {
+    pub async fn confirmed_nack(self) -> Result<(), AckError> {
         self.settle_confirmed(
             Settle::new(NACK, Outcome::Requeue),
             ExactlyOnce::confirmed_nack,
@@ -353,7 +302,7 @@ impl TracedHandler {
 
     /// Acks (`ack` true) or nacks with `settle`'s outcome and reason, waiting for the
     /// confirmation on exactly-once subscriptions.
-    pub(crate) async fn settle_as(mut self, settle: Settle, ack: bool) -> Result<(), AckError> {
+    pub(crate) async fn settle_as(self, settle: Settle, ack: bool) -> Result<(), AckError> {
         if ack {
             self.settle_confirmed(settle, ExactlyOnce::confirmed_ack, Handler::ack)
                 .await
@@ -369,12 +318,14 @@ impl TracedHandler {
     /// ```no_run
     /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
     /// let (handler, span) = h.into_parts();
-    /// if let Some(handler) = handler { handler.ack(); }
+    /// handler.ack();
     /// if let Some(span) = span { span.finish(mqtrace::Outcome::Ack); }
     /// # }
     /// ```
-    pub fn into_parts(mut self) -> (Option<Handler>, Option<ProcessSpan>) {
-        self.take()
+    pub fn into_parts(self) -> (Handler, Option<ProcessSpan>) {
+        let Self { handler, settling } = self;
+        let span = settling.processing.take();
+        (handler, span)
     }
 }
 
@@ -393,13 +344,22 @@ fn combined_attempt(delivery_attempt: Option<i32>, carried: Option<&str>) -> Opt
     }
 }
 
-impl Drop for TracedHandler {
-    fn drop(&mut self) {
-        // Dropping the client's handler is what nacks the message.
-        self.settle_now(
-            Settle::new(NACK, Outcome::Requeue).with_reason(DROPPED),
-            drop,
-        );
+impl Traced for TracedHandler {
+    /// The process span this handler holds until the message is settled. Its
+    /// [`attempt`](Traced::attempt) is 1 when unknown: Pub/Sub counts attempts only on
+    /// subscriptions with a dead-letter policy; a copy that [`RetryTopics`](crate::RetryTopics)
+    /// published carries its attempt in the `mqtrace-attempt` attribute (when both are there,
+    /// Pub/Sub's redeliveries of the copy add to the attempt it carries).
+    ///
+    /// ```no_run
+    /// # fn demo(h: mqtrace_pubsub::TracedHandler) {
+    /// use mqtrace_pubsub::prelude::*;
+    /// let known = h.processing().attempt().is_some();
+    /// println!("attempt {} ({})", h.attempt(), if known { "counted" } else { "assumed" });
+    /// # }
+    /// ```
+    fn processing(&self) -> &Processing {
+        &self.settling.processing
     }
 }
 

@@ -12,19 +12,24 @@
 //!   `messaging.message.id`;
 //! - [`TracedPublisher::flush`] records a CLIENT span `send {topic}` that links the create spans
 //!   of the messages it sends (the client batches internally and offers no other hook);
-//! - [`TracedSubscriber::subscribe`] yields `(Message, TracedHandler)`: each handler carries a
+//! - [`TracedSubscriber::subscribe`] opens a [`TracedMessageStream`], a `futures::Stream` of
+//!   `(Message, TracedHandler)` (the client's `(Message, Handler)`): each handler carries a
 //!   CONSUMER span `subscribe {subscription}` that continues the producer's trace from receipt
 //!   until the message is acked, nacked (outcome `requeue`) or its handler is dropped (the
 //!   client then nacks it, recorded as `requeue` with a reason), with CLIENT settle spans
-//!   `ack {subscription}` / `nack {subscription}`;
+//!   `ack {subscription}` / `nack {subscription}`; the accessors every traced message has, in
+//!   every broker crate (`span_context`, `attempt`, `in_span`, `record_error`, ...), are the
+//!   [`Traced`] trait's, in [`prelude`];
 //! - [`RetryTopics`] retries a failed message after a delay through a retry topic and
 //!   dead-letters it to a dead-letter topic, as a [`mqtrace::retry::RetryPolicy`] decides, with
 //!   each attempt's process span linked to the attempt before and to the first publish;
 //!   [`RetryStream`] reads a subscription and its retry subscription as one stream.
 //!
 //! ```no_run
+//! use futures_util::StreamExt;
 //! use google_cloud_pubsub::model::Message;
-//! use mqtrace_pubsub::{Emulator, TracedPublisher, TracedSubscriber};
+//! use mqtrace_pubsub::prelude::*; // the message accessors: in_span, span_context, attempt, ...
+//! use mqtrace_pubsub::Emulator;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // Against the emulator (PUBSUB_EMULATOR_HOST); for Google Cloud, build the clients as usual.
@@ -68,9 +73,24 @@ pub use emulator::{Emulator, EmulatorError};
 pub use error::{ack_error_type, error_type, publish_error_type};
 pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};
 pub use handler::TracedHandler;
-pub use publisher::{TracedPublishFuture, TracedPublisher};
+pub use mqtrace::Traced;
+pub use publisher::{PublishAnswer, TracedPublishFuture, TracedPublisher};
 pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
+
+/// One import for the traced types' methods: `use mqtrace_pubsub::prelude::*;` (with
+/// `futures_util::StreamExt` for `next()` on a [`TracedMessageStream`]).
+///
+/// ```no_run
+/// use mqtrace_pubsub::prelude::*;
+/// # async fn demo(h: TracedHandler) {
+/// h.in_span(async { /* the handler */ }).await;
+/// # }
+/// ```
+pub mod prelude {
+    pub use crate::{TracedHandler, TracedMessageStream, TracedPublisher, TracedSubscriber};
+    pub use mqtrace::Traced;
+}
 
 use mqtrace::{Config, Operation, OperationType, instrument::Instrumentation};
 

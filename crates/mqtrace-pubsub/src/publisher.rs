@@ -9,16 +9,13 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::publisher::PublishFuture;
 use mqtrace::attributes as attr;
 use mqtrace::carrier::Injector;
-use mqtrace::instrument::{Instrumentation, Outgoing, SendSpan};
+use mqtrace::instrument::{Answer, Instrumentation, OnAnswer, Outgoing, SendSpan};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 
 /// The create spans of messages handed to the client whose publish has not resolved yet: what
 /// the next [`TracedPublisher::flush`] sends.
@@ -201,12 +198,14 @@ impl TracedPublisher {
             o.messages.insert(key, span.span_context().clone());
             key
         };
-        TracedPublishFuture {
-            inner: Some(self.inner.publish(msg)),
-            span: Some(span),
-            key,
-            outstanding: self.outstanding.clone(),
-        }
+        Answer::new(
+            self.inner.publish(msg),
+            Some(span),
+            PublishAnswer {
+                key,
+                outstanding: self.outstanding.clone(),
+            },
+        )
     }
 
     /// Sends every pending message now, like [`Publisher::flush`], under a CLIENT span
@@ -251,11 +250,16 @@ impl Deref for TracedPublisher {
     }
 }
 
-/// The result of a traced publish: the server-assigned message id, like
-/// [`PublishFuture`], ending the message's create span when it resolves.
+/// The result of a traced publish: the server-assigned message id, like [`PublishFuture`],
+/// ending the message's create span when it resolves: an [`mqtrace::instrument::Answer`] (see there for
+/// the behaviour when awaited, polled again, or dropped).
 ///
-/// Dropped before it resolves (inside a Tokio runtime), it keeps waiting in a background task
-/// so the span still ends at the service's answer.
+/// Polled again after it resolved, it resolves at once to
+/// `PublishError::Rpc` with a non-retryable (`binding`) error whose source is
+/// [`mqtrace::instrument::PolledAfterCompletion`] (the client has no "already completed" error; this one
+/// is not mistaken for a shutdown and does not invite a second publish). Dropped before it
+/// resolves inside a Tokio runtime, it keeps waiting in a background task so the span still
+/// ends at the service's answer; elsewhere the span ends at the drop, marked abandoned.
 ///
 /// ```no_run
 /// # async fn demo(p: mqtrace_pubsub::TracedPublisher) {
@@ -267,86 +271,48 @@ impl Deref for TracedPublisher {
 /// }
 /// # }
 /// ```
-#[must_use = "ignoring the publish result may lead to undetected delivery failures"]
-pub struct TracedPublishFuture {
-    inner: Option<PublishFuture>,
-    span: Option<SendSpan>,
+pub type TracedPublishFuture = Answer<PublishFuture, PublishAnswer>;
+
+/// How a publish result ends the message's create span (with `messaging.message.id`, or
+/// `error.type`), and takes the message out of what the next [`TracedPublisher::flush`] links.
+/// Made by [`TracedPublisher::publish`].
+pub struct PublishAnswer {
     key: u64,
     outstanding: Shared,
 }
 
-impl fmt::Debug for TracedPublishFuture {
+impl fmt::Debug for PublishAnswer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TracedPublishFuture")
-            .field("span", &self.span)
-            .finish_non_exhaustive()
+        f.debug_struct("PublishAnswer").finish_non_exhaustive()
     }
 }
 
-impl TracedPublishFuture {
-    /// The create span's context (what was injected into the message), while the publish has
-    /// not resolved.
-    ///
-    /// ```no_run
-    /// # fn demo(f: mqtrace_pubsub::TracedPublishFuture) {
-    /// let _ = f.span_context().map(|sc| sc.span_id());
-    /// # }
-    /// ```
-    pub fn span_context(&self) -> Option<&SpanContext> {
-        self.span.as_ref().map(SendSpan::span_context)
+impl PublishAnswer {
+    fn answered(&self) {
+        lock(&self.outstanding).messages.remove(&self.key);
     }
 }
 
-fn finish(mut span: SendSpan, result: &Result<String, PublishError>) {
-    match result {
-        Ok(id) => {
-            span.record(|| [KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.clone())]);
-            span.end_ok();
-        }
-        Err(e) => span.end_error(publish_error_type(e), e),
-    }
-}
-
-impl Future for TracedPublishFuture {
-    type Output = Result<String, PublishError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Err(PublishError::Shutdown));
-        };
-        let result = match Pin::new(inner).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
-        };
-        this.inner = None;
-        lock(&this.outstanding).messages.remove(&this.key);
-        if let Some(span) = this.span.take() {
-            finish(span, &result);
-        }
-        Poll::Ready(result)
-    }
-}
-
-impl Drop for TracedPublishFuture {
-    fn drop(&mut self) {
-        let (Some(inner), Some(span)) = (self.inner.take(), self.span.take()) else {
-            return;
-        };
-        let (key, outstanding) = (self.key, self.outstanding.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let result = inner.await;
-                    lock(&outstanding).messages.remove(&key);
-                    finish(span, &result);
-                });
+impl OnAnswer<Result<String, PublishError>> for PublishAnswer {
+    fn on_answer(self, mut span: SendSpan, result: &Result<String, PublishError>) {
+        self.answered();
+        match result {
+            Ok(id) => {
+                span.record(|| [KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.clone())]);
+                span.end_ok();
             }
-            // No runtime to wait on: the publish goes on; the span ends now, marked abandoned.
-            Err(_) => {
-                lock(&outstanding).messages.remove(&key);
-                drop(span);
-            }
+            Err(e) => span.end_error(publish_error_type(e), e),
         }
+    }
+
+    fn after_completion() -> Result<String, PublishError> {
+        Err(PublishError::Rpc(Arc::new(
+            google_cloud_pubsub::Error::binding(mqtrace::instrument::PolledAfterCompletion),
+        )))
+    }
+
+    fn abandon(self, span: SendSpan) {
+        self.answered();
+        drop(span);
     }
 }

@@ -9,7 +9,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
-use mqtrace::{Outcome, instrument::Settle};
+use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
@@ -157,6 +157,7 @@ impl Received {
     ///
     /// ```no_run
     /// # fn demo(m: &mqtrace_pubsub::Received) {
+    /// use mqtrace_pubsub::prelude::*;
     /// println!("trace {}", m.handler().span_context().trace_id());
     /// # }
     /// ```
@@ -172,7 +173,7 @@ impl Received {
     /// # }
     /// ```
     pub fn attempt(&self) -> u32 {
-        self.handler.attempt().unwrap_or(1)
+        self.handler.attempt()
     }
 }
 
@@ -334,7 +335,7 @@ impl RetryTopics {
     where
         F: AsyncFnOnce(&Received) -> Result<(), HandlerError>,
     {
-        if handler.attempt().is_none() {
+        if handler.processing().attempt().is_none() {
             // Neither Pub/Sub nor a copy says: this is the first attempt as far as the policy
             // counts, and the span says so.
             let span = handler.context().span();

@@ -3,6 +3,7 @@
 use crate::googclient::GoogleContext;
 use crate::handler::TracedHandler;
 use crate::short_name;
+use futures_util::stream::{Stream, StreamExt};
 use google_cloud_pubsub::builder::subscriber::Subscribe;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
@@ -11,7 +12,9 @@ use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownT
 use mqtrace::instrument::Instrumentation;
 use std::fmt;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 /// A `google_cloud_pubsub` [`Subscriber`] whose messages are traced.
@@ -24,6 +27,7 @@ use std::time::Duration;
 /// let subscriber = google_cloud_pubsub::client::Subscriber::builder().build().await?;
 /// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), Some(("pubsub.googleapis.com", 443)));
 /// let subscriber = mqtrace_pubsub::TracedSubscriber::new(subscriber, inst);
+/// use futures_util::StreamExt;
 /// let mut stream = subscriber.subscribe("projects/p/subscriptions/billing").build();
 /// while let Some((message, handler)) = stream.next().await.transpose()? {
 ///     println!("{:?}", message.data);
@@ -221,12 +225,7 @@ impl TracedSubscribe {
     /// # let _ = stream; }
     /// ```
     pub fn build(self) -> TracedMessageStream {
-        TracedMessageStream {
-            inner: self.inner.build(),
-            name: self.name,
-            inst: self.inst,
-            google: self.google,
-        }
+        TracedMessageStream::open(self.inner.build(), self.name, self.inst, self.google)
     }
 }
 
@@ -250,10 +249,28 @@ impl StreamTracer {
     }
 }
 
-/// An open streaming pull whose messages come with a [`TracedHandler`].
+/// The client's pull as a `Stream`: the client's `MessageStream` has an inherent `async fn
+/// next` (its `Stream` conversion is behind an unstable feature), so its `next()` future is
+/// kept here across polls, never dropped half-way (the client's pull is not safe to drop while
+/// it opens its stream). One allocation per stream, none per message.
+type Pull = Pin<Box<dyn Stream<Item = google_cloud_pubsub::Result<(Message, Handler)>> + Send>>;
+
+fn pull(stream: MessageStream) -> Pull {
+    Box::pin(futures_util::stream::unfold(
+        stream,
+        |mut stream| async move { stream.next().await.map(|item| (item, stream)) },
+    ))
+}
+
+/// An open streaming pull whose messages come with a [`TracedHandler`]: a `futures::Stream`
+/// of `(Message, TracedHandler)`, like the client's `MessageStream` yields `(Message,
+/// Handler)` (and like `mqtrace_rdkafka::TracedMessageStream` and `mqtrace_lapin`'s
+/// `TracedConsumer`). Cancel-safe: a pull in flight is kept for the next poll.
 ///
 /// ```no_run
 /// # async fn demo(mut stream: mqtrace_pubsub::TracedMessageStream) -> Result<(), google_cloud_pubsub::Error> {
+/// use futures_util::StreamExt;
+/// use mqtrace_pubsub::prelude::*;
 /// while let Some((message, handler)) = stream.next().await.transpose()? {
 ///     handler.in_span(async { /* ... */ }).await;
 ///     handler.ack();
@@ -262,16 +279,15 @@ impl StreamTracer {
 /// # Ok(()) }
 /// ```
 pub struct TracedMessageStream {
-    inner: MessageStream,
-    name: Arc<str>,
-    inst: Instrumentation,
-    google: GoogleContext,
+    pull: Pull,
+    shutdown: ShutdownToken,
+    tracer: StreamTracer,
 }
 
 impl fmt::Debug for TracedMessageStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TracedMessageStream")
-            .field("subscription", &self.name)
+            .field("subscription", &self.tracer.name)
             .finish_non_exhaustive()
     }
 }
@@ -287,11 +303,24 @@ impl TracedMessageStream {
     /// # let _ = stream; }
     /// ```
     pub fn new(stream: MessageStream, subscription: &str, inst: Instrumentation) -> Self {
-        Self {
-            inner: stream,
-            name: Arc::from(short_name(subscription)),
+        Self::open(
+            stream,
+            Arc::from(short_name(subscription)),
             inst,
-            google: GoogleContext::default(),
+            GoogleContext::default(),
+        )
+    }
+
+    fn open(
+        stream: MessageStream,
+        name: Arc<str>,
+        inst: Instrumentation,
+        google: GoogleContext,
+    ) -> Self {
+        Self {
+            shutdown: stream.shutdown_token(),
+            pull: pull(stream),
+            tracer: StreamTracer { name, inst, google },
         }
     }
 
@@ -303,7 +332,7 @@ impl TracedMessageStream {
     /// # let _ = s; }
     /// ```
     pub fn with_google_context(mut self, google: GoogleContext) -> Self {
-        self.google = google;
+        self.tracer.google = google;
         self
     }
 
@@ -315,45 +344,20 @@ impl TracedMessageStream {
     /// # }
     /// ```
     pub fn subscription(&self) -> &str {
-        &self.name
-    }
-
-    /// The next message, like [`MessageStream::next`], with its traced handler.
-    ///
-    /// ```no_run
-    /// # async fn demo(mut s: mqtrace_pubsub::TracedMessageStream) {
-    /// if let Some(Ok((message, handler))) = s.next().await {
-    ///     handler.ack();
-    /// #   let _ = message;
-    /// }
-    /// # }
-    /// ```
-    pub async fn next(&mut self) -> Option<google_cloud_pubsub::Result<(Message, TracedHandler)>> {
-        let item = self.inner.next().await?;
-        Some(item.map(|(message, handler)| {
-            let handler =
-                TracedHandler::new(&message, handler, &self.name, &self.inst, self.google);
-            (message, handler)
-        }))
+        self.tracer.subscription()
     }
 
     /// The next message with the client's own handler: no process span yet (see
-    /// [`Self::tracer`]). Do not drop it before it completes while the stream is opening: the
-    /// service may already have handed messages to the pull being opened, and they come again
-    /// only after their ack deadline.
+    /// [`Self::tracer`]). Cancel-safe, like the stream.
     pub(crate) async fn next_raw(
         &mut self,
     ) -> Option<google_cloud_pubsub::Result<(Message, Handler)>> {
-        self.inner.next().await
+        self.pull.next().await
     }
 
     /// What starts this stream's process spans, kept apart from the stream.
     pub(crate) fn tracer(&self) -> StreamTracer {
-        StreamTracer {
-            name: self.name.clone(),
-            inst: self.inst.clone(),
-            google: self.google,
-        }
+        self.tracer.clone()
     }
 
     /// A shutdown token for the stream, like [`MessageStream::shutdown_token`].
@@ -364,39 +368,22 @@ impl TracedMessageStream {
     /// # }
     /// ```
     pub fn shutdown_token(&self) -> ShutdownToken {
-        self.inner.shutdown_token()
+        self.shutdown.clone()
     }
+}
 
-    /// Converts the stream into a `futures::Stream` (feature `unstable-stream`, like the
-    /// client's own `into_stream`).
-    ///
-    /// ```no_run
-    /// # async fn demo(s: mqtrace_pubsub::TracedMessageStream) {
-    /// use futures_util::StreamExt;
-    /// let mut stream = s.into_stream();
-    /// while let Some(Ok((_message, handler))) = stream.next().await {
-    ///     handler.ack();
-    /// }
-    /// # }
-    /// ```
-    #[cfg(feature = "unstable-stream")]
-    pub fn into_stream(
-        self,
-    ) -> impl futures_util::Stream<Item = google_cloud_pubsub::Result<(Message, TracedHandler)>> + Unpin
-    {
-        Box::pin(futures_util::stream::unfold(self, |mut s| async move {
-            s.next().await.map(|item| (item, s))
+impl Stream for TracedMessageStream {
+    type Item = google_cloud_pubsub::Result<(Message, TracedHandler)>;
+
+    /// The next message, like the client's `MessageStream::next`, with its traced handler.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = ready!(this.pull.as_mut().poll_next(cx));
+        Poll::Ready(item.map(|item| {
+            item.map(|(message, handler)| {
+                let handler = this.tracer.trace(&message, handler);
+                (message, handler)
+            })
         }))
-    }
-
-    /// The wrapped stream.
-    ///
-    /// ```no_run
-    /// # fn demo(s: mqtrace_pubsub::TracedMessageStream) {
-    /// let raw: google_cloud_pubsub::subscriber::MessageStream = s.into_inner();
-    /// # let _ = raw; }
-    /// ```
-    pub fn into_inner(self) -> MessageStream {
-        self.inner
     }
 }

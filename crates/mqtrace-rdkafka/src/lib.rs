@@ -17,7 +17,8 @@
 //!   `messaging.kafka.offset`, or with `error.type` (the Kafka error code, e.g.
 //!   `MessageSizeTooLarge`);
 //! - receiving yields a [`TracedMessage`] with a CONSUMER span `process {topic}` that continues
-//!   the producer's trace and covers your handler ([`TracedMessage::in_span`]);
+//!   the producer's trace and covers your handler ([`Traced::in_span`]: the accessors every
+//!   traced message has, in every broker crate, are the [`Traced`] trait's, in [`prelude`]);
 //! - `commit_message` and `store_offset_from_message` on the traced consumer are recorded as
 //!   CLIENT settle spans (`commit {topic}`, `store_offset {topic}`) and as the process span's
 //!   outcome; with auto-commit a message dropped after handling ends with outcome `auto_ack`;
@@ -29,6 +30,7 @@
 //!   it and to the first send, in one trace.
 //!
 //! ```no_run
+//! use mqtrace_rdkafka::prelude::*; // the message accessors: in_span, span_context, attempt, ...
 //! use rdkafka::ClientConfig;
 //! use rdkafka::consumer::{CommitMode, Consumer};
 //! use rdkafka::message::Message;
@@ -75,11 +77,25 @@ pub use consumer::{
 pub use error::error_type;
 pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
 pub use message::TracedMessage;
+pub use mqtrace::Traced;
 pub use producer::{
-    TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
+    DeliveryAnswer, TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,
 };
 pub use retry::RetryTopics;
+
+/// One import for the traced types' methods: `use mqtrace_rdkafka::prelude::*;`.
+///
+/// ```no_run
+/// use mqtrace_rdkafka::prelude::*;
+/// # async fn demo(m: TracedMessage<'_>) {
+/// m.in_span(async { /* the handler */ }).await;
+/// # }
+/// ```
+pub mod prelude {
+    pub use crate::{TracedFutureProducer, TracedMessage, TracedStreamConsumer};
+    pub use mqtrace::Traced;
+}
 
 use mqtrace::{Operation, OperationType};
 

@@ -6,16 +6,13 @@ use crate::partition::partition_id;
 use crate::{POLL, PROCESS};
 use mqtrace::attributes as attr;
 use mqtrace::{
-    Config, Outcome,
+    Config, Outcome, Traced,
     instrument::{Extracted, Incoming, Instrumentation, ProcessSpan, Processing, Receive},
 };
-use opentelemetry::trace::SpanContext;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
-use std::borrow::Cow;
-use std::future::Future;
 use std::ops::Deref;
 use std::time::SystemTime;
 
@@ -28,13 +25,19 @@ use std::time::SystemTime;
 /// process span's outcome. Dropped unsettled, the process span ends with outcome `auto_ack`
 /// when the consumer commits by itself (`enable.auto.commit` and `enable.auto.offset.store`,
 /// librdkafka's defaults), otherwise `unsettled` (an error). If you commit in bulk
-/// (`commit_consumer_state`), end the span yourself with [`TracedMessage::finish`].
+/// (`commit_consumer_state`), end the span yourself with [`Traced::finish`].
+///
+/// The accessors every traced message has (`context`, `span_context`, `origin`, `attempt`:
+/// the `mqtrace-attempt` header when present, else 1; `in_span`, `record_error`, `finish`)
+/// come from [`mqtrace::Traced`] (in [`crate::prelude`]).
 ///
 /// ```no_run
 /// # async fn demo(consumer: mqtrace_rdkafka::TracedStreamConsumer) -> rdkafka::error::KafkaResult<()> {
+/// use mqtrace_rdkafka::prelude::*;
 /// use rdkafka::Message;
 /// use rdkafka::consumer::CommitMode;
 /// let message = consumer.recv().await?;
+/// println!("attempt {} of trace {}", message.attempt(), message.span_context().trace_id());
 /// let body = message.payload().unwrap_or_default();
 /// message.in_span(async { /* handle body */ }).await;
 /// consumer.commit_message(&message, CommitMode::Async)?;
@@ -80,94 +83,6 @@ impl<'a> TracedMessage<'a> {
         &self.message
     }
 
-    /// The context holding the process span, to make it current in synchronous code.
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// let _guard = m.context().clone().attach();
-    /// # }
-    /// ```
-    pub fn context(&self) -> &Context {
-        self.processing.context()
-    }
-
-    /// The process span's context (e.g. to log its trace id).
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// println!("trace {}", m.span_context().trace_id());
-    /// # }
-    /// ```
-    pub fn span_context(&self) -> &SpanContext {
-        self.processing.span_context()
-    }
-
-    /// The creation context of the message's first delivery: its own creation context, or
-    /// for a message mqtrace re-sent to a retry or dead-letter topic, the one carried in the
-    /// `mqtrace-origin` header (see [`mqtrace::instrument::ProcessSpan::origin`]).
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// let _first_send = m.origin().map(|sc| sc.span_id());
-    /// # }
-    /// ```
-    pub fn origin(&self) -> Option<&SpanContext> {
-        self.processing.origin()
-    }
-
-    /// The delivery attempt: the `mqtrace-attempt` header when present, else 1 (see
-    /// [`crate::delivery_attempt`]).
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// if m.attempt() > 3 { /* send it to the dead-letter topic */ }
-    /// # }
-    /// ```
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// Runs `fut` inside the process span: OpenTelemetry and `tracing` spans created in it,
-    /// across `.await`s, are children of the process span.
-    ///
-    /// ```no_run
-    /// # async fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// m.in_span(async {
-    ///     tracing::info_span!("validate").in_scope(|| { /* ... */ });
-    /// }).await;
-    /// # }
-    /// ```
-    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
-        self.processing.in_span(fut)
-    }
-
-    /// Records a handler error on the process span (it does not settle the message).
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// m.record_error("validation", &"amount must be positive");
-    /// # }
-    /// ```
-    pub fn record_error(
-        &self,
-        error_type: impl Into<Cow<'static, str>>,
-        error: &dyn std::fmt::Display,
-    ) {
-        self.processing.record_error(error_type, error);
-    }
-
-    /// Ends the process span with `outcome` without a settle operation, e.g. when offsets are
-    /// committed in bulk (`commit_consumer_state`) or the message was handed to a retry topic.
-    ///
-    /// ```no_run
-    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
-    /// m.finish(mqtrace::Outcome::Ack);
-    /// # }
-    /// ```
-    pub fn finish(&self, outcome: Outcome) {
-        self.processing.finish(outcome);
-    }
-
     /// The wrapped message and its process span, for settling by other means (the span ends
     /// when you finish or drop it).
     ///
@@ -180,6 +95,20 @@ impl<'a> TracedMessage<'a> {
     pub fn into_parts(self) -> (BorrowedMessage<'a>, Option<ProcessSpan>) {
         let span = self.take_span();
         (self.message, span)
+    }
+}
+
+impl Traced for TracedMessage<'_> {
+    /// The process span this message holds until it is settled.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {
+    /// use mqtrace_rdkafka::prelude::*;
+    /// assert_eq!(m.processing().attempt(), Some(m.attempt()));
+    /// # }
+    /// ```
+    fn processing(&self) -> &Processing {
+        &self.processing
     }
 }
 

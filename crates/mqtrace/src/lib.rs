@@ -11,6 +11,9 @@
 //! - [`Outcome`]: how a message was settled, one vocabulary for every broker;
 //! - [`retry`]: [`retry::RetryPolicy`] and [`retry::HandlerError`] for the broker crates'
 //!   retry and dead-letter types;
+//! - [`Traced`]: what every broker's traced message offers (context, span context, origin,
+//!   attempt, `in_span`, `record_error`, `finish`), in scope through each broker crate's
+//!   `prelude`;
 //! - [`w3c`], [`propagation`], [`carrier`]: the context codec and header access;
 //! - `envelope` (feature `json`): context carried in a JSON payload;
 //! - `testing` (feature `testing`): an in-memory exporter fixture and trace-tree assertions.
@@ -43,12 +46,14 @@ pub mod retry;
 mod span;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traced;
 pub mod w3c;
 
 pub use config::{Config, ParentPolicy, SpanInfo, Trust};
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
 pub use propagation::{ContextIssue, Propagation};
+pub use traced::Traced;
 
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";

@@ -14,6 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use mqtrace_examples::check::DEAD_LETTERS;
 use mqtrace_examples::{Error, env, record_order_id};
 use mqtrace_lapin::TracedConnection;
+use mqtrace_lapin::prelude::*;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 

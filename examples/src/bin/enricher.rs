@@ -12,6 +12,7 @@ use google_cloud_pubsub::model::Message;
 use mqtrace_examples::check::ENRICHER;
 use mqtrace_examples::{Error, env, order, record_order_id};
 use mqtrace_pubsub::TracedPublisher;
+use mqtrace_pubsub::prelude::*;
 use mqtrace_rdkafka::TracedStreamConsumer;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};

@@ -7,9 +7,11 @@
 //! ends.
 #![forbid(unsafe_code)]
 
+use futures_util::StreamExt;
 use mqtrace_examples::check::NOTIFIER;
 use mqtrace_examples::{Error, env, record_order_id};
 use mqtrace_pubsub::TracedSubscriber;
+use mqtrace_pubsub::prelude::*;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, global};

@@ -22,6 +22,7 @@ use lapin::types::FieldTable;
 use mqtrace::retry::{HandlerError, RetryPolicy};
 use mqtrace_examples::check::VALIDATOR;
 use mqtrace_examples::{Error, env, order, record_order_id};
+use mqtrace_lapin::prelude::*;
 use mqtrace_lapin::{RetryQueues, TracedConnection, TracedDelivery};
 use mqtrace_rdkafka::TracedFutureProducer;
 use opentelemetry::trace::{Status, TraceContextExt, Tracer};

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 ///
 /// ```no_run
 /// # fn demo() -> rdkafka::error::KafkaResult<()> {
+/// use mqtrace_rdkafka::prelude::*;
 /// use rdkafka::ClientConfig;
 /// use rdkafka::consumer::{CommitMode, Consumer};
 /// use std::time::Duration;
@@ -129,6 +130,7 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     ///
     /// ```no_run
     /// # fn demo(c: mqtrace_rdkafka::TracedBaseConsumer) {
+    /// use mqtrace_rdkafka::prelude::*;
     /// if let Some(Ok(message)) = c.poll(std::time::Duration::from_millis(100)) {
     ///     message.finish(mqtrace::Outcome::Ack);
     /// }

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 ///
 /// ```no_run
 /// # async fn demo() -> rdkafka::error::KafkaResult<()> {
+/// use mqtrace_rdkafka::prelude::*;
 /// use rdkafka::ClientConfig;
 /// use rdkafka::consumer::{CommitMode, Consumer};
 /// let consumer = mqtrace_rdkafka::TracedStreamConsumer::create(
@@ -259,6 +260,7 @@ where
     ///
     /// ```no_run
     /// # async fn demo(c: mqtrace_rdkafka::TracedStreamConsumer) -> rdkafka::error::KafkaResult<()> {
+    /// use mqtrace_rdkafka::prelude::*;
     /// use std::time::Duration;
     /// for message in c.recv_batch(100, Duration::from_millis(500)).await {
     ///     let message = message?;

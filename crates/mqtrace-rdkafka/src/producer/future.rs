@@ -1,9 +1,10 @@
 //! The traced `FutureProducer`.
 
 use super::{Producing, Record, delivered, failed};
+use futures_channel::oneshot::Canceled;
 use mqtrace::{
     Config,
-    instrument::{Instrumentation, SendSpan},
+    instrument::{Answer, Instrumentation, OnAnswer, SendSpan},
 };
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -13,12 +14,8 @@ use rdkafka::message::{OwnedMessage, Timestamp, ToBytes};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::{AsyncRuntime, DefaultRuntime, Timeout};
-use std::future::Future;
-use std::marker::PhantomData;
 use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// An rdkafka `FutureProducer` that traces every record it sends.
@@ -190,7 +187,7 @@ where
     /// already there (e.g. copied from a consumed message) is replaced, not sent twice. On
     /// failure the returned message carries the headers as they were sent. If this future is
     /// dropped after the record was queued, the span still ends at the delivery report (in a
-    /// task of the runtime `R`).
+    /// task of the current Tokio runtime; see [`TracedDeliveryFuture`]).
     ///
     /// ```no_run
     /// # async fn demo(producer: mqtrace_rdkafka::TracedFutureProducer) {
@@ -219,7 +216,7 @@ where
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => {
-                    let traced = TracedDeliveryFuture::<R>::new(delivery, span.take());
+                    let traced = Answer::new(delivery, span.take(), DeliveryAnswer);
                     return match traced.await {
                         Ok(result) => result,
                         // The producer is alive (we hold it), so this does not happen; it is
@@ -285,7 +282,7 @@ where
     pub fn send_result<'a, K, P>(
         &self,
         record: FutureRecord<'a, K, P>,
-    ) -> Result<TracedDeliveryFuture<R>, (KafkaError, FutureRecord<'a, K, P>)>
+    ) -> Result<TracedDeliveryFuture, (KafkaError, FutureRecord<'a, K, P>)>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -293,7 +290,7 @@ where
         let (span, record) = self.start(record);
         let partition = record.partition.unwrap_or(-1);
         match self.producer.send_result(record) {
-            Ok(delivery) => Ok(TracedDeliveryFuture::new(delivery, Some(span))),
+            Ok(delivery) => Ok(Answer::new(delivery, Some(span), DeliveryAnswer)),
             Err((e, record)) => {
                 failed(span, &e, partition);
                 Err((e, record))
@@ -329,28 +326,51 @@ where
     }
 }
 
-fn finish<E>(span: SendSpan, result: &Result<OwnedDeliveryResult, E>) {
-    match result {
-        Ok(Ok(d)) => delivered(span, d.partition, d.offset),
-        Ok(Err((e, message))) => failed(span, e, rdkafka::Message::partition(message)),
-        Err(_) => span.end_error(
-            "Canceled",
-            "the producer was dropped before the delivery report",
-        ),
+/// How a delivery report ends the record's PRODUCER span: delivered (with
+/// `messaging.destination.partition.id` and `messaging.kafka.offset`) or failed (with
+/// `error.type`, the Kafka error code).
+///
+/// ```no_run
+/// # fn demo(delivery: rdkafka::producer::DeliveryFuture, span: mqtrace::instrument::SendSpan) {
+/// let traced: mqtrace_rdkafka::TracedDeliveryFuture =
+///     mqtrace::instrument::Answer::new(delivery, Some(span), mqtrace_rdkafka::DeliveryAnswer);
+/// # let _ = traced; }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryAnswer;
+
+impl OnAnswer<Result<OwnedDeliveryResult, Canceled>> for DeliveryAnswer {
+    fn on_answer(self, span: SendSpan, result: &Result<OwnedDeliveryResult, Canceled>) {
+        match result {
+            Ok(Ok(d)) => delivered(span, d.partition, d.offset),
+            Ok(Err((e, message))) => failed(span, e, rdkafka::Message::partition(message)),
+            Err(_) => span.end_error(
+                "Canceled",
+                "the producer was dropped before the delivery report",
+            ),
+        }
+    }
+
+    fn after_completion() -> Result<OwnedDeliveryResult, Canceled> {
+        Err(Canceled)
     }
 }
 
-/// A `DeliveryFuture` that ends the record's PRODUCER span when the delivery report arrives.
+/// A `DeliveryFuture` that ends the record's PRODUCER span when the delivery report arrives:
+/// an [`mqtrace::instrument::Answer`] (see there for the behaviour when awaited, polled again, or dropped).
 ///
-/// It resolves to exactly what rdkafka's `DeliveryFuture` resolves to. Dropped before that
-/// inside a Tokio runtime, it keeps waiting for the report in a task of the runtime `R`, so
-/// the span still ends at the broker's answer; elsewhere the span ends at the drop, with the
-/// event `mqtrace.send.abandoned`.
+/// It resolves to exactly what rdkafka's `DeliveryFuture` resolves to. Polled again after it
+/// resolved, it resolves at once to `Err(Canceled)` (what rdkafka returns when no report will
+/// come). Dropped before that inside a Tokio runtime, it keeps waiting for the report in a
+/// background task, so the span still ends at the broker's answer; elsewhere the span ends at
+/// the drop, with the event `mqtrace.send.abandoned` and the reason in
+/// [`mqtrace::instrument::ABANDON_REASON`].
 ///
 /// ```no_run
 /// # async fn demo(producer: mqtrace_rdkafka::TracedFutureProducer) {
 /// use rdkafka::producer::FutureRecord;
 /// if let Ok(delivery) = producer.send_result(FutureRecord::to("orders").key("k").payload("v")) {
+///     println!("trace {:?}", delivery.span_context().map(|sc| sc.trace_id()));
 ///     match delivery.await {
 ///         Ok(Ok(d)) => println!("offset {}", d.offset),
 ///         Ok(Err((e, _))) => eprintln!("failed: {e}"),
@@ -359,73 +379,4 @@ fn finish<E>(span: SendSpan, result: &Result<OwnedDeliveryResult, E>) {
 /// }
 /// # }
 /// ```
-#[must_use = "await the delivery to learn the broker's answer"]
-pub struct TracedDeliveryFuture<R: AsyncRuntime = DefaultRuntime> {
-    inner: Option<DeliveryFuture>,
-    span: Option<SendSpan>,
-    runtime: PhantomData<fn() -> R>,
-}
-
-impl<R: AsyncRuntime> std::fmt::Debug for TracedDeliveryFuture<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TracedDeliveryFuture")
-            .field("span", &self.span)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: AsyncRuntime> TracedDeliveryFuture<R> {
-    fn new(inner: DeliveryFuture, span: Option<SendSpan>) -> Self {
-        Self {
-            inner: Some(inner),
-            span,
-            runtime: PhantomData,
-        }
-    }
-
-    /// The PRODUCER span's context, while it waits for the delivery report.
-    ///
-    /// ```no_run
-    /// # fn demo(d: mqtrace_rdkafka::TracedDeliveryFuture) {
-    /// let _ = d.span_context().map(|sc| sc.trace_id());
-    /// # }
-    /// ```
-    pub fn span_context(&self) -> Option<&opentelemetry::trace::SpanContext> {
-        self.span.as_ref().map(SendSpan::span_context)
-    }
-}
-
-impl<R: AsyncRuntime> Future for TracedDeliveryFuture<R> {
-    type Output = <DeliveryFuture as Future>::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Pending;
-        };
-        let result = match Pin::new(inner).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
-        };
-        this.inner = None;
-        if let Some(span) = this.span.take() {
-            finish(span, &result);
-        }
-        Poll::Ready(result)
-    }
-}
-
-impl<R: AsyncRuntime> Drop for TracedDeliveryFuture<R> {
-    fn drop(&mut self) {
-        let (Some(inner), Some(span)) = (self.inner.take(), self.span.take()) else {
-            return;
-        };
-        // Spawning needs a running runtime; without one the span ends now, marked abandoned.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            R::spawn(async move {
-                let result = inner.await;
-                finish(span, &result);
-            });
-        }
-    }
-}
+pub type TracedDeliveryFuture = Answer<DeliveryFuture, DeliveryAnswer>;

@@ -4,7 +4,7 @@ mod base;
 mod future;
 
 pub use base::{TracedBaseProducer, TracedOpaque, TracedProducerContext, TracedThreadedProducer};
-pub use future::{TracedDeliveryFuture, TracedFutureProducer};
+pub use future::{DeliveryAnswer, TracedDeliveryFuture, TracedFutureProducer};
 
 use crate::SEND;
 use crate::client::{self, ClientInfo};

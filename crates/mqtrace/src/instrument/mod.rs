@@ -20,7 +20,10 @@
 //!    and hold it in a [`Processing`] inside the crate's message wrapper.
 //! 5. On settle: [`Processing::settle`] with a [`Settle`] around the client's ack future, or
 //!    a [`PendingSettle`] when the answer comes later through a callback.
-//! 6. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
+//! 6. Publish futures: wrap the client's answer future in an [`Answer`] with an
+//!    [`OnAnswer`] that ends the [`SendSpan`] from the broker's answer; message wrappers
+//!    implement [`crate::Traced`] by returning their [`Processing`].
+//! 7. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
 //!    [`Instrumentation::start_batch_send`] for a batch publish.
 //!
 //! ```
@@ -52,7 +55,8 @@ pub use crate::carrier::{HeaderExtractor, Injector, InvalidHeader};
 pub use crate::operation::{MessagingSystem, Operation, OperationType};
 pub use crate::propagation::Extracted;
 pub use crate::span::{
-    PendingSettle, ProcessSpan, Processing, Receive, SendSpan, Settle, SettleError,
+    ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer, PendingSettle, PolledAfterCompletion,
+    ProcessSpan, Processing, Receive, SendSpan, Settle, SettleError,
 };
 pub use instrumentation::{Instrumentation, InstrumentationBuilder};
 pub(crate) use instrumentation::{SpanFacts, span_name};

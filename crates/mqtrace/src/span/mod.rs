@@ -6,6 +6,7 @@
 //! Broker crates reach these types through [`crate::instrument`]; applications meet them only
 //! as the return values of the broker crates' methods.
 
+pub(crate) mod answer;
 pub(crate) mod parent;
 pub(crate) mod process;
 pub(crate) mod processing;
@@ -13,6 +14,7 @@ pub(crate) mod receive;
 pub(crate) mod send;
 pub(crate) mod settle;
 
+pub use answer::{ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer, PolledAfterCompletion};
 pub use process::ProcessSpan;
 pub use processing::Processing;
 pub use receive::Receive;

@@ -188,7 +188,7 @@ fn record_delivery(
 ///     Incoming::new(Operation::new("process", OperationType::Process), "orders", "orders"),
 ///     inst.extract(&headers),
 /// );
-/// span.instrument(async { /* the handler: its spans are children of the process span */ }).await;
+/// span.in_span(async { /* the handler: its spans are children of the process span */ }).await;
 /// let acked: Result<bool, std::io::Error> = span
 ///     .settle(Settle::new(Operation::new("ack", OperationType::Settle), Outcome::Ack), async { Ok(true) }, |r| {
 ///         r.as_ref().err().map(|e| SettleError::new("io", e))
@@ -323,11 +323,11 @@ impl ProcessSpan {
     /// # let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(Config::new());
     /// # let h: std::collections::HashMap<String, String> = Default::default();
     /// # let span = inst.start_process(Incoming::new(Operation::new("process", OperationType::Process), "q", "q"), inst.extract(&h));
-    /// let n = span.instrument(async { 40 + 2 }).await;
+    /// let n = span.in_span(async { 40 + 2 }).await;
     /// assert_eq!(n, 42);
     /// # }
     /// ```
-    pub fn instrument<F: Future>(&self, fut: F) -> WithContext<F> {
+    pub fn in_span<F: Future>(&self, fut: F) -> WithContext<F> {
         fut.with_context(self.cx.clone())
     }
 

@@ -14,7 +14,8 @@ use std::sync::{Mutex, PoisonError};
 /// span's context, which outlives the settle (handlers keep running inside it).
 ///
 /// Broker crates embed one in their message type (`TracedDelivery`, `TracedMessage`,
-/// `TracedHandler`) and settle through it, so the settle logic is the same everywhere. Settling
+/// `TracedHandler`), implement [`crate::Traced`] over it (which gives the message its
+/// accessors) and settle through it, so the settle logic is the same everywhere. Settling
 /// takes the span out: the first settle is recorded, later ones only run the broker's operation.
 ///
 /// ```
@@ -111,7 +112,7 @@ impl Processing {
         self.slot().is_none()
     }
 
-    /// Runs `fut` inside the process span (see [`ProcessSpan::instrument`]).
+    /// Runs `fut` inside the process span (see [`ProcessSpan::in_span`]).
     ///
     /// See the example on [`Processing`].
     pub fn in_span<F: Future>(&self, fut: F) -> WithContext<F> {
