@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: broker addresses, connections that fail loudly
-//! with the command that starts the broker, unique names, bounded waits.
+//! with the command that starts the broker, unique names, bounded waits; [`support`] holds
+//! what every broker's tests use the same way.
 //!
 //! ```
 //! assert!(mqtrace_integration_tests::amqp_url().starts_with("amqp://"));
@@ -7,6 +8,7 @@
 
 pub mod kafka;
 pub mod pubsub;
+pub mod support;
 
 use futures_util::StreamExt;
 use lapin::ConnectionProperties;

@@ -9,11 +9,12 @@
 use futures_util::StreamExt;
 use mqtrace::Outcome;
 use mqtrace::attributes as attr;
-use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace_integration_tests::kafka::{
     self, client_config, consumer, consumer_config, consumer_with, create_topic, first_server,
     next_message, try_kafka,
 };
+use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::{WAIT, unique};
 use mqtrace_rdkafka::{
     CommitReporting, TracedBaseConsumer, TracedBaseProducer, TracedFutureProducer, TracedMessage,
@@ -21,10 +22,7 @@ use mqtrace_rdkafka::{
 };
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{
-    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
-    TracerProvider,
-};
+use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -36,25 +34,8 @@ use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(120), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 120 s");
-    }
-}
-
-async fn wait(t: &TestTelemetry, name: &str, count: usize) -> Spans {
-    t.wait_for(|s| s.named(name).len() >= count, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
-}
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1198,86 +1179,17 @@ async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_
     .await;
 }
 
-/// The venv's python, from `scripts/interop-venv.sh` (it creates the venv with the pinned
-/// `integration-tests/interop/requirements-*.txt` on first use), run once per test process.
-fn venv_python(root: &std::path::Path) -> Result<String, String> {
-    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
-                .output()
-                .map_err(|e| format!("scripts/interop-venv.sh does not run: {e}"))?;
-            if !venv.status.success() {
-                return Err(format!(
-                    "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
-                    String::from_utf8_lossy(&venv.stderr)
-                ));
-            }
-            Ok(String::from_utf8_lossy(&venv.stdout).trim().to_owned())
-        })
-        .clone()
-}
-
 /// Runs `integration-tests/interop/kafka_peer.py` (confluent-kafka with OpenTelemetry's
 /// confluent-kafka instrumentation) with `args` against the test broker and returns its JSON.
 async fn python_peer(args: &[&str]) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let run = tokio::task::spawn_blocking(move || {
-        let python = venv_python(&root)?;
-        std::process::Command::new(python)
-            .arg(root.join("integration-tests/interop/kafka_peer.py"))
-            .args(&args)
-            .env("KAFKA_BOOTSTRAP_SERVERS", kafka::bootstrap_servers())
-            .output()
-            .map_err(|e| format!("the python peer does not run: {e}"))
-    });
     // The venv may be created on first use; the peer itself waits 20 s at most.
-    let out = match tokio::time::timeout(Duration::from_secs(100), run).await {
-        Ok(Ok(Ok(out))) => out,
-        Ok(Ok(Err(e))) => panic!("{e}"),
-        Ok(Err(e)) => panic!("python peer task: {e}"),
-        Err(_) => panic!("the python peer did not finish within 100 s"),
-    };
-    assert!(
-        out.status.success(),
-        "python peer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "python peer printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn python_span<'a>(peer: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| {
-            spans
-                .iter()
-                .find(|s| s["kind"] == kind && s["name"] == name)
-        })
-        .unwrap_or_else(|| panic!("no {kind} span {name:?} from the python peer: {peer}"))
-}
-
-fn python_context(span: &serde_json::Value) -> SpanContext {
-    let hex = |key: &str| {
-        span[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {key} in {span}"))
-            .to_owned()
-    };
-    SpanContext::new(
-        TraceId::from_hex(&hex("trace_id")).expect("hex trace id"),
-        SpanId::from_hex(&hex("span_id")).expect("hex span id"),
-        TraceFlags::SAMPLED,
-        true,
-        Default::default(),
+    support::python_peer(
+        "kafka_peer.py",
+        args,
+        &[("KAFKA_BOOTSTRAP_SERVERS", kafka::bootstrap_servers())],
+        Duration::from_secs(100),
     )
+    .await
 }
 
 /// Python's confluent-kafka instrumentation (0.66b1) and mqtrace read each other's context.
@@ -1379,12 +1291,6 @@ mod retries {
     use mqtrace_rdkafka::{KafkaHeaders, RetryTopics};
     use rdkafka::topic_partition_list::TopicPartitionList;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     /// A new topic of `partitions` partitions, a traced producer, and the topic's retry topics.
     async fn declared(

@@ -10,6 +10,7 @@ use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace::w3c;
 use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
+use mqtrace_integration_tests::support::{fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::unique;
 use mqtrace_pubsub::attributes as ps;
 use mqtrace_pubsub::{
@@ -22,18 +23,7 @@ use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
     TracerProvider,
 };
-use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(120), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 120 s");
-    }
-}
 
 /// A fresh tracer provider, the emulator, and a topic with one subscription on it.
 struct Setup {
@@ -104,10 +94,7 @@ impl Setup {
     }
 
     async fn wait(&self, name: &str, count: usize) -> Spans {
-        self.t
-            .wait_for(|s| s.named(name).len() >= count, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
+        wait(&self.t, name, count).await
     }
 }
 
@@ -647,31 +634,6 @@ async fn a_process_span_started_in_an_ambient_span_is_its_child_and_links_the_cr
     .await;
 }
 
-fn python_span<'a>(
-    peer: &'a serde_json::Value,
-    kind: &str,
-    name_ends: &str,
-) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| {
-            spans.iter().find(|s| {
-                s["kind"] == kind && s["name"].as_str().is_some_and(|n| n.ends_with(name_ends))
-            })
-        })
-        .unwrap_or_else(|| panic!("no {kind} span '* {name_ends}' from the python peer: {peer}"))
-}
-
-fn span_context_of(py: &serde_json::Value) -> SpanContext {
-    SpanContext::new(
-        TraceId::from_hex(py["trace_id"].as_str().expect("trace id")).expect("hex"),
-        SpanId::from_hex(py["span_id"].as_str().expect("span id")).expect("hex"),
-        TraceFlags::SAMPLED,
-        true,
-        Default::default(),
-    )
-}
-
 /// Google's Python client (OpenTelemetry tracing on) publishes; we subscribe.
 #[tokio::test]
 async fn python_google_client_publish_is_continued_by_our_subscriber() {
@@ -681,7 +643,7 @@ async fn python_google_client_publish_is_continued_by_our_subscriber() {
             mqtrace_integration_tests::pubsub::python_peer(&s.ps.emulator, "publish", &s.topic)
                 .await;
         let py_create = python_span(&peer, "PRODUCER", " create");
-        let py_context = span_context_of(py_create);
+        let py_context = python_context(py_create);
 
         let mut stream = s.stream(&s.sub).await;
         let (message, handler) = next_message(&mut stream).await;
@@ -842,12 +804,6 @@ mod retries {
     use mqtrace_pubsub::{RetryError, RetryStream, RetryTopics, TracedHandler};
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     /// A topic and its subscription, with the subscription's retry topic and subscription and a
     /// dead-letter topic and subscription.

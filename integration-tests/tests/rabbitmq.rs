@@ -10,8 +10,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use mqtrace::attributes as attr;
-use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace::{Config, Outcome, ParentPolicy, Propagation, Trust};
+use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
 use mqtrace_lapin::{TracedChannel, TracedConsumer};
 use opentelemetry::baggage::BaggageExt;
@@ -20,18 +21,7 @@ use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
-use std::future::Future;
 use std::time::Duration;
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(90), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 90 s");
-    }
-}
 
 /// Queues clean themselves up a minute after the test stops using them.
 fn expiring(mut args: FieldTable) -> FieldTable {
@@ -114,12 +104,6 @@ async fn publish_raw(ch: &Channel, queue: &str, body: &[u8], props: BasicPropert
     .expect("basic_publish")
     .await
     .expect("confirm");
-}
-
-async fn wait(t: &TestTelemetry, name: &str, count: usize) -> Spans {
-    t.wait_for(|s| s.named(name).len() >= count, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
 }
 
 fn header_text(props: &BasicProperties, key: &str) -> Option<String> {
@@ -1196,41 +1180,14 @@ async fn json_envelope_carries_context_through_the_payload() {
 
 /// Runs the Python peer (pika + OpenTelemetry's pika instrumentation) and returns its JSON.
 async fn python_peer(mode: &str, queue: &str) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let (mode, queue) = (mode.to_owned(), queue.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
-            .output()
-            .expect("scripts/interop-venv.sh runs");
-        assert!(
-            venv.status.success(),
-            "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
-            String::from_utf8_lossy(&venv.stderr)
-        );
-        let python = String::from_utf8_lossy(&venv.stdout).trim().to_owned();
-        std::process::Command::new(python)
-            .arg(root.join("integration-tests/interop/rabbitmq_peer.py"))
-            .args([&mode, &queue])
-            .env("AMQP_URL", mqtrace_integration_tests::amqp_url())
-            .output()
-            .expect("python peer runs")
-    })
+    // The venv may be created on first use (pip install, under a minute here).
+    support::python_peer(
+        "rabbitmq_peer.py",
+        &[mode, queue],
+        &[("AMQP_URL", mqtrace_integration_tests::amqp_url())],
+        Duration::from_secs(300),
+    )
     .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "python peer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python peer prints JSON")
-}
-
-fn python_span<'a>(peer: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| spans.iter().find(|s| s["kind"] == kind))
-        .unwrap_or_else(|| panic!("no {kind} span from the python peer: {peer}"))
 }
 
 #[tokio::test]
@@ -1245,20 +1202,14 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
         let from_py = unique("from-python");
         declare_queue(&ch, &from_py, FieldTable::default()).await;
         let peer = python_peer("publish", &from_py).await;
-        let py_send = python_span(&peer, "PRODUCER");
+        let py_send = python_span(&peer, "PRODUCER", "");
         let mut consumer = consume(&ch, &from_py).await;
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, b"from python");
         d.ack(BasicAckOptions::default()).await.expect("ack");
         let spans = wait(&t, &format!("ack {from_py}"), 1).await;
         let process = spans.one(&format!("process {from_py}"));
-        let py_context = SpanContext::new(
-            TraceId::from_hex(py_send["trace_id"].as_str().expect("trace id")).expect("hex"),
-            SpanId::from_hex(py_send["span_id"].as_str().expect("span id")).expect("hex"),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        );
+        let py_context = python_context(py_send);
         process.assert_parent_context(&py_context);
         process.assert_links_to(&py_context);
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
@@ -1269,7 +1220,7 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
         publish(&ch, "", &to_py, b"from rust", BasicProperties::default()).await;
         let peer = python_peer("consume", &to_py).await;
         assert_eq!(peer["body"], "from rust");
-        let py_receive = python_span(&peer, "CONSUMER");
+        let py_receive = python_span(&peer, "CONSUMER", "");
         let spans = wait(&t, &format!("publish {to_py}"), 1).await;
         let publish = spans.one(&format!("publish {to_py}"));
         assert_eq!(
@@ -1287,16 +1238,10 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
 
 mod retries {
     use super::*;
-    use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+    use mqtrace::retry::{Decision, HandlerError};
     use mqtrace_lapin::RetryQueues;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     async fn cleanup(ch: &TracedChannel, q: &str, max_attempts: u32) {
         let mut names = vec![format!("{q}.dlq")];
