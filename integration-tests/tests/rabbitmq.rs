@@ -20,7 +20,7 @@ use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, Value};
 use std::time::Duration;
 
 /// Queues clean themselves up a minute after the test stops using them.
@@ -203,11 +203,11 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             (ack, "ack", "settle", dest.clone()),
         ] {
             span.assert_attr(attr::MESSAGING_SYSTEM, "rabbitmq");
-            span.assert_attr(attr::MESSAGING_OPERATION_NAME, op);
-            span.assert_attr(attr::MESSAGING_OPERATION_TYPE, ty);
-            span.assert_attr(attr::MESSAGING_DESTINATION_NAME, &d);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_NAME, op);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_TYPE, ty);
+            span.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &d);
             span.assert_attr(attr::SERVER_ADDRESS, "127.0.0.1");
-            span.assert_attr(attr::SERVER_PORT, "5672");
+            span.assert_attr_i64(attr::SERVER_PORT, 5672);
             assert!(
                 !span.is_error(),
                 "{} is an error: {:?}",
@@ -222,11 +222,11 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             // Body size is opt-in.
             assert!(span.attr(attr::MESSAGING_MESSAGE_BODY_SIZE).is_none());
         }
-        process.assert_attr(
+        process.assert_attr_i64(
             attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-            &delivery.delivery_tag.to_string(),
+            i64::try_from(delivery.delivery_tag).expect("a delivery tag fits an i64"),
         );
-        process.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        process.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
         process.assert_attr(attr::OUTCOME, "ack");
         ack.assert_attr(attr::OUTCOME, "ack");
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
@@ -238,17 +238,12 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             let points = t.metric(name);
             let p = points
                 .iter()
-                .find(|p| {
-                    p.attributes
-                        .get(attr::MESSAGING_OPERATION_NAME)
-                        .map(String::as_str)
-                        == Some(op)
-                })
+                .find(|p| p.attr_str(attr::MESSAGING_OPERATION_NAME) == Some(op))
                 .unwrap_or_else(|| panic!("no {name} point for {op}: {points:?}"));
             assert_eq!(p.value, 1.0, "{name} {op}");
-            assert_eq!(p.attributes[attr::MESSAGING_DESTINATION_NAME], d);
-            assert_eq!(p.attributes[attr::MESSAGING_SYSTEM], "rabbitmq");
-            assert_eq!(p.attributes[attr::SERVER_PORT], "5672");
+            assert_eq!(p.attr_str(attr::MESSAGING_DESTINATION_NAME), Some(d));
+            assert_eq!(p.attr_str(attr::MESSAGING_SYSTEM), Some("rabbitmq"));
+            assert_eq!(p.attr(attr::SERVER_PORT), Some(&Value::I64(5672)));
             assert!(!p.attributes.contains_key(attr::ERROR_TYPE));
         };
         let published = format!("{ex}:created");
@@ -294,8 +289,8 @@ async fn default_exchange_names_and_opt_in_body_size() {
         let process = spans.one(&format!("process {q}"));
         process.assert_child_of(publish);
         for s in [publish, process] {
-            s.assert_attr(attr::MESSAGING_DESTINATION_NAME, &q);
-            s.assert_attr(attr::MESSAGING_MESSAGE_BODY_SIZE, "5");
+            s.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &q);
+            s.assert_attr_i64(attr::MESSAGING_MESSAGE_BODY_SIZE, 5);
         }
     })
     .await;
@@ -358,7 +353,7 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
         let returned = spans.one(&format!("publish {nowhere}"));
         assert!(returned.is_error());
         returned.assert_attr(attr::ERROR_TYPE, "NO_ROUTE");
-        returned.assert_attr("mqtrace.rabbitmq.return.reply_code", "312");
+        returned.assert_attr_i64("mqtrace.rabbitmq.return.reply_code", 312);
         let full_spans = spans.named(&format!("publish {full}"));
         assert_eq!(full_spans.iter().filter(|s| !s.is_error()).count(), 1);
         let nacked = full_spans
@@ -370,7 +365,7 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
         let sent = t.metric("messaging.client.sent.messages");
         let to_full: Vec<_> = sent
             .iter()
-            .filter(|p| p.attributes[attr::MESSAGING_DESTINATION_NAME] == full)
+            .filter(|p| p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(full.as_str()))
             .collect();
         assert_eq!(to_full.len(), 2, "{sent:?}");
         assert!(
@@ -378,8 +373,11 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
                 .iter()
                 .any(|p| p.value == 1.0 && !p.attributes.contains_key(attr::ERROR_TYPE))
         );
-        assert!(to_full.iter().any(|p| p.value == 1.0
-            && p.attributes.get(attr::ERROR_TYPE).map(String::as_str) == Some("nack")));
+        assert!(
+            to_full
+                .iter()
+                .any(|p| p.value == 1.0 && p.attr_str(attr::ERROR_TYPE) == Some("nack"))
+        );
     })
     .await;
 }
@@ -414,17 +412,17 @@ async fn nack_with_requeue_is_redelivered_as_attempt_two_in_the_same_trace() {
         for p in &processes {
             p.assert_child_of(publish);
         }
-        let by_attempt = |n: &str| {
+        let by_attempt = |n: i64| {
             *processes
                 .iter()
-                .find(|p| p.attr_str(attr::DELIVERY_ATTEMPT).as_deref() == Some(n))
+                .find(|p| p.attr_i64(attr::DELIVERY_ATTEMPT) == Some(n))
                 .unwrap_or_else(|| panic!("no process span with attempt {n}"))
         };
-        let (p1, p2) = (by_attempt("1"), by_attempt("2"));
+        let (p1, p2) = (by_attempt(1), by_attempt(2));
         p1.assert_attr(attr::OUTCOME, "requeue");
         assert!(p1.is_error(), "a requeued attempt did not succeed");
         p2.assert_attr(attr::OUTCOME, "ack");
-        p2.assert_attr(attr::DELIVERY_REDELIVERED, "true");
+        p2.assert_attr_bool(attr::DELIVERY_REDELIVERED, true);
         spans.one(&format!("nack {q}")).assert_child_of(p1);
         spans.one(&format!("ack {q}")).assert_child_of(p2);
     })
@@ -482,8 +480,8 @@ async fn dead_lettered_message_keeps_its_trace_and_x_death_is_read_back() {
         // The dead-letter consumer continues the same trace: RabbitMQ keeps the headers.
         dead.assert_child_of(publish);
         dead.assert_attr(attr::DEAD_LETTER_REASON, "rejected");
-        dead.assert_attr(attr::DEAD_LETTER_SOURCE, &q);
-        dead.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        dead.assert_attr_str(attr::DEAD_LETTER_SOURCE, &q);
+        dead.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
         dead.assert_attr(attr::OUTCOME, "ack");
     })
     .await;
@@ -772,7 +770,7 @@ async fn malformed_context_gives_a_new_root_with_the_reason_and_the_message_arri
                 spans
                     .named(&format!("process {q}"))
                     .iter()
-                    .any(|p| p.attr_str(attr::CONTEXT_ERROR).as_deref() == Some(*want)),
+                    .any(|p| p.attr_str(attr::CONTEXT_ERROR) == Some(*want)),
                 "case {label}: no span recorded {want:?}"
             );
         }
@@ -929,7 +927,7 @@ async fn always_link_policy_and_untrusted_sources_only_link_and_drop_baggage() {
             process.assert_links_to(&publish.span_context);
             if label == "untrusted" {
                 assert_eq!(tenant, None, "untrusted baggage reached the handler");
-                process.assert_attr(attr::CONTEXT_UNTRUSTED, "true");
+                process.assert_attr_bool(attr::CONTEXT_UNTRUSTED, true);
             } else {
                 assert_eq!(tenant.as_deref(), Some("acme"), "trusted baggage is kept");
             }
@@ -1316,7 +1314,7 @@ mod retries {
                     publish.span_context.trace_id(),
                     "one trace"
                 );
-                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+                a.assert_attr_i64(attr::RETRY_MAX_ATTEMPTS, 5);
             }
             attempts[0].assert_child_of(publish);
             attempts[0].assert_attr(attr::OUTCOME, "retry");
@@ -1448,7 +1446,7 @@ mod retries {
             let permanent = spans
                 .named(&format!("process {q}"))
                 .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
                 .expect("permanent failure span");
             permanent.assert_attr(attr::OUTCOME, "dead_letter");
             permanent.assert_attr(
