@@ -10,43 +10,14 @@ spans it exported (with their links) as one JSON object on stdout.
 KAFKA_BOOTSTRAP_SERVERS names the broker (default 127.0.0.1:9092).
 """
 
-import json
 import os
 import sys
 import time
 
 from confluent_kafka import Consumer, Producer
-from opentelemetry import trace
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-WAIT_S = 20
-
-
-def context_json(ctx):
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
-
-
-def spans_json(exporter, extra):
-    out = []
-    for s in exporter.get_finished_spans():
-        out.append(
-            {
-                "name": s.name,
-                "kind": s.kind.name,
-                **context_json(s.get_span_context()),
-                "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
-                "links": [context_json(link.context) for link in s.links],
-            }
-        )
-    return json.dumps({"spans": out, **extra})
-
-
-def fail(message):
-    print(json.dumps({"error": message}))
-    sys.exit(1)
+from peer_common import WAIT_S, fail, in_memory_tracing, spans_json
 
 
 def header_json(headers):
@@ -64,10 +35,7 @@ def header_json(headers):
 def main():
     mode, topic = sys.argv[1], sys.argv[2]
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    provider, exporter = in_memory_tracing()
     instrumentor = ConfluentKafkaInstrumentor()
 
     extra = {}

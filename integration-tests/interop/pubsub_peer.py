@@ -8,51 +8,19 @@ named by PUBSUB_EMULATOR_HOST, and prints the spans it exported as one JSON obje
     python pubsub_peer.py subscribe projects/P/subscriptions/S       # receive and ack one
 """
 
-import json
 import sys
 import threading
 import time
 
 from google.cloud import pubsub_v1
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-WAIT_S = 20
-
-
-def ids(ctx):
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
-
-
-def spans_json(exporter, extra):
-    out = []
-    for s in exporter.get_finished_spans():
-        out.append(
-            {
-                "name": s.name,
-                "kind": s.kind.name,
-                **ids(s.get_span_context()),
-                "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
-                "links": [ids(l.context) for l in s.links],
-                "attributes": {k: str(v) for k, v in (s.attributes or {}).items()},
-            }
-        )
-    return json.dumps({"spans": out, **extra})
-
-
-def fail(message):
-    print(json.dumps({"error": message}))
-    sys.exit(1)
+from peer_common import WAIT_S, fail, in_memory_tracing, spans_json
 
 
 def main():
     mode, name = sys.argv[1], sys.argv[2]
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    provider, exporter = in_memory_tracing()
 
     extra = {}
     if mode == "publish":

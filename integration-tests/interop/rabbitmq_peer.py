@@ -7,40 +7,18 @@ the way a Python service would, and prints the spans it exported as one JSON obj
     python rabbitmq_peer.py consume QUEUE     # consume and ack one message from QUEUE
 """
 
-import json
 import os
 import sys
 
 import pika
-from opentelemetry import trace
 from opentelemetry.instrumentation.pika import PikaInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-
-def spans_json(exporter, extra):
-    out = []
-    for s in exporter.get_finished_spans():
-        ctx = s.get_span_context()
-        out.append(
-            {
-                "name": s.name,
-                "kind": s.kind.name,
-                "trace_id": format(ctx.trace_id, "032x"),
-                "span_id": format(ctx.span_id, "016x"),
-                "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
-            }
-        )
-    return json.dumps({"spans": out, **extra})
+from peer_common import WAIT_S, fail, in_memory_tracing, spans_json
 
 
 def main():
     mode, queue = sys.argv[1], sys.argv[2]
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    provider, exporter = in_memory_tracing()
 
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -59,11 +37,10 @@ def main():
             ch.stop_consuming()
 
         channel.basic_consume(queue, on_message)
-        connection.call_later(20, channel.stop_consuming)
+        connection.call_later(WAIT_S, channel.stop_consuming)
         channel.start_consuming()
         if "body" not in extra:
-            print(json.dumps({"error": f"no message on {queue} within 20 s"}))
-            sys.exit(1)
+            fail(f"no message on {queue} within {WAIT_S} s")
     else:
         sys.exit(f"unknown mode {mode}")
     connection.close()

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: broker addresses, connections that fail loudly
-//! with the command that starts the broker, unique names, bounded waits.
+//! with the command that starts the broker, unique names, bounded waits; [`support`] holds
+//! what every broker's tests use the same way.
 //!
 //! ```
 //! assert!(mqtrace_integration_tests::amqp_url().starts_with("amqp://"));
@@ -7,6 +8,7 @@
 
 pub mod kafka;
 pub mod pubsub;
+pub mod support;
 
 use futures_util::StreamExt;
 use lapin::ConnectionProperties;
@@ -32,10 +34,11 @@ pub fn amqp_url() -> String {
 
 /// Connects to RabbitMQ at `url`; the error names the command that starts the broker.
 ///
-/// ```no_run
-/// # async fn demo() {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Nothing listens on port 1.
 /// let err = mqtrace_integration_tests::try_rabbitmq("amqp://127.0.0.1:1/%2f", mqtrace::Config::new()).await.unwrap_err();
-/// assert!(err.contains("scripts/start-brokers.sh"));
+/// assert!(err.contains("scripts/start-brokers.sh"), "{err}");
 /// # }
 /// ```
 pub async fn try_rabbitmq(url: &str, config: Config) -> Result<TracedConnection, String> {

@@ -54,10 +54,11 @@ pub struct PubSub {
 
 /// Connects to the emulator, or says (within about 10 s) why not and how to start it.
 ///
-/// ```no_run
-/// # async fn demo() {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Nothing listens on port 1.
 /// let err = mqtrace_integration_tests::pubsub::try_pubsub(mqtrace_pubsub::Emulator::new("127.0.0.1:1")).await.unwrap_err();
-/// assert!(err.contains("scripts/start-brokers.sh pubsub"));
+/// assert!(err.contains("scripts/start-brokers.sh pubsub"), "{err}");
 /// # }
 /// ```
 pub async fn try_pubsub(emulator: Emulator) -> Result<PubSub, String> {
@@ -197,26 +198,6 @@ pub async fn next_message(stream: &mut TracedMessageStream) -> (Message, TracedH
     }
 }
 
-/// The venv's python, from `scripts/interop-venv.sh`, run once per test process (so parallel
-/// tests do not create the venv twice at the same time).
-fn venv_python(root: &std::path::Path) -> Result<String, String> {
-    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
-                .output()
-                .map_err(|e| format!("scripts/interop-venv.sh does not run: {e}"))?;
-            if !venv.status.success() {
-                return Err(format!(
-                    "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
-                    String::from_utf8_lossy(&venv.stderr)
-                ));
-            }
-            Ok(String::from_utf8_lossy(&venv.stdout).trim().to_owned())
-        })
-        .clone()
-}
-
 /// Runs the Python peer `integration-tests/interop/pubsub_peer.py` (Google's Pub/Sub client
 /// with its OpenTelemetry tracing) in the pinned venv of `scripts/interop-venv.sh`, against the
 /// emulator, and returns the JSON it prints (its spans and what it saw).
@@ -225,40 +206,18 @@ fn venv_python(root: &std::path::Path) -> Result<String, String> {
 /// # async fn demo() {
 /// let e = mqtrace_integration_tests::pubsub::emulator();
 /// let out = mqtrace_integration_tests::pubsub::python_peer(&e, "publish", "projects/p/topics/t").await;
-/// assert!(out["spans"].is_array());
+/// let spans = &out["spans"]; // the peer's spans, each with kind, name and ids
+/// # let _ = spans;
 /// # }
 /// ```
 pub async fn python_peer(emulator: &Emulator, mode: &str, name: &str) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let (host, port) = emulator.host_port();
-    let host_port = format!("{host}:{port}");
-    let (mode, name) = (mode.to_owned(), name.to_owned());
-    let run = tokio::task::spawn_blocking(move || {
-        let python = venv_python(&root)?;
-        std::process::Command::new(python)
-            .arg(root.join("integration-tests/interop/pubsub_peer.py"))
-            .args([&mode, &name])
-            .env("PUBSUB_EMULATOR_HOST", host_port)
-            .output()
-            .map_err(|e| format!("the python peer does not run: {e}"))
-    });
     // The venv may be created on first use (pip install, under a minute here).
-    let out = match tokio::time::timeout(Duration::from_secs(300), run).await {
-        Ok(Ok(Ok(out))) => out,
-        Ok(Ok(Err(e))) => panic!("{e}"),
-        Ok(Err(e)) => panic!("python peer task: {e}"),
-        Err(_) => panic!("the python peer did not finish within 300 s"),
-    };
-    assert!(
-        out.status.success(),
-        "python peer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "python peer printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    crate::support::python_peer(
+        "pubsub_peer.py",
+        &[mode, name],
+        &[("PUBSUB_EMULATOR_HOST", format!("{host}:{port}"))],
+        Duration::from_secs(300),
+    )
+    .await
 }

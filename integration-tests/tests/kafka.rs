@@ -9,11 +9,12 @@
 use futures_util::StreamExt;
 use mqtrace::Outcome;
 use mqtrace::attributes as attr;
-use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace_integration_tests::kafka::{
     self, client_config, consumer, consumer_config, consumer_with, create_topic, first_server,
     next_message, try_kafka,
 };
+use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::{WAIT, unique};
 use mqtrace_rdkafka::prelude::*;
 use mqtrace_rdkafka::{
@@ -22,10 +23,7 @@ use mqtrace_rdkafka::{
 };
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{
-    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
-    TracerProvider,
-};
+use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -37,25 +35,8 @@ use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(120), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 120 s");
-    }
-}
-
-async fn wait(t: &TestTelemetry, name: &str, count: usize) -> Spans {
-    t.wait_for(|s| s.named(name).len() >= count, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
-}
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -197,21 +178,20 @@ async fn send_then_consume_in_a_group_is_one_trace_with_exact_parents_links_name
         process.assert_kind(SpanKind::Consumer);
         commit.assert_kind(SpanKind::Client);
         let (host, port) = first_server();
-        let offset = delivery.offset.to_string();
         for (span, op, ty) in [
             (send, "send", "send"),
             (process, "process", "process"),
             (commit, "commit", "settle"),
         ] {
             span.assert_attr(attr::MESSAGING_SYSTEM, "kafka");
-            span.assert_attr(attr::MESSAGING_OPERATION_NAME, op);
-            span.assert_attr(attr::MESSAGING_OPERATION_TYPE, ty);
-            span.assert_attr(attr::MESSAGING_DESTINATION_NAME, &topic);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_NAME, op);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_TYPE, ty);
+            span.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &topic);
             span.assert_attr(attr::MESSAGING_DESTINATION_PARTITION_ID, "0");
-            span.assert_attr(attr::MESSAGING_KAFKA_OFFSET, &offset);
+            span.assert_attr_i64(attr::MESSAGING_KAFKA_OFFSET, delivery.offset);
             span.assert_attr(attr::MESSAGING_CLIENT_ID, "rdkafka");
-            span.assert_attr(attr::SERVER_ADDRESS, &host);
-            span.assert_attr(attr::SERVER_PORT, &port.to_string());
+            span.assert_attr_str(attr::SERVER_ADDRESS, &host);
+            span.assert_attr_i64(attr::SERVER_PORT, i64::from(port));
             assert!(
                 !span.is_error(),
                 "{} is an error: {:?}",
@@ -223,13 +203,13 @@ async fn send_then_consume_in_a_group_is_one_trace_with_exact_parents_links_name
         }
         assert!(send.attr(attr::MESSAGING_CONSUMER_GROUP_NAME).is_none());
         for span in [process, commit] {
-            span.assert_attr(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
+            span.assert_attr_str(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
             span.assert_attr(attr::OUTCOME, "ack");
         }
         for span in [send, process] {
             span.assert_attr(attr::MESSAGING_KAFKA_MESSAGE_KEY, "order-1");
         }
-        process.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        process.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
         assert!(
             process.end_time >= commit.end_time,
@@ -414,7 +394,7 @@ async fn malformed_context_gives_a_new_root_with_the_reason_and_the_message_arri
             let (_, _, reason) = cases.iter().find(|(n, _, _)| *n == name).expect("a case");
             span.assert_root();
             assert!(span.links.links.is_empty(), "{name}: nothing to link");
-            span.assert_attr(attr::CONTEXT_ERROR, reason);
+            span.assert_attr_str(attr::CONTEXT_ERROR, reason);
             span.assert_attr(attr::OUTCOME, "ack");
         }
     })
@@ -487,7 +467,7 @@ async fn async_commits_and_auto_commits_of_stored_offsets_are_recorded() {
         commit.assert_child_of(process);
         commit.assert_kind(SpanKind::Client);
         commit.assert_attr(attr::OUTCOME, "ack");
-        commit.assert_attr(attr::MESSAGING_KAFKA_OFFSET, &delivery.offset.to_string());
+        commit.assert_attr_i64(attr::MESSAGING_KAFKA_OFFSET, delivery.offset);
         assert!(!commit.is_error(), "{:?}", commit.status);
         assert!(
             commit
@@ -815,9 +795,9 @@ async fn tombstones_are_marked_and_keys_are_recorded_only_on_request() {
             for span in spans.named(&name) {
                 // Keys can hold personal data: not recorded unless asked for.
                 assert!(span.attr(attr::MESSAGING_KAFKA_MESSAGE_KEY).is_none());
-                match span.attr_str(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE) {
+                match span.attr_bool(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE) {
                     Some(v) => {
-                        assert_eq!(v, "true");
+                        assert!(v, "a tombstone is marked true");
                         assert_eq!(span.attr_i64(attr::MESSAGING_KAFKA_OFFSET), Some(1));
                         marked += 1;
                     }
@@ -913,7 +893,7 @@ async fn check_batches(t: &TestTelemetry, topic: &str, n: usize) {
         poll.assert_root();
         poll.assert_attr(attr::MESSAGING_OPERATION_TYPE, "receive");
         poll.assert_attr(attr::MESSAGING_OPERATION_NAME, "poll");
-        poll.assert_attr(attr::MESSAGING_DESTINATION_NAME, topic);
+        poll.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, topic);
         assert!(poll.attr(attr::MESSAGING_CONSUMER_GROUP_NAME).is_some());
     }
     let traces: HashSet<_> = sends.iter().map(|s| s.span_context.trace_id()).collect();
@@ -1121,7 +1101,7 @@ async fn two_consumers_split_the_partitions_and_a_rebalance_mid_stream_leaves_no
         assert_eq!(spans.named(&format!("send {topic}")).len(), sent);
         for p in spans.named(&process) {
             p.assert_attr(attr::OUTCOME, "ack");
-            p.assert_attr(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
+            p.assert_attr_str(attr::MESSAGING_CONSUMER_GROUP_NAME, &group);
             assert!(
                 spans.by_id(p.parent_span_id).is_some(),
                 "child of its send span"
@@ -1189,7 +1169,7 @@ async fn a_delivery_future_dropped_before_the_report_still_ends_its_span_at_the_
         let spans = wait(&t, &format!("send {topic}"), 1).await;
         let send = spans.one(&format!("send {topic}"));
         assert!(!send.is_error());
-        send.assert_attr(attr::MESSAGING_KAFKA_OFFSET, "0");
+        send.assert_attr_i64(attr::MESSAGING_KAFKA_OFFSET, 0);
         assert!(
             send.events
                 .iter()
@@ -1229,91 +1209,22 @@ async fn a_delivery_future_polled_again_resolves_at_once_and_its_span_ends_once(
         let sends = spans.named(&format!("send {topic}"));
         assert_eq!(sends.len(), 1, "{}", spans.tree());
         assert!(!sends[0].is_error());
-        sends[0].assert_attr(attr::MESSAGING_KAFKA_OFFSET, "0");
+        sends[0].assert_attr_i64(attr::MESSAGING_KAFKA_OFFSET, 0);
     })
     .await;
-}
-
-/// The venv's python, from `scripts/interop-venv.sh` (it creates the venv with the pinned
-/// `integration-tests/interop/requirements-*.txt` on first use), run once per test process.
-fn venv_python(root: &std::path::Path) -> Result<String, String> {
-    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
-                .output()
-                .map_err(|e| format!("scripts/interop-venv.sh does not run: {e}"))?;
-            if !venv.status.success() {
-                return Err(format!(
-                    "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
-                    String::from_utf8_lossy(&venv.stderr)
-                ));
-            }
-            Ok(String::from_utf8_lossy(&venv.stdout).trim().to_owned())
-        })
-        .clone()
 }
 
 /// Runs `integration-tests/interop/kafka_peer.py` (confluent-kafka with OpenTelemetry's
 /// confluent-kafka instrumentation) with `args` against the test broker and returns its JSON.
 async fn python_peer(args: &[&str]) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let run = tokio::task::spawn_blocking(move || {
-        let python = venv_python(&root)?;
-        std::process::Command::new(python)
-            .arg(root.join("integration-tests/interop/kafka_peer.py"))
-            .args(&args)
-            .env("KAFKA_BOOTSTRAP_SERVERS", kafka::bootstrap_servers())
-            .output()
-            .map_err(|e| format!("the python peer does not run: {e}"))
-    });
     // The venv may be created on first use; the peer itself waits 20 s at most.
-    let out = match tokio::time::timeout(Duration::from_secs(100), run).await {
-        Ok(Ok(Ok(out))) => out,
-        Ok(Ok(Err(e))) => panic!("{e}"),
-        Ok(Err(e)) => panic!("python peer task: {e}"),
-        Err(_) => panic!("the python peer did not finish within 100 s"),
-    };
-    assert!(
-        out.status.success(),
-        "python peer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "python peer printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn python_span<'a>(peer: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| {
-            spans
-                .iter()
-                .find(|s| s["kind"] == kind && s["name"] == name)
-        })
-        .unwrap_or_else(|| panic!("no {kind} span {name:?} from the python peer: {peer}"))
-}
-
-fn python_context(span: &serde_json::Value) -> SpanContext {
-    let hex = |key: &str| {
-        span[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {key} in {span}"))
-            .to_owned()
-    };
-    SpanContext::new(
-        TraceId::from_hex(&hex("trace_id")).expect("hex trace id"),
-        SpanId::from_hex(&hex("span_id")).expect("hex span id"),
-        TraceFlags::SAMPLED,
-        true,
-        Default::default(),
+    support::python_peer(
+        "kafka_peer.py",
+        args,
+        &[("KAFKA_BOOTSTRAP_SERVERS", kafka::bootstrap_servers())],
+        Duration::from_secs(100),
     )
+    .await
 }
 
 /// Python's confluent-kafka instrumentation (0.66b1) and mqtrace read each other's context.
@@ -1415,12 +1326,6 @@ mod retries {
     use mqtrace_rdkafka::{KafkaHeaders, RetryTopics};
     use rdkafka::topic_partition_list::TopicPartitionList;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     /// A new topic of `partitions` partitions, a traced producer, and the topic's retry topics.
     async fn declared(
@@ -1593,14 +1498,14 @@ mod retries {
                     send.span_context.trace_id(),
                     "one trace"
                 );
-                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+                a.assert_attr_i64(attr::RETRY_MAX_ATTEMPTS, 5);
             }
             attempts[0].assert_child_of(send);
             attempts[0].assert_attr(attr::OUTCOME, "retry");
             attempts[1].assert_attr(attr::OUTCOME, "retry");
             attempts[2].assert_attr(attr::OUTCOME, "ack");
-            attempts[0].assert_attr(attr::RETRY_DELAY, "0.2");
-            attempts[1].assert_attr(attr::RETRY_DELAY, "0.4");
+            attempts[0].assert_attr(attr::RETRY_DELAY, 0.2_f64);
+            attempts[1].assert_attr(attr::RETRY_DELAY, 0.4_f64);
             // The consumer of a retry topic waited for the copy, inside its process span.
             for (a, delay) in [(attempts[1], 0.2), (attempts[2], 0.4)] {
                 let wait = a
@@ -1651,7 +1556,7 @@ mod retries {
             ] {
                 let commit = spans.one(&format!("commit {name}"));
                 commit.assert_child_of(attempt);
-                commit.assert_attr(attr::OUTCOME, outcome);
+                commit.assert_attr_str(attr::OUTCOME, outcome);
             }
             for n in 1..3 {
                 let resend = spans.one(&format!("send {topic}.retry.{}", n + 1));
@@ -1784,7 +1689,7 @@ mod retries {
             let permanent = spans
                 .named(&format!("process {topic}"))
                 .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
                 .expect("the permanent failure's span");
             permanent.assert_attr(attr::OUTCOME, "dead_letter");
             permanent.assert_attr(
@@ -1857,7 +1762,7 @@ mod retries {
                     .expect("destination");
                 let commit = spans.one(&format!("commit {destination}"));
                 commit.assert_child_of(attempt);
-                commit.assert_attr(attr::OUTCOME, outcome);
+                commit.assert_attr_str(attr::OUTCOME, outcome);
                 assert!(!commit.is_error());
             }
             assert!(spans.find(&format!("store_offset {topic}")).is_none());

@@ -10,6 +10,7 @@ use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace::w3c;
 use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
+use mqtrace_integration_tests::support::{fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::unique;
 use mqtrace_pubsub::attributes as ps;
 use mqtrace_pubsub::prelude::*;
@@ -23,18 +24,7 @@ use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, Tracer,
     TracerProvider,
 };
-use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(120), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 120 s");
-    }
-}
 
 /// A fresh tracer provider, the emulator, and a topic with one subscription on it.
 struct Setup {
@@ -105,10 +95,7 @@ impl Setup {
     }
 
     async fn wait(&self, name: &str, count: usize) -> Spans {
-        self.t
-            .wait_for(|s| s.named(name).len() >= count, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
+        wait(&self.t, name, count).await
     }
 }
 
@@ -197,21 +184,21 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
         let (host, port) = s.ps.emulator.host_port();
         for span in [create, process, ack] {
             span.assert_attr(attr::MESSAGING_SYSTEM, "gcp_pubsub");
-            span.assert_attr(attr::SERVER_ADDRESS, host);
-            span.assert_attr(attr::SERVER_PORT, &port.to_string());
+            span.assert_attr_str(attr::SERVER_ADDRESS, host);
+            span.assert_attr_i64(attr::SERVER_PORT, i64::from(port));
         }
         create.assert_attr(attr::MESSAGING_OPERATION_NAME, "create");
         create.assert_attr(attr::MESSAGING_OPERATION_TYPE, "create");
-        create.assert_attr(attr::MESSAGING_DESTINATION_NAME, topic);
-        create.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        create.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, topic);
+        create.assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         assert!(create.attr(ps::ORDERING_KEY).is_none());
         assert!(!create.is_error());
 
         process.assert_attr(attr::MESSAGING_OPERATION_NAME, "subscribe");
         process.assert_attr(attr::MESSAGING_OPERATION_TYPE, "process");
-        process.assert_attr(attr::MESSAGING_DESTINATION_NAME, sub);
-        process.assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, sub);
-        process.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        process.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, sub);
+        process.assert_attr_str(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, sub);
+        process.assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         process.assert_attr(attr::OUTCOME, "ack");
         let ack_id = process.attr_str(ps::ACK_ID).expect("ack id recorded");
         assert!(!ack_id.is_empty());
@@ -223,8 +210,8 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
 
         ack.assert_attr(attr::MESSAGING_OPERATION_NAME, "ack");
         ack.assert_attr(attr::MESSAGING_OPERATION_TYPE, "settle");
-        ack.assert_attr(attr::MESSAGING_DESTINATION_NAME, sub);
-        ack.assert_attr(ps::ACK_ID, &ack_id);
+        ack.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, sub);
+        ack.assert_attr_str(ps::ACK_ID, ack_id);
         ack.assert_attr(attr::OUTCOME, "ack");
     })
     .await;
@@ -263,7 +250,7 @@ async fn a_publish_future_polled_again_says_so_at_once_not_shutdown() {
         let spans = s.wait(&format!("create {topic}"), 1).await;
         let creates = spans.named(&format!("create {topic}"));
         assert_eq!(creates.len(), 1, "{}", spans.tree());
-        creates[0].assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+        creates[0].assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         assert!(!creates[0].is_error());
     })
     .await;
@@ -398,11 +385,11 @@ async fn nack_redelivers_and_every_delivery_has_its_own_span_in_the_trace() {
         assert_eq!(processes.len(), 2, "{}", spans.tree());
         for p in &processes {
             p.assert_child_of(create);
-            p.assert_attr(attr::MESSAGING_MESSAGE_ID, &id);
+            p.assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         }
         let nacked = processes
             .iter()
-            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+            .find(|p| p.attr_str(attr::OUTCOME) == Some("requeue"))
             .expect("a requeued delivery");
         assert!(nacked.is_error());
         let nack = spans.one(&format!("nack {sub}"));
@@ -411,7 +398,7 @@ async fn nack_redelivers_and_every_delivery_has_its_own_span_in_the_trace() {
         nack.assert_attr(attr::OUTCOME, "requeue");
         let acked = processes
             .iter()
-            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("ack"))
+            .find(|p| p.attr_str(attr::OUTCOME) == Some("ack"))
             .expect("an acked delivery");
         assert!(!acked.is_error());
         spans.one(&format!("ack {sub}")).assert_child_of(acked);
@@ -438,7 +425,7 @@ async fn a_dropped_handler_is_a_requeue_with_its_reason_not_unsettled() {
         let dropped = spans
             .named(&format!("subscribe {sub}"))
             .into_iter()
-            .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+            .find(|p| p.attr_str(attr::OUTCOME) == Some("requeue"))
             .unwrap_or_else(|| panic!("no requeued delivery:\n{}", spans.tree()));
         dropped.assert_attr(
             attr::OUTCOME_REASON,
@@ -450,7 +437,7 @@ async fn a_dropped_handler_is_a_requeue_with_its_reason_not_unsettled() {
             spans
                 .all()
                 .iter()
-                .all(|s| s.attr_str(attr::OUTCOME).as_deref() != Some("unsettled"))
+                .all(|s| s.attr_str(attr::OUTCOME) != Some("unsettled"))
         );
     })
     .await;
@@ -516,14 +503,14 @@ async fn dead_letter_policy_counts_attempts_and_the_dead_letter_stays_in_the_tra
         let dead = spans.one(&format!("subscribe {dlq_sub}"));
         dead.assert_child_of(create);
         dead.assert_attr(attr::OUTCOME, "ack");
-        dead.assert_attr(attr::MESSAGING_MESSAGE_ID, &m.message_id);
+        dead.assert_attr_str(attr::MESSAGING_MESSAGE_ID, &m.message_id);
         // Pub/Sub says where it came from; the span records it.
         let source = m
             .attributes
             .get(ps::DEAD_LETTER_SOURCE_SUBSCRIPTION)
             .expect("Pub/Sub marks the dead-lettered message");
         assert_eq!(short(source), sub);
-        dead.assert_attr(attr::DEAD_LETTER_SOURCE, sub);
+        dead.assert_attr_str(attr::DEAD_LETTER_SOURCE, sub);
         dead.assert_attr(attr::DEAD_LETTER_REASON, "max_delivery_attempts");
         assert!(dead.attr(attr::DELIVERY_ATTEMPT).is_none());
     })
@@ -608,7 +595,7 @@ async fn a_flush_is_a_send_span_linking_the_create_spans_it_sends() {
         let send = spans.one(&format!("send {topic}"));
         send.assert_kind(SpanKind::Client);
         send.assert_attr(attr::MESSAGING_OPERATION_TYPE, "send");
-        send.assert_attr(attr::MESSAGING_BATCH_MESSAGE_COUNT, "3");
+        send.assert_attr_i64(attr::MESSAGING_BATCH_MESSAGE_COUNT, 3);
         for sc in &created {
             send.assert_links_to(sc);
         }
@@ -686,31 +673,6 @@ async fn a_process_span_started_in_an_ambient_span_is_the_creations_child_and_li
     .await;
 }
 
-fn python_span<'a>(
-    peer: &'a serde_json::Value,
-    kind: &str,
-    name_ends: &str,
-) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| {
-            spans.iter().find(|s| {
-                s["kind"] == kind && s["name"].as_str().is_some_and(|n| n.ends_with(name_ends))
-            })
-        })
-        .unwrap_or_else(|| panic!("no {kind} span '* {name_ends}' from the python peer: {peer}"))
-}
-
-fn span_context_of(py: &serde_json::Value) -> SpanContext {
-    SpanContext::new(
-        TraceId::from_hex(py["trace_id"].as_str().expect("trace id")).expect("hex"),
-        SpanId::from_hex(py["span_id"].as_str().expect("span id")).expect("hex"),
-        TraceFlags::SAMPLED,
-        true,
-        Default::default(),
-    )
-}
-
 /// Google's Python client (OpenTelemetry tracing on) publishes; we subscribe.
 #[tokio::test]
 async fn python_google_client_publish_is_continued_by_our_subscriber() {
@@ -720,7 +682,7 @@ async fn python_google_client_publish_is_continued_by_our_subscriber() {
             mqtrace_integration_tests::pubsub::python_peer(&s.ps.emulator, "publish", &s.topic)
                 .await;
         let py_create = python_span(&peer, "PRODUCER", " create");
-        let py_context = span_context_of(py_create);
+        let py_context = python_context(py_create);
 
         let mut stream = s.stream(&s.sub).await;
         let (message, handler) = next_message(&mut stream).await;
@@ -754,7 +716,7 @@ async fn python_google_client_publish_is_continued_by_our_subscriber() {
         );
         assert_eq!(
             py_create["attributes"]["messaging.message.id"].as_str(),
-            process.attr_str(attr::MESSAGING_MESSAGE_ID).as_deref()
+            process.attr_str(attr::MESSAGING_MESSAGE_ID)
         );
     })
     .await;
@@ -863,7 +825,7 @@ async fn a_confirmed_ack_that_fails_is_recorded_on_the_ack_and_process_spans() {
         let spans = s.wait(&format!("ack {sub}"), 1).await;
         let ack = spans.one(&format!("ack {sub}"));
         assert!(ack.is_error(), "{}", spans.tree());
-        ack.assert_attr(attr::ERROR_TYPE, &expected);
+        ack.assert_attr_str(attr::ERROR_TYPE, &expected);
         let process = spans.one(&format!("subscribe {sub}"));
         process.assert_attr(attr::OUTCOME, "ack");
         assert!(process.is_error(), "{}", spans.tree());
@@ -881,12 +843,6 @@ mod retries {
     use mqtrace_pubsub::{RetryError, RetryStream, RetryTopics, TracedHandler};
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     /// A topic and its subscription, with the subscription's retry topic and subscription and a
     /// dead-letter topic and subscription.
@@ -1068,7 +1024,7 @@ mod retries {
                     create.span_context.trace_id(),
                     "one trace"
                 );
-                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+                a.assert_attr_i64(attr::RETRY_MAX_ATTEMPTS, 5);
                 a.assert_attr(ps::ORDERING_KEY, "customer-7");
                 // The stream held each copy until it was due: no wait inside the process span.
                 assert!(
@@ -1078,7 +1034,7 @@ mod retries {
                 );
             }
             attempts[0].assert_child_of(create);
-            attempts[0].assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &sub);
+            attempts[0].assert_attr_str(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &sub);
             attempts[0].assert_attr(attr::OUTCOME, "retry");
             attempts[1].assert_attr(attr::OUTCOME, "retry");
             attempts[2].assert_attr(attr::OUTCOME, "ack");
@@ -1102,7 +1058,8 @@ mod retries {
                     .find(|c| c.parent_span_id == attempts[n - 1].span_context.span_id())
                     .unwrap_or_else(|| panic!("no copy made by attempt {n}:\n{}", spans.tree()));
                 attempts[n].assert_child_of(copy);
-                attempts[n].assert_attr(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &retry_sub);
+                attempts[n]
+                    .assert_attr_str(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, &retry_sub);
                 let prev = attempts[n]
                     .link_of_type("previous_attempt")
                     .expect("previous-attempt link");
@@ -1226,10 +1183,10 @@ mod retries {
             let permanent = r
                 .attempts(&spans)
                 .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
                 .expect("permanent failure span");
             permanent.assert_attr(attr::OUTCOME, "dead_letter");
-            permanent.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+            permanent.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
             permanent.assert_attr(
                 attr::OUTCOME_REASON,
                 "permanent failure: order has no items",
@@ -1312,7 +1269,7 @@ mod retries {
             let requeued = spans
                 .named(&format!("subscribe {sub}"))
                 .into_iter()
-                .find(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("requeue"))
+                .find(|p| p.attr_str(attr::OUTCOME) == Some("requeue"))
                 .unwrap_or_else(|| panic!("no requeued attempt:\n{}", spans.tree()));
             assert!(
                 requeued

@@ -10,8 +10,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use mqtrace::attributes as attr;
-use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
+use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace::{Config, Outcome, ParentPolicy, Propagation, Trust};
+use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
 use mqtrace_lapin::prelude::*;
 use mqtrace_lapin::{TracedChannel, TracedConsumer};
@@ -20,19 +21,8 @@ use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider,
 };
-use opentelemetry::{Context, KeyValue};
-use std::future::Future;
+use opentelemetry::{Context, KeyValue, Value};
 use std::time::Duration;
-
-/// Runs a test body with an overall time limit.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(Duration::from_secs(90), body)
-        .await
-        .is_err()
-    {
-        panic!("test did not finish within 90 s");
-    }
-}
 
 /// Queues clean themselves up a minute after the test stops using them.
 fn expiring(mut args: FieldTable) -> FieldTable {
@@ -115,12 +105,6 @@ async fn publish_raw(ch: &Channel, queue: &str, body: &[u8], props: BasicPropert
     .expect("basic_publish")
     .await
     .expect("confirm");
-}
-
-async fn wait(t: &TestTelemetry, name: &str, count: usize) -> Spans {
-    t.wait_for(|s| s.named(name).len() >= count, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("waiting for {count} span(s) {name:?}: {e}"))
 }
 
 fn header_text(props: &BasicProperties, key: &str) -> Option<String> {
@@ -220,11 +204,11 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             (ack, "ack", "settle", dest.clone()),
         ] {
             span.assert_attr(attr::MESSAGING_SYSTEM, "rabbitmq");
-            span.assert_attr(attr::MESSAGING_OPERATION_NAME, op);
-            span.assert_attr(attr::MESSAGING_OPERATION_TYPE, ty);
-            span.assert_attr(attr::MESSAGING_DESTINATION_NAME, &d);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_NAME, op);
+            span.assert_attr_str(attr::MESSAGING_OPERATION_TYPE, ty);
+            span.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &d);
             span.assert_attr(attr::SERVER_ADDRESS, "127.0.0.1");
-            span.assert_attr(attr::SERVER_PORT, "5672");
+            span.assert_attr_i64(attr::SERVER_PORT, 5672);
             assert!(
                 !span.is_error(),
                 "{} is an error: {:?}",
@@ -239,11 +223,11 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             // Body size is opt-in.
             assert!(span.attr(attr::MESSAGING_MESSAGE_BODY_SIZE).is_none());
         }
-        process.assert_attr(
+        process.assert_attr_i64(
             attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-            &delivery.delivery_tag.to_string(),
+            i64::try_from(delivery.delivery_tag).expect("a delivery tag fits an i64"),
         );
-        process.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        process.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
         process.assert_attr(attr::OUTCOME, "ack");
         ack.assert_attr(attr::OUTCOME, "ack");
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
@@ -255,17 +239,12 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             let points = t.metric(name);
             let p = points
                 .iter()
-                .find(|p| {
-                    p.attributes
-                        .get(attr::MESSAGING_OPERATION_NAME)
-                        .map(String::as_str)
-                        == Some(op)
-                })
+                .find(|p| p.attr_str(attr::MESSAGING_OPERATION_NAME) == Some(op))
                 .unwrap_or_else(|| panic!("no {name} point for {op}: {points:?}"));
             assert_eq!(p.value, 1.0, "{name} {op}");
-            assert_eq!(p.attributes[attr::MESSAGING_DESTINATION_NAME], d);
-            assert_eq!(p.attributes[attr::MESSAGING_SYSTEM], "rabbitmq");
-            assert_eq!(p.attributes[attr::SERVER_PORT], "5672");
+            assert_eq!(p.attr_str(attr::MESSAGING_DESTINATION_NAME), Some(d));
+            assert_eq!(p.attr_str(attr::MESSAGING_SYSTEM), Some("rabbitmq"));
+            assert_eq!(p.attr(attr::SERVER_PORT), Some(&Value::I64(5672)));
             assert!(!p.attributes.contains_key(attr::ERROR_TYPE));
         };
         let published = format!("{ex}:created");
@@ -311,8 +290,8 @@ async fn default_exchange_names_and_opt_in_body_size() {
         let process = spans.one(&format!("process {q}"));
         process.assert_child_of(publish);
         for s in [publish, process] {
-            s.assert_attr(attr::MESSAGING_DESTINATION_NAME, &q);
-            s.assert_attr(attr::MESSAGING_MESSAGE_BODY_SIZE, "5");
+            s.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &q);
+            s.assert_attr_i64(attr::MESSAGING_MESSAGE_BODY_SIZE, 5);
         }
     })
     .await;
@@ -375,7 +354,7 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
         let returned = spans.one(&format!("publish {nowhere}"));
         assert!(returned.is_error());
         returned.assert_attr(attr::ERROR_TYPE, "NO_ROUTE");
-        returned.assert_attr("mqtrace.rabbitmq.return.reply_code", "312");
+        returned.assert_attr_i64("mqtrace.rabbitmq.return.reply_code", 312);
         let full_spans = spans.named(&format!("publish {full}"));
         assert_eq!(full_spans.iter().filter(|s| !s.is_error()).count(), 1);
         let nacked = full_spans
@@ -387,7 +366,7 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
         let sent = t.metric("messaging.client.sent.messages");
         let to_full: Vec<_> = sent
             .iter()
-            .filter(|p| p.attributes[attr::MESSAGING_DESTINATION_NAME] == full)
+            .filter(|p| p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(full.as_str()))
             .collect();
         assert_eq!(to_full.len(), 2, "{sent:?}");
         assert!(
@@ -395,8 +374,11 @@ async fn unroutable_mandatory_message_and_broker_nack_are_recorded_as_errors() {
                 .iter()
                 .any(|p| p.value == 1.0 && !p.attributes.contains_key(attr::ERROR_TYPE))
         );
-        assert!(to_full.iter().any(|p| p.value == 1.0
-            && p.attributes.get(attr::ERROR_TYPE).map(String::as_str) == Some("nack")));
+        assert!(
+            to_full
+                .iter()
+                .any(|p| p.value == 1.0 && p.attr_str(attr::ERROR_TYPE) == Some("nack"))
+        );
     })
     .await;
 }
@@ -431,17 +413,17 @@ async fn nack_with_requeue_is_redelivered_as_attempt_two_in_the_same_trace() {
         for p in &processes {
             p.assert_child_of(publish);
         }
-        let by_attempt = |n: &str| {
+        let by_attempt = |n: i64| {
             *processes
                 .iter()
-                .find(|p| p.attr_str(attr::DELIVERY_ATTEMPT).as_deref() == Some(n))
+                .find(|p| p.attr_i64(attr::DELIVERY_ATTEMPT) == Some(n))
                 .unwrap_or_else(|| panic!("no process span with attempt {n}"))
         };
-        let (p1, p2) = (by_attempt("1"), by_attempt("2"));
+        let (p1, p2) = (by_attempt(1), by_attempt(2));
         p1.assert_attr(attr::OUTCOME, "requeue");
         assert!(p1.is_error(), "a requeued attempt did not succeed");
         p2.assert_attr(attr::OUTCOME, "ack");
-        p2.assert_attr(attr::DELIVERY_REDELIVERED, "true");
+        p2.assert_attr_bool(attr::DELIVERY_REDELIVERED, true);
         spans.one(&format!("nack {q}")).assert_child_of(p1);
         spans.one(&format!("ack {q}")).assert_child_of(p2);
     })
@@ -499,8 +481,8 @@ async fn dead_lettered_message_keeps_its_trace_and_x_death_is_read_back() {
         // The dead-letter consumer continues the same trace: RabbitMQ keeps the headers.
         dead.assert_child_of(publish);
         dead.assert_attr(attr::DEAD_LETTER_REASON, "rejected");
-        dead.assert_attr(attr::DEAD_LETTER_SOURCE, &q);
-        dead.assert_attr(attr::DELIVERY_ATTEMPT, "1");
+        dead.assert_attr_str(attr::DEAD_LETTER_SOURCE, &q);
+        dead.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
         dead.assert_attr(attr::OUTCOME, "ack");
     })
     .await;
@@ -789,7 +771,7 @@ async fn malformed_context_gives_a_new_root_with_the_reason_and_the_message_arri
                 spans
                     .named(&format!("process {q}"))
                     .iter()
-                    .any(|p| p.attr_str(attr::CONTEXT_ERROR).as_deref() == Some(*want)),
+                    .any(|p| p.attr_str(attr::CONTEXT_ERROR) == Some(*want)),
                 "case {label}: no span recorded {want:?}"
             );
         }
@@ -955,7 +937,7 @@ async fn always_link_policy_and_untrusted_sources_only_link_and_drop_baggage() {
             process.assert_links_to(&publish.span_context);
             if label == "untrusted" {
                 assert_eq!(tenant, None, "untrusted baggage reached the handler");
-                process.assert_attr(attr::CONTEXT_UNTRUSTED, "true");
+                process.assert_attr_bool(attr::CONTEXT_UNTRUSTED, true);
             } else {
                 assert_eq!(tenant.as_deref(), Some("acme"), "trusted baggage is kept");
             }
@@ -1206,41 +1188,14 @@ async fn json_envelope_carries_context_through_the_payload() {
 
 /// Runs the Python peer (pika + OpenTelemetry's pika instrumentation) and returns its JSON.
 async fn python_peer(mode: &str, queue: &str) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let (mode, queue) = (mode.to_owned(), queue.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        let venv = std::process::Command::new(root.join("scripts/interop-venv.sh"))
-            .output()
-            .expect("scripts/interop-venv.sh runs");
-        assert!(
-            venv.status.success(),
-            "scripts/interop-venv.sh failed (it needs python3 and PyPI): {}",
-            String::from_utf8_lossy(&venv.stderr)
-        );
-        let python = String::from_utf8_lossy(&venv.stdout).trim().to_owned();
-        std::process::Command::new(python)
-            .arg(root.join("integration-tests/interop/rabbitmq_peer.py"))
-            .args([&mode, &queue])
-            .env("AMQP_URL", mqtrace_integration_tests::amqp_url())
-            .output()
-            .expect("python peer runs")
-    })
+    // The venv may be created on first use (pip install, under a minute here).
+    support::python_peer(
+        "rabbitmq_peer.py",
+        &[mode, queue],
+        &[("AMQP_URL", mqtrace_integration_tests::amqp_url())],
+        Duration::from_secs(300),
+    )
     .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "python peer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python peer prints JSON")
-}
-
-fn python_span<'a>(peer: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    peer["spans"]
-        .as_array()
-        .and_then(|spans| spans.iter().find(|s| s["kind"] == kind))
-        .unwrap_or_else(|| panic!("no {kind} span from the python peer: {peer}"))
 }
 
 #[tokio::test]
@@ -1255,20 +1210,14 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
         let from_py = unique("from-python");
         declare_queue(&ch, &from_py, FieldTable::default()).await;
         let peer = python_peer("publish", &from_py).await;
-        let py_send = python_span(&peer, "PRODUCER");
+        let py_send = python_span(&peer, "PRODUCER", "");
         let mut consumer = consume(&ch, &from_py).await;
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, b"from python");
         d.ack(BasicAckOptions::default()).await.expect("ack");
         let spans = wait(&t, &format!("ack {from_py}"), 1).await;
         let process = spans.one(&format!("process {from_py}"));
-        let py_context = SpanContext::new(
-            TraceId::from_hex(py_send["trace_id"].as_str().expect("trace id")).expect("hex"),
-            SpanId::from_hex(py_send["span_id"].as_str().expect("span id")).expect("hex"),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        );
+        let py_context = python_context(py_send);
         process.assert_parent_context(&py_context);
         process.assert_links_to(&py_context);
         assert!(process.attr(attr::CONTEXT_ERROR).is_none());
@@ -1279,7 +1228,7 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
         publish(&ch, "", &to_py, b"from rust", BasicProperties::default()).await;
         let peer = python_peer("consume", &to_py).await;
         assert_eq!(peer["body"], "from rust");
-        let py_receive = python_span(&peer, "CONSUMER");
+        let py_receive = python_span(&peer, "CONSUMER", "");
         let spans = wait(&t, &format!("publish {to_py}"), 1).await;
         let publish = spans.one(&format!("publish {to_py}"));
         assert_eq!(
@@ -1297,16 +1246,10 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
 
 mod retries {
     use super::*;
-    use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+    use mqtrace::retry::{Decision, HandlerError};
     use mqtrace_lapin::RetryQueues;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::exponential(max_attempts)
-            .with_initial_delay(Duration::from_millis(50))
-            .with_jitter(0.0)
-    }
 
     async fn cleanup(ch: &TracedChannel, q: &str, max_attempts: u32) {
         let mut names = vec![format!("{q}.dlq")];
@@ -1381,7 +1324,7 @@ mod retries {
                     publish.span_context.trace_id(),
                     "one trace"
                 );
-                a.assert_attr(attr::RETRY_MAX_ATTEMPTS, "5");
+                a.assert_attr_i64(attr::RETRY_MAX_ATTEMPTS, 5);
             }
             attempts[0].assert_child_of(publish);
             attempts[0].assert_attr(attr::OUTCOME, "retry");
@@ -1513,7 +1456,7 @@ mod retries {
             let permanent = spans
                 .named(&format!("process {q}"))
                 .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE).as_deref() == Some("invalid_order"))
+                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
                 .expect("permanent failure span");
             permanent.assert_attr(attr::OUTCOME, "dead_letter");
             permanent.assert_attr(

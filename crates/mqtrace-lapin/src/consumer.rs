@@ -76,7 +76,8 @@ impl TracedConsumer {
     ///
     /// ```no_run
     /// # fn demo(c: mqtrace_lapin::TracedConsumer) {
-    /// assert_eq!(c.queue().as_str(), "orders");
+    /// let queue: &str = c.queue().as_str(); // the queue given to `basic_consume`
+    /// # let _ = queue;
     /// # }
     /// ```
     pub fn queue(&self) -> &ShortString {

@@ -240,11 +240,12 @@ impl Emulator {
     /// Use it before anything else: with a wrong endpoint the clients retry for a long time
     /// before they report an error. It needs no TLS crypto provider.
     ///
-    /// ```no_run
-    /// # async fn demo() {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Nothing listens on port 1.
     /// let e = mqtrace_pubsub::Emulator::new("127.0.0.1:1");
     /// let err = e.check("demo", std::time::Duration::from_secs(2)).await.unwrap_err();
-    /// assert!(err.to_string().contains("not reachable"));
+    /// assert!(err.to_string().contains("not reachable"), "{err}");
     /// # }
     /// ```
     pub async fn check(&self, project: &str, timeout: Duration) -> Result<(), EmulatorError> {

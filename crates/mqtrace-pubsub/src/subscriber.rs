@@ -340,7 +340,8 @@ impl TracedMessageStream {
     ///
     /// ```no_run
     /// # fn demo(s: mqtrace_pubsub::TracedMessageStream) {
-    /// assert_eq!(s.subscription(), "billing");
+    /// let name: &str = s.subscription(); // "billing" for "projects/p/subscriptions/billing"
+    /// # let _ = name;
     /// # }
     /// ```
     pub fn subscription(&self) -> &str {

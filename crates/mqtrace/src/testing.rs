@@ -41,12 +41,50 @@ pub struct TestTelemetry {
 
 /// One exported metric point: its attributes and its value (a sum's value, or a histogram's
 /// count of measurements).
+///
+/// ```
+/// use opentelemetry::Value;
+/// let p = mqtrace::testing::MetricPoint {
+///     attributes: [("server.port".to_owned(), Value::I64(5672))].into(),
+///     value: 1.0,
+/// };
+/// assert_eq!(p.attr("server.port"), Some(&Value::I64(5672)));
+/// assert_eq!(p.attr_str("server.port"), None, "an int is not a string");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
-    /// The point's attributes, formatted.
-    pub attributes: BTreeMap<String, String>,
+    /// The point's attributes, with their types.
+    pub attributes: BTreeMap<String, Value>,
     /// The sum, or the number of measurements of a histogram.
     pub value: f64,
+}
+
+impl MetricPoint {
+    /// The value of attribute `key`.
+    ///
+    /// ```
+    /// let p = mqtrace::testing::MetricPoint { attributes: Default::default(), value: 0.0 };
+    /// assert!(p.attr("error.type").is_none());
+    /// ```
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes.get(key)
+    }
+
+    /// The value of attribute `key` if it is a string (`None` for any other type).
+    ///
+    /// ```
+    /// let p = mqtrace::testing::MetricPoint {
+    ///     attributes: [("error.type".to_owned(), "nack".into())].into(),
+    ///     value: 1.0,
+    /// };
+    /// assert_eq!(p.attr_str("error.type"), Some("nack"));
+    /// ```
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
 }
 
 impl Default for TestTelemetry {
@@ -105,7 +143,7 @@ impl TestTelemetry {
             .unwrap_or_default();
         let mut out = Vec::new();
         let attrs = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-            it.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            it.map(|kv| (kv.key.to_string(), kv.value.clone()))
                 .collect::<BTreeMap<_, _>>()
         };
         for rm in exported.iter().rev().take(1) {
@@ -446,24 +484,44 @@ impl Spans {
     }
 }
 
-/// Assertions and lookups on one exported span.
+/// Assertions and lookups on one exported span. Attribute lookups and assertions are typed:
+/// an integer attribute is not equal to a string that reads the same.
 ///
 /// ```
+/// use mqtrace::testing::{SpanDataExt, TestTelemetry};
+/// use opentelemetry::KeyValue;
+/// use opentelemetry::trace::{Tracer, TracerProvider, Span};
+/// let t = TestTelemetry::new();
+/// let mut s = t.provider().tracer("doc").start("s");
+/// s.set_attribute(KeyValue::new("k", "v"));
+/// s.set_attribute(KeyValue::new("port", 5672_i64));
+/// s.end();
+/// let span = t.spans().one("s").clone();
+/// assert_eq!(span.attr_str("k"), Some("v"));
+/// span.assert_attr("k", "v");
+/// span.assert_attr_i64("port", 5672);
+/// assert_eq!(span.attr_str("port"), None, "an int is not a string");
+/// ```
+///
+/// ```should_panic
 /// use mqtrace::testing::{SpanDataExt, TestTelemetry};
 /// use opentelemetry::trace::{Tracer, TracerProvider, Span};
 /// let t = TestTelemetry::new();
 /// let mut s = t.provider().tracer("doc").start("s");
-/// s.set_attribute(opentelemetry::KeyValue::new("k", "v"));
+/// s.set_attribute(opentelemetry::KeyValue::new("port", "5672"));
 /// s.end();
-/// assert_eq!(t.spans().one("s").attr_str("k").as_deref(), Some("v"));
+/// // A string that reads as the number is not the number.
+/// t.spans().one("s").assert_attr_i64("port", 5672);
 /// ```
 pub trait SpanDataExt {
     /// The value of attribute `key`.
     fn attr(&self, key: &str) -> Option<&Value>;
-    /// The value of attribute `key` as a string (any type, formatted).
-    fn attr_str(&self, key: &str) -> Option<String>;
-    /// The value of integer attribute `key`.
+    /// The value of attribute `key` if it is a string (`None` for any other type).
+    fn attr_str(&self, key: &str) -> Option<&str>;
+    /// The value of attribute `key` if it is an integer.
     fn attr_i64(&self, key: &str) -> Option<i64>;
+    /// The value of attribute `key` if it is a boolean.
+    fn attr_bool(&self, key: &str) -> Option<bool>;
     /// Panics unless this span is a direct child of `parent` (same trace, parent id).
     fn assert_child_of(&self, parent: &SpanData);
     /// Panics unless this span's parent is the (remote) span context `parent`.
@@ -478,8 +536,17 @@ pub trait SpanDataExt {
     fn link_of_type(&self, kind: &str) -> Option<&opentelemetry::trace::Link>;
     /// Panics unless this span has kind `kind`.
     fn assert_kind(&self, kind: SpanKind);
-    /// Panics unless attribute `key` formats as `value`.
-    fn assert_attr(&self, key: &str, value: &str);
+    /// Panics unless attribute `key` is exactly `value`, type included (`"3"` is not `3_i64`,
+    /// `3_i64` is not `3.0`).
+    fn assert_attr(&self, key: &str, value: impl Into<Value>);
+    /// Panics unless attribute `key` is the string `value`.
+    fn assert_attr_str(&self, key: &str, value: &str);
+    /// Panics unless attribute `key` is the integer `value`.
+    fn assert_attr_i64(&self, key: &str, value: i64);
+    /// Panics unless attribute `key` is the boolean `value`.
+    fn assert_attr_bool(&self, key: &str, value: bool);
+    /// Panics if the span has attribute `key`.
+    fn assert_no_attr(&self, key: &str);
     /// Whether the status is an error.
     fn is_error(&self) -> bool;
 }
@@ -493,13 +560,23 @@ impl SpanDataExt for SpanData {
             .map(|kv| &kv.value)
     }
 
-    fn attr_str(&self, key: &str) -> Option<String> {
-        self.attr(key).map(ToString::to_string)
+    fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }
     }
 
     fn attr_i64(&self, key: &str) -> Option<i64> {
         match self.attr(key)? {
             Value::I64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn attr_bool(&self, key: &str) -> Option<bool> {
+        match self.attr(key)? {
+            Value::Bool(v) => Some(*v),
             _ => None,
         }
     }
@@ -581,11 +658,33 @@ impl SpanDataExt for SpanData {
         assert_eq!(self.span_kind, kind, "kind of span {:?}", self.name);
     }
 
-    fn assert_attr(&self, key: &str, value: &str) {
+    fn assert_attr(&self, key: &str, value: impl Into<Value>) {
+        let want = value.into();
         assert_eq!(
-            self.attr_str(key).as_deref(),
-            Some(value),
-            "attribute {key} of span {:?}; attributes: {:?}",
+            self.attr(key),
+            Some(&want),
+            "attribute {key} of span {:?} (value and type); attributes: {:?}",
+            self.name,
+            self.attributes
+        );
+    }
+
+    fn assert_attr_str(&self, key: &str, value: &str) {
+        self.assert_attr(key, value.to_owned());
+    }
+
+    fn assert_attr_i64(&self, key: &str, value: i64) {
+        self.assert_attr(key, value);
+    }
+
+    fn assert_attr_bool(&self, key: &str, value: bool) {
+        self.assert_attr(key, value);
+    }
+
+    fn assert_no_attr(&self, key: &str) {
+        assert!(
+            self.attr(key).is_none(),
+            "span {:?} has attribute {key}; attributes: {:?}",
             self.name,
             self.attributes
         );

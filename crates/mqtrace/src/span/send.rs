@@ -253,7 +253,7 @@ mod batch_tests {
         let send = spans.one("send t");
         send.assert_kind(SpanKind::Client);
         send.assert_root();
-        send.assert_attr(attributes::MESSAGING_BATCH_MESSAGE_COUNT, "3");
+        send.assert_attr_i64(attributes::MESSAGING_BATCH_MESSAGE_COUNT, 3);
         send.assert_attr(attributes::MESSAGING_OPERATION_TYPE, "send");
         for sc in &created {
             send.assert_links_to(sc);
