@@ -561,7 +561,9 @@ async fn failing_commits_are_recorded_as_errors_on_the_mock_cluster() {
         commit.assert_child_of(process);
         assert!(commit.is_error() && process.is_error());
         commit.assert_attr(attr::ERROR_TYPE, "GroupAuthorizationFailed");
-        process.assert_attr(attr::OUTCOME, "ack");
+        // The commit failed: the message was not settled, and the process span says so.
+        process.assert_attr(attr::OUTCOME, "unsettled");
+        process.assert_attr(attr::ERROR_TYPE, "GroupAuthorizationFailed");
 
         // An auto-commit of a stored offset the broker refuses, reported by the callback.
         let t = TestTelemetry::new();

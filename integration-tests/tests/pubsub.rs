@@ -827,7 +827,9 @@ async fn a_confirmed_ack_that_fails_is_recorded_on_the_ack_and_process_spans() {
         assert!(ack.is_error(), "{}", spans.tree());
         ack.assert_attr_str(attr::ERROR_TYPE, &expected);
         let process = spans.one(&format!("subscribe {sub}"));
-        process.assert_attr(attr::OUTCOME, "ack");
+        // The ack failed: the message was not settled, and the process span says so.
+        process.assert_attr(attr::OUTCOME, "unsettled");
+        process.assert_attr_str(attr::ERROR_TYPE, &expected);
         assert!(process.is_error(), "{}", spans.tree());
     })
     .await;

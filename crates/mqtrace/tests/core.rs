@@ -870,7 +870,8 @@ mod processing {
         ack.assert_attr(attr::ERROR_TYPE, "channel_closed");
         assert!(ack.is_error());
         let process = spans.one("process orders");
-        process.assert_attr(attr::OUTCOME, "ack");
+        process.assert_attr(attr::OUTCOME, "unsettled");
+        process.assert_attr(attr::ERROR_TYPE, "channel_closed");
         assert!(
             process.is_error(),
             "the settle failed, so the processing did"

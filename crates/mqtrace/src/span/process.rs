@@ -207,6 +207,9 @@ pub struct ProcessSpan {
     attempt: Option<u32>,
     origin: Option<SpanContext>,
     drop_outcome: Outcome,
+    /// The handler's `error.type`, when [`ProcessSpan::record_error`] was called: a failed
+    /// outcome reports it (on the span and the metric) rather than the outcome's name.
+    handler_error: std::sync::OnceLock<Cow<'static, str>>,
     done: bool,
 }
 
@@ -239,6 +242,7 @@ impl ProcessSpan {
             attempt,
             origin,
             drop_outcome: Outcome::Unsettled,
+            handler_error: std::sync::OnceLock::new(),
             done: false,
         }
     }
@@ -360,10 +364,12 @@ impl ProcessSpan {
     /// span.record_error("validation", &"amount must be positive");
     /// ```
     pub fn record_error(&self, error_type: impl Into<Cow<'static, str>>, error: &dyn fmt::Display) {
+        let error_type = error_type.into();
+        let _ = self.handler_error.set(error_type.clone());
         let span = self.cx.span();
         if span.is_recording() {
             let message = error.to_string();
-            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.into()));
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type));
             span.add_event(
                 "exception",
                 vec![KeyValue::new("exception.message", message.clone())],
@@ -436,12 +442,26 @@ impl ProcessSpan {
             return;
         }
         self.done = true;
+        // A settle that failed did not settle: the message is still the broker's (it comes
+        // back), so the outcome says so, whatever was intended.
+        let (outcome, reason) = match &error {
+            Some(e) => (
+                Outcome::Unsettled,
+                Some(Cow::Owned(format!(
+                    "{} failed: {}",
+                    outcome.as_str(),
+                    e.description
+                ))),
+            ),
+            None => (outcome, reason),
+        };
+        let handler_error = self.handler_error.get().map(|t| &**t);
+        let error_type: Option<&str> = match &error {
+            Some(e) => Some(e.error_type()),
+            None if outcome.is_failure() => handler_error.or(Some(outcome.as_str())),
+            None => None,
+        };
         if let (Some(metrics), Some(m)) = (self.inst.metrics(), &self.measure) {
-            let error_type = match &error {
-                Some(e) => Some(e.error_type()),
-                None if outcome.is_failure() => Some(outcome.as_str()),
-                None => None,
-            };
             m.processed(metrics, &self.inst.common(), error_type);
         }
         let span = self.cx.span();
@@ -452,18 +472,17 @@ impl ProcessSpan {
                     .set_attributes([outcome_kv, KeyValue::new(attr::OUTCOME_REASON, r.clone())]),
                 None => span.set_attribute(outcome_kv),
             }
-            if let Some(e) = &error {
-                span.set_status(Status::error(format!(
-                    "{} failed: {}",
-                    outcome.as_str(),
-                    e.description
-                )));
-            } else if outcome.is_failure() {
+            if outcome.is_failure() {
+                // The same `error.type` as the process-duration metric's (set once: a
+                // handler error recorded it already).
+                if let Some(t) = error_type.filter(|t| Some(*t) != handler_error) {
+                    span.set_attribute(KeyValue::new(attr::ERROR_TYPE, t.to_owned()));
+                }
                 let description = match (outcome, reason) {
-                    (Outcome::Unsettled, _) => {
+                    (_, Some(r)) => r,
+                    (Outcome::Unsettled, None) => {
                         Cow::Borrowed("the message was dropped without being settled")
                     }
-                    (_, Some(r)) => r,
                     (o, None) => Cow::Borrowed(o.as_str()),
                 };
                 span.set_status(Status::error(description));

@@ -317,7 +317,48 @@ mod tests {
         commit.assert_child_of(process);
         commit.assert_attr("error.type", "NotCoordinator");
         assert!(commit.is_error() && process.is_error());
-        process.assert_attr("mqtrace.outcome", "ack");
+        // The commit failed, so the message was not settled: the outcome says so.
+        process.assert_attr("mqtrace.outcome", "unsettled");
+        process.assert_attr("error.type", "NotCoordinator");
+        process.assert_attr("mqtrace.outcome.reason", "ack failed: not the coordinator");
+    }
+
+    #[test]
+    fn a_failed_outcome_reports_the_handlers_error_type_once_else_its_own_name() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test")
+            .build(t.config().with_metrics(true));
+        let span = process(&inst);
+        span.record_error("validation", &"amount must be positive");
+        span.finish(Outcome::Requeue);
+        process(&inst).finish(Outcome::Reject);
+        let spans = t.spans();
+        let both = spans.named("process t");
+        let by_outcome = |o: &str| {
+            both.iter()
+                .find(|s| s.attr_str("mqtrace.outcome") == Some(o))
+                .copied()
+                .expect("span")
+        };
+        let requeued = by_outcome("requeue");
+        requeued.assert_attr("error.type", "validation");
+        assert_eq!(
+            requeued
+                .attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == "error.type")
+                .count(),
+            1,
+            "error.type set once"
+        );
+        by_outcome("reject").assert_attr("error.type", "reject");
+        let processed = t.metric("messaging.process.duration");
+        let mut types: Vec<_> = processed
+            .iter()
+            .filter_map(|m| m.attr_str("error.type").map(str::to_owned))
+            .collect();
+        types.sort();
+        assert_eq!(types, ["reject", "validation"]);
     }
 
     #[test]
