@@ -4,14 +4,13 @@
 
 use crate::attributes as attr;
 use crate::carrier::{HeaderExtractor, Injector};
-use crate::config::{Config, ParentPolicy, SpanInfo};
+use crate::config::{Config, ConfiguredTracer, ParentPolicy, SpanInfo};
 use crate::metrics::{Common, Measure, Metrics};
 use crate::operation::{MessagingSystem, Operation, OperationType};
 use crate::process::ProcessSpan;
 use crate::producer::SendSpan;
 use crate::propagation::Extracted;
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Link, Span, SpanBuilder, TraceContextExt, Tracer};
 use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
 use std::borrow::Cow;
@@ -231,7 +230,7 @@ impl<'a> Incoming<'a> {
 }
 
 struct Inner {
-    tracer: BoxedTracer,
+    tracer: ConfiguredTracer,
     config: Config,
     system: MessagingSystem,
     server_address: Option<StringValue>,
@@ -384,7 +383,7 @@ impl Instrumentation {
     /// let i = mqtrace::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
     /// let _span = i.tracer().start("custom");
     /// ```
-    pub fn tracer(&self) -> &BoxedTracer {
+    pub fn tracer(&self) -> &ConfiguredTracer {
         &self.inner.tracer
     }
 

@@ -64,7 +64,7 @@ pub mod retry;
 pub mod testing;
 pub mod w3c;
 
-pub use config::{Config, ParentPolicy, SpanInfo, Trust};
+pub use config::{Config, ConfiguredTracer, GlobalTracer, ParentPolicy, SpanInfo, Trust};
 pub use instrumentation::{Incoming, Instrumentation, InstrumentationBuilder, Outgoing};
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
