@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: starts the brokers it needs (natively, if they are not running),
 # then runs every unit, doc and integration test against the real brokers, then the demo
-# (scripts/demo.sh --check: the example workers end to end, their traces verified).
+# (scripts/demo.sh --check: the example workers end to end, their traces verified) and the
+# tracing-only example (which checks its own trace's nesting).
 #   scripts/test.sh            # everything
 #   scripts/test.sh rabbitmq   # extra arguments go to `cargo test` (here: a name filter)
 set -euo pipefail
@@ -17,4 +18,5 @@ cargo test --workspace --all-features --no-fail-fast -- "$@"
 # Only for the whole suite (a name filter means "just these tests").
 if [ $# -eq 0 ]; then
   scripts/demo.sh --check
+  cargo run -q -p mqtrace-examples --all-features --bin tracing-only
 fi

@@ -20,7 +20,7 @@
 //! | `dead-letters` | consumes `orders.created.dlq` and acks, so dead letters stay in the trace |
 //! | `demo` | creates the topology, sends orders, waits, prints each trace as a waterfall, checks it |
 //!
-//! This library holds what the programs share: addresses ([`env`]), telemetry set-up with a
+//! This library holds what the programs share: addresses ([`mod@env`]), telemetry set-up with a
 //! JSON-lines span file and optional OTLP ([`telemetry`]), a minimal HTTP/1.1 server and client
 //! ([`http`]), the order rules ([`order`]), and the reading, printing and checking of the
 //! exported traces ([`trace_view`], [`check`]).

@@ -1,23 +1,39 @@
-//! Telemetry set-up of the example programs.
+//! Telemetry set-up of the example programs, configured the way the OpenTelemetry SDKs are:
+//! through the standard `OTEL_*` environment variables.
 //!
-//! Each program is one OpenTelemetry service (`service.name` in its Resource). Its spans go:
+//! Each program is one OpenTelemetry service. Its spans go:
 //!
 //! - to a JSON-lines file, one line per ended span, when `MQTRACE_DEMO_SPANS` names a
 //!   directory (`{dir}/{service}-{pid}.jsonl`), through a `SimpleSpanProcessor` so that a span
 //!   is on disk as soon as it ends and nothing is lost when the process is stopped;
 //! - to an OTLP collector (Jaeger, the OpenTelemetry Collector, ...) when
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, e.g. `http://127.0.0.1:4318`: the standard
-//!   exporter, OTLP over HTTP/protobuf, through a batch processor (flushed at shutdown).
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, e.g.
+//!   `http://127.0.0.1:4318`, or `OTEL_TRACES_EXPORTER=otlp`: OTLP over HTTP/protobuf through
+//!   a batch processor (flushed at shutdown). Its messaging metrics go there too, every
+//!   `OTEL_METRIC_EXPORT_INTERVAL` ms (60 000 by default).
 //!
-//! The global propagator is W3C trace context plus baggage, which both the HTTP server and
-//! mqtrace (whose default is the global propagator) use.
+//! | variable | effect |
+//! | --- | --- |
+//! | `OTEL_SERVICE_NAME` | `service.name` (default: the program's name) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes, `key=value,key=value` (`service.namespace` defaults to `mqtrace-demo`) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `_TRACES_ENDPOINT`, `_METRICS_ENDPOINT`, `_HEADERS`, `_TIMEOUT` | the OTLP exporters (read by `opentelemetry-otlp`) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL`, `_TRACES_PROTOCOL`, `_METRICS_PROTOCOL` | `http/protobuf` (the default, and the only one built in); `grpc` or `http/json` stop the program with a message |
+//! | `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER` | `otlp` or `none` (default: `otlp` when an endpoint is set, else `none`) |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | the sampler (read by the SDK): `parentbased_always_on` (default), `always_off`, `traceidratio` with `0.25`, ... |
+//! | `OTEL_PROPAGATORS` | `tracecontext,baggage` (default), `b3`, `b3multi`, `none`; `jaeger` is not available for opentelemetry 0.33 and is ignored with a warning |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | metrics export interval in ms (read by the SDK) |
+//!
+//! The propagator is installed globally, where both the HTTP server and mqtrace (whose default
+//! is the global propagator) find it. [`mqtrace_config`] turns mqtrace's metrics on when a meter
+//! provider was installed.
 
 use crate::Error;
-use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, Key, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::{Map, json};
@@ -25,21 +41,133 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The variable naming the directory the JSON-lines span files are written to.
 pub const SPANS_DIR_VAR: &str = "MQTRACE_DEMO_SPANS";
 
-/// The installed tracer provider; [`Telemetry::shutdown`] flushes it.
+/// Set when [`Telemetry::init`] installed a meter provider.
+static METRICS_ON: AtomicBool = AtomicBool::new(false);
+
+/// The installed tracer provider (and meter provider, with OTLP); [`Telemetry::shutdown`]
+/// flushes them.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<SdkMeterProvider>,
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether the OTLP exporter of a signal is on: `OTEL_{SIGNAL}_EXPORTER` (`otlp` / `none`),
+/// else whether an OTLP endpoint is configured for it.
+fn otlp_on(signal: &str) -> Result<bool, Error> {
+    let upper = signal.to_ascii_uppercase();
+    match env_var(&format!("OTEL_{upper}_EXPORTER")).as_deref() {
+        Some("otlp") => Ok(true),
+        Some("none") => Ok(false),
+        Some(other) => {
+            Err(format!("OTEL_{upper}_EXPORTER={other}: the examples support otlp and none").into())
+        }
+        None => Ok(env_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+            || env_var(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")).is_some()),
+    }
+}
+
+/// Checks `OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`: only
+/// http/protobuf is built into the examples.
+fn otlp_protocol(signal: &str) -> Result<opentelemetry_otlp::Protocol, Error> {
+    let upper = signal.to_ascii_uppercase();
+    let var = format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL");
+    let value = env_var(&var).or_else(|| env_var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    match value.as_deref() {
+        None | Some("http/protobuf") => Ok(opentelemetry_otlp::Protocol::HttpBinary),
+        Some(other) => Err(format!(
+            "OTLP protocol {other} ({var} / OTEL_EXPORTER_OTLP_PROTOCOL): the examples are built \
+             with http/protobuf only (opentelemetry-otlp's grpc-tonic exporter needs a tokio \
+             runtime in the batch processor); use http/protobuf, port 4318"
+        )
+        .into()),
+    }
+}
+
+/// The resource: what the SDK reads from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`,
+/// with `service.name` = `service` and `service.namespace` = `mqtrace-demo` where they say
+/// nothing.
+///
+/// ```
+/// let r = mqtrace_examples::telemetry::resource("my-worker");
+/// assert!(r.get(&opentelemetry::Key::new("service.name")).is_some());
+/// ```
+pub fn resource(service: &'static str) -> Resource {
+    let detected = Resource::builder().build();
+    let mut builder = Resource::builder();
+    let name = detected.get(&Key::new("service.name"));
+    if name.is_none_or(|n| n.as_str().starts_with("unknown_service")) {
+        builder = builder.with_service_name(service);
+    }
+    if detected.get(&Key::new("service.namespace")).is_none() {
+        builder = builder.with_attribute(KeyValue::new("service.namespace", "mqtrace-demo"));
+    }
+    builder.build()
+}
+
+/// The propagators named in `list`, as `OTEL_PROPAGATORS` names them: `tracecontext`,
+/// `baggage`, `b3` (single header), `b3multi` (`X-B3-*` headers), `none`. Values that are not
+/// available (`jaeger`: no release of opentelemetry-jaeger-propagator for opentelemetry 0.33;
+/// `xray`, `ottrace`) or unknown are ignored with a warning, as the specification asks.
+///
+/// ```
+/// use opentelemetry::propagation::TextMapPropagator;
+/// let p = mqtrace_examples::telemetry::propagators("tracecontext,b3multi");
+/// let fields: Vec<&str> = p.fields().collect();
+/// assert!(fields.contains(&"traceparent") && fields.contains(&"x-b3-traceid"));
+/// ```
+// opentelemetry-zipkin 0.33 marks all its items deprecated (its Zipkin exporter is, in favour of
+// OTLP); its B3 propagator is still the one opentelemetry-rust publishes for 0.33.
+#[allow(deprecated)]
+pub fn propagators(list: &str) -> TextMapCompositePropagator {
+    use opentelemetry_zipkin::{B3Encoding, Propagator as B3};
+    let mut out: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.to_ascii_lowercase().as_str() {
+            "tracecontext" => out.push(Box::new(TraceContextPropagator::new())),
+            "baggage" => out.push(Box::new(BaggagePropagator::new())),
+            "b3" => out.push(Box::new(B3::with_encoding(B3Encoding::SingleHeader))),
+            "b3multi" => out.push(Box::new(B3::with_encoding(B3Encoding::MultipleHeader))),
+            "none" => {}
+            "jaeger" => eprintln!(
+                "OTEL_PROPAGATORS: jaeger is not available (opentelemetry-jaeger-propagator has \
+                 no release for opentelemetry 0.33); ignored"
+            ),
+            other => eprintln!("OTEL_PROPAGATORS: {other} is not supported; ignored"),
+        }
+    }
+    TextMapCompositePropagator::new(out)
+}
+
+/// mqtrace's configuration for the example programs: the defaults, with the messaging metrics
+/// on when [`Telemetry::init`] installed a meter provider (OTLP metrics).
+///
+/// ```
+/// let config = mqtrace_examples::telemetry::mqtrace_config();
+/// assert!(!config.metrics()); // no Telemetry::init with OTLP in this process
+/// ```
+pub fn mqtrace_config() -> mqtrace::Config {
+    mqtrace::Config::new().with_metrics(METRICS_ON.load(Ordering::Relaxed))
 }
 
 impl Telemetry {
-    /// Installs the global tracer provider (service `service`, exporters as described in the
-    /// [module docs](self)) and the W3C propagator. Call it before starting a tokio runtime:
-    /// the OTLP exporter's blocking HTTP client must live outside one.
+    /// Installs the global tracer provider (service `service`, unless `OTEL_SERVICE_NAME` says
+    /// otherwise), the meter provider when OTLP metrics are on, and the propagators of
+    /// `OTEL_PROPAGATORS`, all as described in the [module docs](self). Call it before starting
+    /// a tokio runtime: the OTLP exporters' blocking HTTP client must live outside one.
     ///
     /// ```no_run
     /// let telemetry = mqtrace_examples::telemetry::Telemetry::init("my-worker").expect("telemetry");
@@ -47,34 +175,45 @@ impl Telemetry {
     /// telemetry.shutdown();
     /// ```
     pub fn init(service: &'static str) -> Result<Self, Error> {
-        let mut builder = SdkTracerProvider::builder().with_resource(
-            Resource::builder()
-                .with_service_name(service)
-                .with_attribute(KeyValue::new("service.namespace", "mqtrace-demo"))
-                .build(),
-        );
+        let resource = resource(service);
+        let service_name = resource
+            .get(&Key::new("service.name"))
+            .map_or_else(|| service.to_owned(), |v| v.to_string());
+        // The sampler comes from OTEL_TRACES_SAMPLER / _ARG (the SDK's default configuration).
+        let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
         if let Some(dir) = std::env::var_os(SPANS_DIR_VAR).filter(|d| !d.is_empty()) {
-            let exporter = JsonLinesExporter::create(Path::new(&dir), service)?;
+            let exporter = JsonLinesExporter::create(Path::new(&dir), &service_name)?;
             builder = builder.with_simple_exporter(exporter);
         }
-        if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty())
-            || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .is_ok_and(|v| !v.trim().is_empty())
-        {
+        if otlp_on("traces")? {
             use opentelemetry_otlp::WithExportConfig as _;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_protocol(otlp_protocol("traces")?)
                 .build()?;
             builder = builder.with_batch_exporter(exporter);
         }
+        let meters = if otlp_on("metrics")? {
+            use opentelemetry_otlp::WithExportConfig as _;
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(otlp_protocol("metrics")?)
+                .build()?;
+            let meters = SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_periodic_exporter(exporter)
+                .build();
+            opentelemetry::global::set_meter_provider(meters.clone());
+            METRICS_ON.store(true, Ordering::Relaxed);
+            Some(meters)
+        } else {
+            None
+        };
         let provider = builder.build();
         opentelemetry::global::set_tracer_provider(provider.clone());
-        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
-        Ok(Self { provider })
+        let list = env_var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage".into());
+        opentelemetry::global::set_text_map_propagator(propagators(&list));
+        Ok(Self { provider, meters })
     }
 
     /// The tracer provider.
@@ -88,7 +227,8 @@ impl Telemetry {
         &self.provider
     }
 
-    /// Ends telemetry: exports what is buffered (OTLP) and closes the exporters.
+    /// Ends telemetry: exports what is buffered (OTLP spans and metrics) and closes the
+    /// exporters.
     ///
     /// ```no_run
     /// # fn demo(t: mqtrace_examples::telemetry::Telemetry) {
@@ -98,6 +238,11 @@ impl Telemetry {
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("telemetry shutdown: {e}");
+        }
+        if let Some(meters) = self.meters
+            && let Err(e) = meters.shutdown()
+        {
+            eprintln!("metrics shutdown: {e}");
         }
     }
 }

@@ -57,10 +57,19 @@
 //! own `Cargo.toml` (the aws-lc-rs provider), or install a rustls `CryptoProvider` (e.g. ring)
 //! before building any client: the HTTP administration clients (`TopicAdmin`,
 //! `SubscriptionAdmin`) need one even against the emulator. [`Emulator::check`] does not.
+//!
+//! ## Features
+//!
+//! - `emulator` (default): [`Emulator`], the clients for the Pub/Sub emulator (endpoint from
+//!   `PUBSUB_EMULATOR_HOST`, anonymous credentials), which needs `google-cloud-auth` directly.
+//!   A production build can leave it out with `default-features = false`.
+//!
+//! [`TracedMessageStream`] is a `futures::Stream` without any feature.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod ack_id;
+#[cfg(feature = "emulator")]
 mod emulator;
 mod error;
 mod googclient;
@@ -69,6 +78,7 @@ mod publisher;
 mod retry;
 mod subscriber;
 
+#[cfg(feature = "emulator")]
 pub use emulator::{Emulator, EmulatorError};
 pub use error::{ack_error_type, error_type, publish_error_type};
 pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};

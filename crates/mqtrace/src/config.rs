@@ -4,12 +4,13 @@
 use crate::carrier::HeaderExtractor;
 use crate::operation::Operation;
 use crate::propagation::Propagation;
-use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::global::{self, BoxedSpan, BoxedTracer};
 use opentelemetry::metrics::{Meter, MeterProvider};
-use opentelemetry::trace::{Span, Tracer, TracerProvider};
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::trace::{Span, SpanBuilder, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// How a process span relates to the message's creation context and to an ambient span
 /// (a span active where the message is handled, e.g. a worker loop under
@@ -200,9 +201,19 @@ impl Config {
 
     /// Uses this tracer provider instead of the global one.
     ///
+    /// For applications that keep their provider out of OpenTelemetry's global, e.g. one
+    /// handed only to a `tracing-opentelemetry` layer: give mqtrace the same provider (it is
+    /// cheap to clone), and its spans go where the application's go and nest with them.
+    /// Without this, mqtrace uses the global provider (see [`Config::tracer`] for when it is
+    /// looked up).
+    ///
     /// ```
+    /// use opentelemetry::trace::TracerProvider as _;
     /// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    /// let c = mqtrace::Config::new().with_tracer_provider(provider);
+    /// // The application's own tracer (e.g. for tracing_opentelemetry::layer().with_tracer(..)) ...
+    /// let _app_tracer = provider.tracer("my-app");
+    /// // ... and mqtrace's, from the same provider, without installing it globally.
+    /// let c = mqtrace::Config::new().with_tracer_provider(provider.clone());
     /// # let _ = c;
     /// ```
     pub fn with_tracer_provider<P>(mut self, provider: P) -> Self
@@ -389,14 +400,19 @@ impl Config {
 
     /// A tracer for an instrumentation scope, from the configured or the global provider.
     ///
+    /// With the global provider, the order of set-up does not matter: a client built before
+    /// the application installs its provider (`opentelemetry::global::set_tracer_provider`)
+    /// records its spans through it from the first span started after the installation. See
+    /// [`ConfiguredTracer`].
+    ///
     /// ```
     /// let scope = opentelemetry::InstrumentationScope::builder("my-lib").build();
     /// let _tracer = mqtrace::Config::new().tracer(scope);
     /// ```
-    pub fn tracer(&self, scope: InstrumentationScope) -> BoxedTracer {
+    pub fn tracer(&self, scope: InstrumentationScope) -> ConfiguredTracer {
         match &self.tracer {
-            Some(f) => f(scope),
-            None => global::tracer_provider().tracer_with_scope(scope),
+            Some(f) => ConfiguredTracer::Fixed(f(scope)),
+            None => ConfiguredTracer::Global(GlobalTracer::new(scope)),
         }
     }
 
@@ -406,6 +422,132 @@ impl Config {
                 span.put(kv);
             }
         }
+    }
+}
+
+/// The tracer mqtrace starts its spans with: the provider given to
+/// [`Config::with_tracer_provider`], or the global one.
+///
+/// The global provider is looked up when a client is built and, as long as it is
+/// OpenTelemetry's no-op default, again at every span, so that a provider installed after the
+/// client was built (the usual order when telemetry is set up later in `main`, or when the
+/// client lives in a `static`) is used from the next span on. The first real provider found is
+/// kept; replacing it later with `set_tracer_provider` does not move mqtrace's spans (build new
+/// clients, or use [`Config::with_tracer_provider`]). While there is none, mqtrace still
+/// propagates the incoming context, and prints one warning to standard error, once per process,
+/// naming the two ways to install one. A span started through a no-op provider costs one
+/// read of the global provider more than it would otherwise.
+///
+/// ```
+/// use opentelemetry::trace::{Span as _, Tracer as _};
+/// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+///
+/// let tracer = mqtrace::Config::new().tracer(opentelemetry::InstrumentationScope::builder("x").build());
+/// // Installed after the tracer was made: its spans are recorded all the same.
+/// let exporter = InMemorySpanExporter::default();
+/// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+/// opentelemetry::global::set_tracer_provider(provider);
+/// tracer.start("after").end();
+/// assert_eq!(exporter.get_finished_spans().expect("spans")[0].name, "after");
+/// ```
+#[derive(Debug)]
+pub enum ConfiguredTracer {
+    /// The tracer of the provider given to [`Config::with_tracer_provider`].
+    Fixed(BoxedTracer),
+    /// The global provider's, resolved as described above.
+    Global(GlobalTracer),
+}
+
+impl Tracer for ConfiguredTracer {
+    type Span = BoxedSpan;
+
+    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> BoxedSpan {
+        match self {
+            Self::Fixed(t) => t.build_with_context(builder, parent_cx),
+            Self::Global(t) => t.build_with_context(builder, parent_cx),
+        }
+    }
+}
+
+/// The global provider's tracer for one scope, looked up until a real provider is installed
+/// (see [`ConfiguredTracer`]).
+///
+/// ```
+/// let t = mqtrace::Config::new().tracer(opentelemetry::InstrumentationScope::builder("x").build());
+/// assert!(matches!(t, mqtrace::instrument::ConfiguredTracer::Global(_)));
+/// ```
+pub struct GlobalTracer {
+    scope: InstrumentationScope,
+    resolved: OnceLock<BoxedTracer>,
+}
+
+impl fmt::Debug for GlobalTracer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GlobalTracer")
+            .field("scope", &self.scope.name())
+            .field("resolved", &self.resolved.get().is_some())
+            .finish()
+    }
+}
+
+/// Set once the "no tracer provider" warning was printed (once per process).
+static NOOP_WARNED: AtomicBool = AtomicBool::new(false);
+
+const NOOP_WARNING: &str = "mqtrace: OpenTelemetry's global tracer provider is the no-op default, \
+so mqtrace records no spans (trace context is still propagated). Install your provider with \
+opentelemetry::global::set_tracer_provider (it is picked up from the next message on), or \
+give it to mqtrace with mqtrace::Config::with_tracer_provider (e.g. when it only feeds a \
+tracing-opentelemetry layer).";
+
+impl GlobalTracer {
+    fn new(scope: InstrumentationScope) -> Self {
+        Self {
+            scope,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> BoxedSpan {
+        if let Some(tracer) = self.resolved.get() {
+            return tracer.build_with_context(builder, parent_cx);
+        }
+        let tracer = global::tracer_provider().tracer_with_scope(self.scope.clone());
+        let span = tracer.build_with_context(builder, parent_cx);
+        match provider_kind(&span, parent_cx) {
+            ProviderKind::Real => {
+                let _ = self.resolved.set(tracer);
+            }
+            ProviderKind::Noop => {
+                if !NOOP_WARNED.swap(true, Ordering::Relaxed) {
+                    eprintln!("{NOOP_WARNING}");
+                }
+            }
+            ProviderKind::Unknown => {}
+        }
+        span
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ProviderKind {
+    Real,
+    Noop,
+    Unknown,
+}
+
+/// What a span started with `parent_cx` says about its provider: a real one (an SDK, or any
+/// other implementation) gives every span an id of its own, sampled or not; OpenTelemetry's
+/// no-op tracer returns the parent's span context (or an invalid one). A context with
+/// suppressed telemetry tells nothing.
+fn provider_kind(span: &BoxedSpan, parent_cx: &Context) -> ProviderKind {
+    if parent_cx.is_telemetry_suppressed() {
+        return ProviderKind::Unknown;
+    }
+    let sc = span.span_context();
+    if sc.is_valid() && sc.span_id() != parent_cx.span().span_context().span_id() {
+        ProviderKind::Real
+    } else {
+        ProviderKind::Noop
     }
 }
 

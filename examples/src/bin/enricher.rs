@@ -32,7 +32,7 @@ async fn run() -> Result<(), Error> {
     let publisher = TracedPublisher::new(
         emulator.publisher(topic.clone()).build().await?,
         topic,
-        emulator.instrumentation(mqtrace::Config::new()),
+        emulator.instrumentation(mqtrace_examples::telemetry::mqtrace_config()),
     );
 
     let consumer = TracedStreamConsumer::create(
@@ -43,7 +43,7 @@ async fn run() -> Result<(), Error> {
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500"),
-        mqtrace::Config::new(),
+        mqtrace_examples::telemetry::mqtrace_config(),
     )?;
     consumer.subscribe(&[env::ORDERS_VALIDATED])?;
     eprintln!("[enricher] consuming {}", env::ORDERS_VALIDATED);

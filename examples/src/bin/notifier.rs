@@ -27,7 +27,7 @@ async fn run() -> Result<(), Error> {
         .await?;
     let subscriber = TracedSubscriber::new(
         emulator.subscriber().build().await?,
-        emulator.instrumentation(mqtrace::Config::new()),
+        emulator.instrumentation(mqtrace_examples::telemetry::mqtrace_config()),
     );
     let subscription = env::pubsub_subscription(env::NOTIFIER_SUBSCRIPTION);
     let mut stream = subscriber.subscribe(subscription.clone()).build();

@@ -35,7 +35,7 @@ async fn run() -> Result<(), Error> {
     let conn = TracedConnection::connect(
         &env::amqp_url(),
         ConnectionProperties::default(),
-        mqtrace::Config::new(),
+        mqtrace_examples::telemetry::mqtrace_config(),
     )
     .await?;
     let channel = conn.create_channel().await?;

@@ -40,7 +40,7 @@ async fn run() -> Result<(), Error> {
     let conn = TracedConnection::connect(
         &env::amqp_url(),
         ConnectionProperties::default(),
-        mqtrace::Config::new(),
+        mqtrace_examples::telemetry::mqtrace_config(),
     )
     .await?;
     let channel = conn.create_channel().await?;
@@ -73,7 +73,7 @@ async fn run() -> Result<(), Error> {
             .set("bootstrap.servers", env::kafka_bootstrap_servers())
             .set("message.timeout.ms", "10000")
             .set("linger.ms", "5"),
-        mqtrace::Config::new(),
+        mqtrace_examples::telemetry::mqtrace_config(),
     )?;
 
     let mut consumer = channel

@@ -4,13 +4,13 @@
 
 use crate::attributes as attr;
 use crate::carrier::{HeaderExtractor, Injector};
-use crate::config::{Config, SpanInfo};
+use crate::config::{Config, ConfiguredTracer, SpanInfo};
 use crate::instrument::{Incoming, Outgoing};
 use crate::metrics::{Common, Metrics};
 use crate::operation::{MessagingSystem, Operation, OperationType};
 use crate::propagation::Extracted;
 use crate::span::{ProcessSpan, Receive, SendSpan};
-use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, SpanBuilder, SpanContext, Tracer};
 use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
 use std::borrow::Cow;
@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 struct Inner {
-    tracer: BoxedTracer,
+    tracer: ConfiguredTracer,
     config: Config,
     system: MessagingSystem,
     server_address: Option<StringValue>,
@@ -171,7 +171,7 @@ impl Instrumentation {
     /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
     /// let _span = i.tracer().start("custom");
     /// ```
-    pub fn tracer(&self) -> &BoxedTracer {
+    pub fn tracer(&self) -> &ConfiguredTracer {
         &self.inner.tracer
     }
 

@@ -52,6 +52,7 @@ mod instrumentation;
 mod message;
 
 pub use crate::carrier::{HeaderExtractor, Injector, InvalidHeader};
+pub use crate::config::{ConfiguredTracer, GlobalTracer};
 pub use crate::operation::{MessagingSystem, Operation, OperationType};
 pub use crate::propagation::Extracted;
 pub use crate::span::{
