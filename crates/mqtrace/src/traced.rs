@@ -171,10 +171,7 @@ mod tests {
             .iter()
             .find(|s| s.span_context == *third.span_context())
             .expect("the third attempt's span");
-        assert_eq!(
-            dead.attr_str(attributes::OUTCOME).as_deref(),
-            Some("dead_letter")
-        );
+        assert_eq!(dead.attr_str(attributes::OUTCOME), Some("dead_letter"));
         assert_eq!(dead.attr_i64(attributes::DELIVERY_ATTEMPT), Some(3));
         assert!(dead.is_error());
     }
