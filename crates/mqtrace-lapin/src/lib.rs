@@ -51,7 +51,7 @@ mod error;
 mod headers;
 mod retry;
 
-pub use attempt::DeliveryHistory;
+pub use attempt::{DeliveryHistory, MAX_X_DEATH_VALUE};
 pub use channel::{TracedChannel, TracedGetMessage};
 pub use confirm::TracedPublisherConfirm;
 pub use connection::{TracedConnection, instrumentation};
@@ -59,7 +59,7 @@ pub use consumer::TracedConsumer;
 pub use delivery::TracedDelivery;
 pub use error::error_type;
 pub use headers::{AmqpHeaders, AmqpHeadersMut};
-pub use retry::RetryQueues;
+pub use retry::{RetryError, RetryQueues};
 
 use mqtrace::{Operation, OperationType};
 

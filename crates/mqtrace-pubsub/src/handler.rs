@@ -39,6 +39,9 @@ pub struct TracedHandler {
     processing: Processing,
     /// Kept for the settle spans when the process span is recording.
     ack_id: Option<String>,
+    /// The subscription's short name, when the handler came from a traced stream (which
+    /// shares it): lets `RetryTopics` tell a copy of its retry subscription from the rest.
+    pub(crate) subscription: Option<std::sync::Arc<str>>,
 }
 
 impl fmt::Debug for TracedHandler {
@@ -141,6 +144,7 @@ impl TracedHandler {
             handler: Some(handler),
             processing: Processing::new(span),
             ack_id: kept_ack_id,
+            subscription: None,
         }
     }
 
@@ -381,9 +385,7 @@ fn combined_attempt(delivery_attempt: Option<i32>, carried: Option<&str>) -> Opt
     let counted = delivery_attempt
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| *n > 0);
-    let carried = carried
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|n| *n > 0);
+    let carried = carried.and_then(mqtrace::retry::parse_attempt);
     match (counted, carried) {
         (Some(n), Some(c)) => Some(c.saturating_add(n - 1)),
         (n, c) => n.or(c),

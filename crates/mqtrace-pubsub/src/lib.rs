@@ -69,7 +69,7 @@ pub use error::{ack_error_type, error_type, publish_error_type};
 pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContext};
 pub use handler::TracedHandler;
 pub use publisher::{TracedPublishFuture, TracedPublisher};
-pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
+pub use retry::{Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
 
 use mqtrace::{Config, Instrumentation, Operation, OperationType};

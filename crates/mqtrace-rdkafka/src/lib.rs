@@ -73,13 +73,13 @@ pub use consumer::{
     TracedMessageStream, TracedStreamConsumer,
 };
 pub use error::error_type;
-pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
+pub use headers::{KafkaHeaders, KafkaHeadersMut, delivery_attempt, not_before};
 pub use message::TracedMessage;
 pub use producer::{
     TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,
 };
-pub use retry::RetryTopics;
+pub use retry::{RetryError, RetryTopics};
 
 use mqtrace::{Operation, OperationType};
 

@@ -558,9 +558,11 @@ impl Instrumentation {
         // own creation context on a first delivery.
         let mut origin = has_creation.then(|| creation_sc.clone());
         let mut dead_letter_reason = None;
+        let mut refused = None;
         if let Some(h) = msg.headers {
-            let history = crate::retry::history(h);
+            let history = crate::retry::read_history(h, msg.source, trusted);
             dead_letter_reason = history.dead_letter_reason;
+            refused = history.refused;
             if let Some(o) = history.origin {
                 origin = Some(o.clone());
                 links.push(Link::new(
@@ -636,6 +638,9 @@ impl Instrumentation {
             }
             if let Some(reason) = dead_letter_reason {
                 span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason));
+            }
+            if let Some(refused) = refused {
+                span.set_attribute(KeyValue::new(attr::CONTEXT_REFUSED, refused));
             }
             if !issues.is_empty() {
                 let text = issues

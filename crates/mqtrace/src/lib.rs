@@ -74,5 +74,6 @@ pub use producer::SendSpan;
 pub use propagation::{ContextIssue, Extracted, Propagation};
 pub use receive::Receive;
 
-/// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
-pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";
+/// Header mqtrace writes with the delivery attempt where the broker does not count attempts
+/// (see [`retry::ATTEMPT_HEADER`]).
+pub use retry::ATTEMPT_HEADER;
