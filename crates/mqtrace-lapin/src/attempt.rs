@@ -71,7 +71,9 @@ fn as_string(v: &AMQPValue) -> Option<String> {
 /// core's one parser ([`mqtrace::retry::parse_attempt`]).
 fn as_attempt(v: &AMQPValue) -> Option<u32> {
     match v {
-        AMQPValue::LongString(s) => mqtrace::retry::parse_attempt(std::str::from_utf8(s.as_bytes()).ok()?),
+        AMQPValue::LongString(s) => {
+            mqtrace::retry::parse_attempt(std::str::from_utf8(s.as_bytes()).ok()?)
+        }
         AMQPValue::ShortString(s) => mqtrace::retry::parse_attempt(s.as_str()),
         other => as_int(other).map(to_u32).filter(|n| *n >= 1),
     }

@@ -42,6 +42,8 @@ pub struct TracedHandler {
     /// The subscription's short name, when the handler came from a traced stream (which
     /// shares it): lets `RetryTopics` tell a copy of its retry subscription from the rest.
     pub(crate) subscription: Option<std::sync::Arc<str>>,
+    /// Set by `RetryStream` on a copy it held until due (or its limit): not waited for again.
+    pub(crate) held: bool,
 }
 
 impl fmt::Debug for TracedHandler {
@@ -145,6 +147,7 @@ impl TracedHandler {
             processing: Processing::new(span),
             ack_id: kept_ack_id,
             subscription: None,
+            held: false,
         }
     }
 

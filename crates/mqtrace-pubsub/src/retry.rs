@@ -346,10 +346,11 @@ impl RetryTopics {
                 span.set_attribute(KeyValue::new(mqtrace::attributes::DELIVERY_ATTEMPT, 1_i64));
             }
         }
-        let from_retry = traced
-            .subscription
-            .as_deref()
-            .is_some_and(|s| s == &*self.targets.retry_subscription);
+        let from_retry = !traced.held
+            && traced
+                .subscription
+                .as_deref()
+                .is_some_and(|s| s == &*self.targets.retry_subscription);
         if from_retry
             && let Some(wait) = retry::due_in(&message.attributes, self.policy.longest_delay())
         {
@@ -462,7 +463,10 @@ impl RetryBroker for Retrying {
         let _ = self
             .received
             .handler
-            .settle_as(Settle::new(NACK, Outcome::Requeue).with_reason(reason), false)
+            .settle_as(
+                Settle::new(NACK, Outcome::Requeue).with_reason(reason),
+                false,
+            )
             .await;
     }
 
@@ -658,7 +662,8 @@ impl RetryStream {
             if next_due.is_some_and(|due| due <= Instant::now())
                 && let Some(h) = self.held.pop()
             {
-                let handler = self.retry_tracer.trace(&h.message, h.handler);
+                let mut handler = self.retry_tracer.trace(&h.message, h.handler);
+                handler.held = true;
                 return Some(Ok((h.message, handler)));
             }
             let main_open = self.main.start();
@@ -676,7 +681,8 @@ impl RetryStream {
                     Some(Ok((message, handler))) => {
                         match retry::due_in(&message.attributes, self.max_wait) {
                             None => {
-                                let handler = self.retry_tracer.trace(&message, handler);
+                                let mut handler = self.retry_tracer.trace(&message, handler);
+                                handler.held = true;
                                 return Some(Ok((message, handler)));
                             }
                             Some(wait) => {

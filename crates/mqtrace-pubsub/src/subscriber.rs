@@ -333,8 +333,9 @@ impl TracedMessageStream {
     pub async fn next(&mut self) -> Option<google_cloud_pubsub::Result<(Message, TracedHandler)>> {
         let item = self.inner.next().await?;
         Some(item.map(|(message, handler)| {
-            let handler =
+            let mut handler =
                 TracedHandler::new(&message, handler, &self.name, &self.inst, self.google);
+            handler.subscription = Some(self.name.clone());
             (message, handler)
         }))
     }

@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::SystemTime;
 
-
 /// Reads trace context from Kafka headers (a consumed message's [`BorrowedHeaders`], or the
 /// [`OwnedHeaders`] of a record), without copying.
 ///

@@ -7,8 +7,8 @@ use crate::headers::{KafkaHeaders, OwnedHeadersWriter, copy_without};
 use crate::message::TracedMessage;
 use crate::producer::TracedFutureProducer;
 use mqtrace::retry::{
-    self, CopyHeaders, CopyTo, Decision, HandlerError, OWNED_HEADERS,
-    RetryBroker, RetryPolicy, Settlement,
+    self, CopyHeaders, CopyTo, Decision, HandlerError, OWNED_HEADERS, RetryBroker, RetryPolicy,
+    Settlement,
 };
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;

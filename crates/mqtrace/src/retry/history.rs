@@ -231,7 +231,9 @@ impl CopyHeaders {
             CopyTo::Retry { attempt, .. } => *attempt,
             CopyTo::DeadLetter { .. } => attempt,
         };
-        history_entries(process, origin, copy_attempt, |k, v| out.entries.push((k, v)));
+        history_entries(process, origin, copy_attempt, |k, v| {
+            out.entries.push((k, v))
+        });
         match to {
             CopyTo::Retry { delay, .. } if with_not_before => {
                 let due = epoch_millis(SystemTime::now() + *delay);
@@ -269,16 +271,23 @@ impl CopyHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{SpanDataExt, TestTelemetry};
-    use crate::{Incoming, Instrumentation, MessagingSystem, Operation, OperationType, Outcome, Trust};
     use crate::attributes as attr;
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::{
+        Incoming, Instrumentation, MessagingSystem, Operation, OperationType, Outcome, Trust,
+    };
     use std::collections::HashMap;
 
     const PROCESS: Operation = Operation::new("process", OperationType::Process);
     const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     /// The process span of a message with `headers` consumed from `source`.
-    fn process(config: crate::Config, t: &TestTelemetry, source: &str, headers: &HashMap<String, String>) {
+    fn process(
+        config: crate::Config,
+        t: &TestTelemetry,
+        source: &str,
+        headers: &HashMap<String, String>,
+    ) {
         let inst = Instrumentation::builder(MessagingSystem::Kafka, "history").build(config);
         inst.start_process(
             Incoming::new(PROCESS, source, source).with_headers(headers),
@@ -297,9 +306,12 @@ mod tests {
         let spans = t.spans();
         let span = spans.one("process orders");
         assert_eq!(span.attr(attr::DEAD_LETTER_REASON), None);
-        let refused = span.attr_str(attr::CONTEXT_REFUSED).expect("the refusal is recorded");
+        let refused = span
+            .attr_str(attr::CONTEXT_REFUSED)
+            .expect("the refusal is recorded");
         assert!(
-            refused.starts_with("mqtrace-dead-letter-reason: 1048576 bytes, over the 1024-byte limit"),
+            refused
+                .starts_with("mqtrace-dead-letter-reason: 1048576 bytes, over the 1024-byte limit"),
             "{refused}"
         );
         assert!(refused.len() < 200, "the refusal does not quote the value");
@@ -332,8 +344,14 @@ mod tests {
     #[test]
     fn over_long_or_invalid_contexts_are_refused() {
         let mut h = HashMap::new();
-        h.insert(ORIGIN_HEADER.to_owned(), format!("{TRACEPARENT}{}", " ".repeat(300)));
-        h.insert(PREVIOUS_ATTEMPT_HEADER.to_owned(), "not a traceparent".to_owned());
+        h.insert(
+            ORIGIN_HEADER.to_owned(),
+            format!("{TRACEPARENT}{}", " ".repeat(300)),
+        );
+        h.insert(
+            PREVIOUS_ATTEMPT_HEADER.to_owned(),
+            "not a traceparent".to_owned(),
+        );
         let history = history(&h);
         assert_eq!((history.origin, history.previous_attempt), (None, None));
         let refused = history.refused.expect("refused");
@@ -346,10 +364,16 @@ mod tests {
         let sc = SpanContext::empty_context();
         let long = "r".repeat(5000);
         let dead = CopyHeaders::new(&CopyTo::DeadLetter { reason: &long }, &sc, None, 2, true);
-        let reason = dead.iter().find(|(k, _)| *k == DEAD_LETTER_REASON_HEADER).expect("reason");
+        let reason = dead
+            .iter()
+            .find(|(k, _)| *k == DEAD_LETTER_REASON_HEADER)
+            .expect("reason");
         assert_eq!(reason.1.len(), MAX_REASON_LEN);
         assert!(dead.iter().all(|(k, _)| k != NOT_BEFORE_HEADER));
-        let retry = CopyTo::Retry { attempt: 3, delay: Duration::from_secs(1) };
+        let retry = CopyTo::Retry {
+            attempt: 3,
+            delay: Duration::from_secs(1),
+        };
         let kafka = CopyHeaders::new(&retry, &sc, None, 2, true);
         assert!(kafka.iter().any(|(k, v)| k == ATTEMPT_HEADER && v == "3"));
         assert!(kafka.iter().any(|(k, _)| k == NOT_BEFORE_HEADER));

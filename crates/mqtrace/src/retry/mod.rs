@@ -89,7 +89,11 @@ mod tests {
                 if let Decision::Retry { delay, .. } =
                     p.decide(attempt, &Err(HandlerError::transient("x")))
                 {
-                    assert!(delay <= p.longest_delay(), "{delay:?} > {:?}", p.longest_delay());
+                    assert!(
+                        delay <= p.longest_delay(),
+                        "{delay:?} > {:?}",
+                        p.longest_delay()
+                    );
                 }
             }
         }

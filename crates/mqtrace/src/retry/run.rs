@@ -212,7 +212,12 @@ where
 }
 
 /// Records the decision's attributes on the process span.
-fn record(cx: &Context, policy: &RetryPolicy, decision: &Decision, result: &Result<(), HandlerError>) {
+fn record(
+    cx: &Context,
+    policy: &RetryPolicy,
+    decision: &Decision,
+    result: &Result<(), HandlerError>,
+) {
     let span = cx.span();
     if !span.is_recording() {
         return;
