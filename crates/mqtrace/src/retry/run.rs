@@ -25,7 +25,6 @@ use std::time::Duration;
 /// assert_eq!(s.outcome, mqtrace::Outcome::Ack);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Settlement {
     /// `ack`, `retry` or `dead_letter`.
     pub outcome: Outcome,
