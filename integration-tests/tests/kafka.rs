@@ -1325,7 +1325,7 @@ mod retries {
     use super::*;
     use mqtrace::carrier::HeaderExtractor;
     use mqtrace::retry::{DEAD_LETTER_REASON_HEADER, Decision, HandlerError, RetryPolicy};
-    use mqtrace_rdkafka::{KafkaHeaders, RetryTopics};
+    use mqtrace_rdkafka::{KafkaHeaders, RetryError, RetryTopics};
     use rdkafka::topic_partition_list::TopicPartitionList;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -1625,7 +1625,7 @@ mod retries {
                     header(&m, DEAD_LETTER_REASON_HEADER).expect("a reason header"),
                     m.attempt(),
                 ));
-                assert!(header(&m, mqtrace_rdkafka::NOT_BEFORE_HEADER).is_none());
+                assert!(header(&m, mqtrace::retry::NOT_BEFORE_HEADER).is_none());
                 dlq.commit_message(&m, CommitMode::Sync).expect("commit");
             }
             reasons.sort();
@@ -1800,9 +1800,17 @@ mod retries {
                 })
                 .await
                 .expect_err("the copy is too large");
-            assert_eq!(
-                err,
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+            assert!(
+                matches!(
+                    &err,
+                    RetryError::Copy {
+                        source: KafkaError::MessageProduction(
+                            RDKafkaErrorCode::MessageSizeTooLarge
+                        ),
+                        ..
+                    }
+                ),
+                "{err}"
             );
             // Received again, before the message after it: nothing commits past it.
             let m = next_message(&consumer).await;
@@ -1832,7 +1840,7 @@ mod retries {
             assert!(
                 failed
                     .attr_str(attr::OUTCOME_REASON)
-                    .is_some_and(|r| r.contains("could not produce to")),
+                    .is_some_and(|r| r.contains("could not publish the copy to")),
                 "{:?}",
                 failed.attr_str(attr::OUTCOME_REASON)
             );
@@ -1986,6 +1994,82 @@ mod retries {
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        })
+        .await;
+    }
+
+    /// Anyone can produce to a topic: a forged `mqtrace-not-before` an hour ahead on `{topic}`
+    /// is not waited for at all, and on a retry topic for at most the policy's longest delay
+    /// (on the original main: up to twice the 5-minute maximum delay, a stalled partition).
+    #[tokio::test]
+    async fn a_forged_not_before_does_not_stall_the_partition() {
+        within(async {
+            let t = TestTelemetry::new();
+            let policy = fast(3);
+            assert_eq!(policy.longest_delay(), Duration::from_millis(100));
+            let (topic, producer, retries) = declared(&t, "forged", policy, 1).await;
+            let retries = retries.with_commit_mode(CommitMode::Sync);
+            let hour = mqtrace::retry::epoch_millis(
+                std::time::SystemTime::now() + Duration::from_secs(3600),
+            )
+            .to_string();
+            let forged = || {
+                OwnedHeaders::new().insert(Header {
+                    key: mqtrace::retry::NOT_BEFORE_HEADER,
+                    value: Some(hour.as_str()),
+                })
+            };
+            send(&producer, &topic, "normal", Some(b"normal"), Some(forged())).await;
+            let retry_topic = retries.retry_topic(2);
+            send(
+                &producer,
+                &retry_topic,
+                "copy",
+                Some(b"copy"),
+                Some(forged()),
+            )
+            .await;
+            let consumer = subscribed(&t, &retries);
+            for _ in 0..2 {
+                let m = next_message(&consumer).await;
+                let started = Instant::now();
+                let decision = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    retries.handle(&consumer, m, async |_| Ok(())),
+                )
+                .await
+                .expect("handle does not wait for the forged time")
+                .expect("acknowledged");
+                assert_eq!(decision, Decision::Ack);
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{:?}",
+                    started.elapsed()
+                );
+            }
+            let spans = wait(&t, &format!("commit {retry_topic}"), 1).await;
+            let normal = spans.one(&format!("process {topic}"));
+            assert!(
+                normal.events.iter().all(|e| e.name != "mqtrace.retry.wait"),
+                "{:?}",
+                normal.events
+            );
+            let copy = spans.one(&format!("process {retry_topic}"));
+            let waited = copy
+                .events
+                .iter()
+                .find(|e| e.name == "mqtrace.retry.wait")
+                .expect("the copy of a retry topic is waited for");
+            let secs = waited
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "mqtrace.retry.wait.duration")
+                .and_then(|kv| match kv.value {
+                    opentelemetry::Value::F64(v) => Some(v),
+                    _ => None,
+                })
+                .expect("the wait's duration");
+            assert!(secs <= 0.1, "waited {secs} s, over the longest delay");
         })
         .await;
     }

@@ -867,11 +867,16 @@ mod retries {
         let dlq_sub =
             s.ps.create_subscription(&unique("billing-dlq"), &dlq_topic, |x| x)
                 .await;
-        let topics = RetryTopics::new(
-            s.publisher_to(&retry_topic, |b| b).await,
-            s.publisher_to(&dlq_topic, |b| b).await,
+        let topics = RetryTopics::declare(
+            (
+                s.publisher_to(&retry_topic, |b| b).await,
+                s.publisher_to(&dlq_topic, |b| b).await,
+            ),
+            &retry_sub,
             policy,
-        );
+        )
+        .await
+        .expect("declare");
         Retrying {
             s,
             retry_topic,
@@ -957,7 +962,7 @@ mod retries {
                 let started = Instant::now();
                 let decision = r
                     .topics
-                    .handle(m, handler, async |m| {
+                    .handle((m, handler), async |m| {
                         assert_eq!(&m.data[..], b"order-1", "the payload is unchanged");
                         if m.attempt() < 3 {
                             Err(HandlerError::transient("inventory service unavailable"))
@@ -1104,7 +1109,7 @@ mod retries {
                 let (m, handler) = next_of(&mut stream).await;
                 let decision = r
                     .topics
-                    .handle(m, handler, async |m| {
+                    .handle((m, handler), async |m| {
                         if &m.data[..] == b"permanent" {
                             Err(HandlerError::permanent("order has no items")
                                 .with_error_type("invalid_order"))
@@ -1201,11 +1206,16 @@ mod retries {
     async fn a_panicking_or_hanging_handler_is_a_failure_and_the_message_is_not_lost() {
         within(async {
             let r = retrying(fast(5)).await;
-            let topics = RetryTopics::new(
-                r.s.publisher_to(&r.retry_topic, |b| b).await,
-                r.s.publisher_to(&r.dlq_topic, |b| b).await,
+            let topics = RetryTopics::declare(
+                (
+                    r.s.publisher_to(&r.retry_topic, |b| b).await,
+                    r.s.publisher_to(&r.dlq_topic, |b| b).await,
+                ),
+                &r.retry_sub,
                 fast(5),
             )
+            .await
+            .expect("declare")
             .with_time_limit(Duration::from_millis(300));
             let publisher = r.s.publisher().await;
             publish(&publisher, Message::new().set_data("fragile")).await;
@@ -1213,7 +1223,7 @@ mod retries {
             for _ in 0..3 {
                 let (m, handler) = next_of(&mut stream).await;
                 topics
-                    .handle(m, handler, async |m| match m.attempt() {
+                    .handle((m, handler), async |m| match m.attempt() {
                         1 => panic!("bug in the handler"),
                         2 => {
                             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1244,21 +1254,26 @@ mod retries {
             let r = retrying(fast(3)).await;
             // A dead-letter topic that does not exist.
             let missing = topic_name(&unique("missing-dlq"));
-            let topics = RetryTopics::new(
-                r.s.publisher_to(&r.retry_topic, |b| b).await,
-                r.s.publisher_to(&missing, |b| b).await,
+            let topics = RetryTopics::declare(
+                (
+                    r.s.publisher_to(&r.retry_topic, |b| b).await,
+                    r.s.publisher_to(&missing, |b| b).await,
+                ),
+                &r.retry_sub,
                 fast(3),
-            );
+            )
+            .await
+            .expect("declare");
             let publisher = r.s.publisher().await;
             let id = publish(&publisher, Message::new().set_data("precious")).await;
             let mut stream = r.stream().await;
             let (m, handler) = next_of(&mut stream).await;
             let err = topics
-                .handle(m, handler, async |_| Err(HandlerError::permanent("bad")))
+                .handle((m, handler), async |_| Err(HandlerError::permanent("bad")))
                 .await
                 .expect_err("the dead-letter topic is missing");
             assert!(
-                matches!(&err, RetryError::Publish { topic, .. } if *topic == missing),
+                matches!(&err, RetryError::Copy { destination, .. } if destination == short(&missing)),
                 "{err}"
             );
             // Not lost: Pub/Sub delivers it again.
@@ -1300,7 +1315,7 @@ mod retries {
             let started = Instant::now();
             let first = r
                 .topics
-                .handle(m, handler, async |_| Err(HandlerError::transient("busy")))
+                .handle((m, handler), async |_| Err(HandlerError::transient("busy")))
                 .await
                 .expect("carried out");
             assert!(matches!(first, Decision::Retry { .. }), "{first:?}");
@@ -1309,7 +1324,7 @@ mod retries {
             let (copy, handler) = next_message(&mut retry).await;
             assert_eq!(handler.attempt(), 2);
             r.topics
-                .handle(copy, handler, async |_| Ok(()))
+                .handle((copy, handler), async |_| Ok(()))
                 .await
                 .expect("carried out");
             assert!(started.elapsed() >= Duration::from_millis(295));
@@ -1361,7 +1376,7 @@ mod retries {
                 let id = id_of(&m);
                 let decision = r
                     .topics
-                    .handle(m, handler, async |m| {
+                    .handle((m, handler), async |m| {
                         handled.fetch_add(1, Ordering::Relaxed);
                         match roll(id, m.attempt()) {
                             0..5 => Err(HandlerError::permanent("bad input")),
@@ -1409,6 +1424,74 @@ mod retries {
             );
             // At-least-once: duplicates are allowed, counted once; there should be few.
             assert!(duplicates < 10, "{duplicates} duplicate deliveries");
+        })
+        .await;
+    }
+
+    /// Anyone can publish to a topic: a forged `mqtrace-not-before` an hour ahead on the
+    /// subscription is not waited for by `handle`, and on the retry subscription the stream
+    /// holds it for at most the policy's longest delay (on the original main: `handle` waited
+    /// up to twice the 5-minute maximum delay, holding up the loop).
+    #[tokio::test]
+    async fn a_forged_not_before_does_not_stall_the_retry_stream() {
+        within(async {
+            let r = retrying(fast(3)).await;
+            assert_eq!(
+                r.topics.policy().longest_delay(),
+                Duration::from_millis(100)
+            );
+            let hour = mqtrace::retry::epoch_millis(
+                std::time::SystemTime::now() + Duration::from_secs(3600),
+            )
+            .to_string();
+            let forged = |data: &'static str| {
+                Message::new()
+                    .set_data(data)
+                    .set_attributes([(mqtrace::retry::NOT_BEFORE_HEADER, hour.as_str())])
+            };
+            publish(&r.s.publisher().await, forged("normal")).await;
+            publish(
+                &r.s.publisher_to(&r.retry_topic, |b| b).await,
+                forged("copy"),
+            )
+            .await;
+            let mut stream = r.stream().await;
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let delivery = next_of(&mut stream).await;
+                seen.push(String::from_utf8_lossy(&delivery.0.data).into_owned());
+                let decision = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    r.topics.handle(delivery, async |_| Ok(())),
+                )
+                .await
+                .expect("handle does not wait for the forged time")
+                .expect("acknowledged");
+                assert_eq!(decision, Decision::Ack);
+            }
+            seen.sort();
+            assert_eq!(seen, ["copy", "normal"]);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+            let (sub, retry_sub) = r.subs();
+            let spans = r.s.wait(&format!("ack {retry_sub}"), 1).await;
+            for name in [format!("subscribe {sub}"), format!("subscribe {retry_sub}")] {
+                let process = spans.one(&name);
+                process.assert_attr(attr::OUTCOME, "ack");
+                assert!(
+                    process
+                        .events
+                        .iter()
+                        .all(|e| e.name != "mqtrace.retry.wait"),
+                    "{name}: {:?}",
+                    process.events
+                );
+            }
+            stream.shutdown().await;
         })
         .await;
     }

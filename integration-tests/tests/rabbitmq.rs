@@ -1444,7 +1444,14 @@ mod retries {
                 last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
                 assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
                 assert!(dead_process.link_of_type("previous_attempt").is_some());
-                // The dead-letter consumer's span says why, from the copy's reason header.
+                // The dead-letter consumer's span says why, from the copy's reason header,
+                // once: not also RabbitMQ's `expired` from the x-death of the delay queue.
+                let set = dead_process
+                    .attributes
+                    .iter()
+                    .filter(|kv| kv.key.as_str() == attr::DEAD_LETTER_REASON)
+                    .count();
+                assert_eq!(set, 1, "{:?}", dead_process.attributes);
                 let why = dead_process
                     .attr_str(attr::DEAD_LETTER_REASON)
                     .expect("reason");
@@ -1464,6 +1471,54 @@ mod retries {
                 "permanent failure: order has no items",
             );
             cleanup(&ch, &q, 3).await;
+        })
+        .await;
+    }
+
+    /// A valid 250-byte queue name: `{queue}.retry.{n}` would pass AMQP's 255 bytes, which
+    /// lapin would panic on at the first retry. `declare` says so instead, declaring nothing.
+    #[tokio::test]
+    async fn a_queue_name_too_long_for_its_retry_queues_is_an_error_at_declare() {
+        within(async {
+            let (_t, _conn, ch) = setup(|c| c).await;
+            let q = format!("{}{}", unique("long"), "q".repeat(250))
+                .split_at(250)
+                .0
+                .to_owned();
+            assert_eq!(q.len(), 250);
+            declare_queue(&ch, &q, FieldTable::default()).await;
+            let err = RetryQueues::declare(ch.clone(), &q, fast(3))
+                .await
+                .expect_err("the retry queue names are too long");
+            match &err {
+                mqtrace_lapin::RetryError::InvalidName { name, reason } => {
+                    assert_eq!(name, &format!("{q}.retry.3"));
+                    assert!(reason.contains("255"), "{reason}");
+                }
+                other => panic!("{other}"),
+            }
+            // Nothing was declared: the dead-letter queue does not exist.
+            let passive = ch
+                .queue_declare(
+                    format!("{q}.dlq").as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            assert!(passive.is_err(), "{q}.dlq was declared");
+            // A name that fits works.
+            let (_t, _conn, ch) = setup(|c| c).await;
+            let fits = &q[..240];
+            declare_queue(&ch, fits, FieldTable::default()).await;
+            RetryQueues::declare(ch.clone(), fits, fast(3))
+                .await
+                .expect("declare");
+            cleanup(&ch, fits, 3).await;
+            let _ = ch.queue_delete(fits.into(), Default::default()).await;
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         })
         .await;
     }

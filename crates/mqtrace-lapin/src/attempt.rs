@@ -20,11 +20,20 @@ pub struct DeliveryHistory {
     /// `mqtrace-attempt` header; and 2 when the broker flags a redelivery it does not count.
     pub attempt: u32,
     /// Why the message was last dead-lettered (`rejected`, `expired`, `delivery_limit`,
-    /// `maxlen`), from the newest `x-death` entry.
+    /// `maxlen`), from the newest `x-death` entry; `None` when longer than
+    /// [`MAX_X_DEATH_VALUE`] bytes, or when the message carries mqtrace's own
+    /// `mqtrace-dead-letter-reason` (a copy `RetryQueues` dead-lettered, whose reason the core
+    /// records: one `mqtrace.dead_letter.reason` per span).
     pub dead_letter_reason: Option<String>,
-    /// The queue it was last dead-lettered from.
+    /// The queue it was last dead-lettered from (`None` when longer than
+    /// [`MAX_X_DEATH_VALUE`] bytes).
     pub dead_letter_queue: Option<String>,
 }
+
+/// The longest `x-death` `reason` or `queue` read, in bytes: AMQP's limit for a queue name
+/// (RabbitMQ's reasons are a word). The header can be written by any publisher, so a longer
+/// value is ignored rather than copied into a span.
+pub const MAX_X_DEATH_VALUE: usize = 255;
 
 fn as_int(v: &AMQPValue) -> Option<i64> {
     Some(match v {
@@ -45,11 +54,28 @@ fn as_int(v: &AMQPValue) -> Option<i64> {
     })
 }
 
+/// A bounded text value: at most [`MAX_X_DEATH_VALUE`] bytes.
 fn as_string(v: &AMQPValue) -> Option<String> {
     match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongString(s) if s.as_bytes().len() <= MAX_X_DEATH_VALUE => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) if s.as_str().len() <= MAX_X_DEATH_VALUE => {
+            Some(s.as_str().to_owned())
+        }
         _ => None,
+    }
+}
+
+/// The attempt mqtrace's `mqtrace-attempt` header carries: an integer, or text read by the
+/// core's one parser ([`mqtrace::retry::parse_attempt`]).
+fn as_attempt(v: &AMQPValue) -> Option<u32> {
+    match v {
+        AMQPValue::LongString(s) => {
+            mqtrace::retry::parse_attempt(std::str::from_utf8(s.as_bytes()).ok()?)
+        }
+        AMQPValue::ShortString(s) => mqtrace::retry::parse_attempt(s.as_str()),
+        other => as_int(other).map(to_u32).filter(|n| *n >= 1),
     }
 }
 
@@ -72,9 +98,10 @@ impl DeliveryHistory {
             if let Some(n) = h.get("x-delivery-count").and_then(as_int) {
                 attempt = attempt.max(to_u32(n).saturating_add(1));
             }
-            if let Some(n) = h.get(mqtrace::ATTEMPT_HEADER).and_then(as_int) {
-                attempt = attempt.max(to_u32(n));
+            if let Some(n) = h.get(mqtrace::ATTEMPT_HEADER).and_then(as_attempt) {
+                attempt = attempt.max(n);
             }
+            let own_reason = h.contains_key(mqtrace::retry::DEAD_LETTER_REASON_HEADER);
             if let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") {
                 let mut failures: i64 = 0;
                 for (i, death) in deaths.as_slice().iter().enumerate() {
@@ -85,7 +112,9 @@ impl DeliveryHistory {
                     let reason = d.get("reason").and_then(as_string);
                     let from = d.get("queue").and_then(as_string);
                     if i == 0 {
-                        out.dead_letter_reason.clone_from(&reason);
+                        if !own_reason {
+                            out.dead_letter_reason.clone_from(&reason);
+                        }
                         out.dead_letter_queue.clone_from(&from);
                     }
                     let count = d.get("count").and_then(as_int).unwrap_or(1);
@@ -147,6 +176,44 @@ mod tests {
     }
 
     #[test]
+    fn x_death_values_are_bounded() {
+        let huge = "x".repeat(1 << 20);
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death(&huge, &huge, 1)])),
+        );
+        let info = DeliveryHistory::read(Some(&h), false, "work");
+        assert_eq!(info.dead_letter_reason, None);
+        assert_eq!(info.dead_letter_queue, None);
+        let edge = "q".repeat(MAX_X_DEATH_VALUE);
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death(&edge, "rejected", 1)])),
+        );
+        let info = DeliveryHistory::read(Some(&h), false, &edge);
+        assert_eq!(info.dead_letter_queue.as_deref(), Some(edge.as_str()));
+        assert_eq!(info.attempt, 2);
+    }
+
+    #[test]
+    fn mqtraces_own_dead_letter_reason_supersedes_x_death_so_the_key_is_set_once() {
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death("work.retry.3", "expired", 1)])),
+        );
+        h.insert(
+            mqtrace::retry::DEAD_LETTER_REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from("gave up after 3 of 3 attempts")),
+        );
+        let info = DeliveryHistory::read(Some(&h), false, "work.dlq");
+        assert_eq!(info.dead_letter_reason, None);
+        assert_eq!(info.dead_letter_queue.as_deref(), Some("work.retry.3"));
+    }
+
+    #[test]
     fn mqtrace_header_and_plain_first_delivery() {
         let mut h = FieldTable::default();
         h.insert(
@@ -155,5 +222,12 @@ mod tests {
         );
         assert_eq!(DeliveryHistory::read(Some(&h), false, "q").attempt, 4);
         assert_eq!(DeliveryHistory::read(None, false, "q").attempt, 1);
+        h.insert(mqtrace::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(3));
+        assert_eq!(DeliveryHistory::read(Some(&h), false, "q").attempt, 3);
+        h.insert(
+            mqtrace::ATTEMPT_HEADER.into(),
+            AMQPValue::LongString(LongString::from("9".repeat(1000))),
+        );
+        assert_eq!(DeliveryHistory::read(Some(&h), false, "q").attempt, 1);
     }
 }

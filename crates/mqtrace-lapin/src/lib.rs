@@ -54,7 +54,7 @@ mod error;
 mod headers;
 mod retry;
 
-pub use attempt::DeliveryHistory;
+pub use attempt::{DeliveryHistory, MAX_X_DEATH_VALUE};
 pub use channel::{TracedChannel, TracedGetMessage};
 pub use confirm::{ConfirmAnswer, TracedPublisherConfirm};
 pub use connection::{TracedConnection, instrumentation};
@@ -63,7 +63,7 @@ pub use delivery::TracedDelivery;
 pub use error::error_type;
 pub use headers::{AmqpHeaders, AmqpHeadersMut};
 pub use mqtrace::Traced;
-pub use retry::RetryQueues;
+pub use retry::{RetryError, RetryQueues};
 
 /// One import for the traced types' methods: `use mqtrace_lapin::prelude::*;`.
 ///

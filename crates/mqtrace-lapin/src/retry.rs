@@ -10,7 +10,8 @@
 //!
 //! The copy is published (and, on a channel in confirm mode, confirmed) *before* the original
 //! is acknowledged, so a failure in between gives a duplicate, never a loss; if the publish
-//! fails, the original is requeued instead.
+//! fails, the original is requeued instead. The flow is the core's ([`mqtrace::retry::run`]);
+//! this module supplies its three primitives (publish a copy, nack with requeue, ack).
 
 use crate::channel::TracedChannel;
 use crate::delivery::TracedDelivery;
@@ -19,10 +20,13 @@ use crate::{ACK, NACK};
 use lapin::BasicProperties;
 use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
+use mqtrace::retry::{
+    self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
+};
 use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanContext;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +34,7 @@ use std::time::Duration;
 /// The retry and dead-letter queues of one work queue, and the policy that uses them.
 ///
 /// ```no_run
-/// # async fn demo(channel: mqtrace_lapin::TracedChannel, mut consumer: mqtrace_lapin::TracedConsumer) -> lapin::Result<()> {
+/// # async fn demo(channel: mqtrace_lapin::TracedChannel, mut consumer: mqtrace_lapin::TracedConsumer) -> Result<(), Box<dyn std::error::Error>> {
 /// use futures_util::StreamExt;
 /// use mqtrace::retry::{HandlerError, RetryPolicy};
 /// let retries = mqtrace_lapin::RetryQueues::declare(channel, "orders", RetryPolicy::exponential(5)).await?;
@@ -64,6 +68,18 @@ struct Shared {
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
+
+/// Why [`RetryQueues`] could not be declared or could not carry out its decision: the core's
+/// [`mqtrace::retry::RetryError`] over lapin's error.
+///
+/// ```
+/// let e = mqtrace_lapin::RetryError::InvalidName { name: "q".into(), reason: "too long".into() };
+/// assert!(e.to_string().contains("too long"));
+/// ```
+pub type RetryError = mqtrace::retry::RetryError<lapin::Error>;
+
+/// The longest AMQP queue name (a short string).
+const MAX_QUEUE_NAME: usize = 255;
 
 /// The message's properties for a republished copy: everything but `expiration` (set per
 /// purpose) and `user_id` (RabbitMQ checks it against the publishing connection's user).
@@ -112,8 +128,13 @@ impl RetryQueues {
     /// Declares `{queue}.dlq` (durable) and prepares the delay queues of `queue` (declared on
     /// first use, one per attempt so short delays never wait behind long ones).
     ///
+    /// Returns [`RetryError::InvalidName`](mqtrace::retry::RetryError::InvalidName), having
+    /// declared nothing, when a name it would use (`{queue}.retry.{n}` for the policy's last
+    /// attempt, `{queue}.dlq`) passes AMQP's 255 bytes; [`RetryError::Declare`] when RabbitMQ
+    /// refuses the dead-letter queue.
+    ///
     /// ```no_run
-    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> Result<(), mqtrace_lapin::RetryError> {
     /// let retries = mqtrace_lapin::RetryQueues::declare(channel, "orders", mqtrace::retry::RetryPolicy::exponential(3)).await?;
     /// let dlq = retries.dead_letter_queue(); // "orders.dlq"
     /// # let _ = dlq;
@@ -123,7 +144,7 @@ impl RetryQueues {
         channel: TracedChannel,
         queue: &str,
         policy: RetryPolicy,
-    ) -> lapin::Result<Self> {
+    ) -> Result<Self, RetryError> {
         let this = Self {
             shared: Arc::new(Shared {
                 channel,
@@ -133,17 +154,39 @@ impl RetryQueues {
             policy,
             time_limit: None,
         };
+        for name in [
+            this.retry_queue(this.policy.max_attempts()),
+            this.dead_letter_queue(),
+        ] {
+            if name.len() > MAX_QUEUE_NAME {
+                return Err(RetryError::InvalidName {
+                    reason: format!(
+                        "{} bytes, over AMQP's {MAX_QUEUE_NAME}-byte limit for a queue name",
+                        name.len()
+                    ),
+                    name,
+                });
+            }
+        }
+        let dlq = this.dead_letter_queue();
         this.shared
             .channel
             .queue_declare(
-                this.dead_letter_queue().as_str().into(),
+                dlq.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(|source| RetryError::Declare {
+                name: dlq.clone(),
+                source,
+            })?;
+        // Retried copies come back to `queue` itself; dead-lettered ones wait in `{queue}.dlq`.
+        retry::declare_source(queue);
+        retry::declare_source(&dlq);
         Ok(this)
     }
 
@@ -195,12 +238,18 @@ impl RetryQueues {
     }
 
     /// Runs `handler` for `delivery` and carries out what the policy decides: ack, retry after
-    /// a delay, or dead-letter (see [`mqtrace::retry::run`] for panics and time limits).
-    /// Returns the decision, or the broker's error (the message then stays with RabbitMQ).
-    /// The returned future is `Send` when the handler's is, so it can be spawned.
+    /// a delay, or dead-letter (see [`mqtrace::retry::run`] for panics, time limits, outcomes
+    /// and reasons). Returns the decision, or why it could not be carried out
+    /// ([`RetryError::Copy`](mqtrace::retry::RetryError::Copy): the original was requeued;
+    /// [`RetryError::Settle`](mqtrace::retry::RetryError::Settle): the ack failed). The
+    /// returned future is `Send` when the handler's is, so it can be spawned.
     ///
     /// See the example on [`RetryQueues`].
-    pub async fn handle<F>(&self, delivery: TracedDelivery, handler: F) -> lapin::Result<Decision>
+    pub async fn handle<F>(
+        &self,
+        delivery: TracedDelivery,
+        handler: F,
+    ) -> Result<Decision, RetryError>
     where
         F: AsyncFnOnce(&TracedDelivery) -> Result<(), HandlerError>,
     {
@@ -255,32 +304,83 @@ impl Shared {
         }
         Ok(name)
     }
+}
 
-    /// Publishes a copy of `delivery` to `queue` with its history, inside its process span.
-    async fn republish(
-        &self,
-        delivery: &TracedDelivery,
-        queue: &str,
-        next_attempt: u32,
-        extra: impl FnOnce(BasicProperties, &mut FieldTable) -> BasicProperties,
-    ) -> lapin::Result<()> {
-        let props = copy_properties(&delivery.properties);
-        let mut headers = props.headers().clone().unwrap_or_default();
-        retry::write_history(
-            &mut AmqpHeadersMut(&mut headers),
-            delivery.span_context(),
-            delivery.origin(),
-            next_attempt,
-        );
-        let props = extra(props, &mut headers).with_headers(headers);
-        let cx: Context = delivery.context().clone();
+/// One delivery on its way through [`retry::run`].
+struct Retrying {
+    delivery: TracedDelivery,
+    queues: Arc<Shared>,
+}
+
+impl RetryBroker for Retrying {
+    type PublishError = lapin::Error;
+    type SettleError = lapin::Error;
+    /// A delay queue holds the copy until its expiration.
+    const DELAYS_COPIES: bool = true;
+
+    fn attempt(&self) -> u32 {
+        self.delivery.attempt()
+    }
+
+    fn context(&self) -> &Context {
+        self.delivery.context()
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        self.delivery.span_context()
+    }
+
+    fn origin(&self) -> Option<&SpanContext> {
+        self.delivery.origin()
+    }
+
+    fn destination(&self, to: &CopyTo<'_>) -> String {
+        match to {
+            CopyTo::Retry { attempt, .. } => self.queues.retry_queue(*attempt),
+            CopyTo::DeadLetter { .. } => self.queues.dead_letter_queue(),
+        }
+    }
+
+    /// Publishes a copy (properties and headers kept, mqtrace's own headers replaced) to the
+    /// delay queue of the attempt (declared on first use, with the delay as expiration) or to
+    /// the dead-letter queue, and waits for the confirm.
+    async fn publish_copy(&self, to: &CopyTo<'_>, headers: &CopyHeaders) -> lapin::Result<()> {
+        let (queue, expiration) = match to {
+            CopyTo::Retry { attempt, delay } => (
+                self.queues.ensure_retry_queue(*attempt).await?,
+                Some(delay.as_millis().max(1).to_string()),
+            ),
+            CopyTo::DeadLetter { .. } => (self.queues.dead_letter_queue(), None),
+        };
+        let d = &self.delivery;
+        let mut props = copy_properties(&d.properties);
+        let mut table = props.headers().clone().unwrap_or_default();
+        if holds_owned(&table) {
+            let kept: Vec<_> = table
+                .inner()
+                .iter()
+                .filter(|(k, _)| !retry::is_owned(k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            table = FieldTable::default();
+            for (k, v) in kept {
+                table.insert(k, v);
+            }
+        }
+        headers.write(&mut AmqpHeadersMut(&mut table));
+        props = props.with_headers(table);
+        if let Some(ms) = expiration {
+            props = props.with_expiration(ms.as_str().into());
+        }
+        let cx: Context = d.context().clone();
         let confirm = self
+            .queues
             .channel
             .basic_publish(
                 "".into(),
-                queue.into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
-                &delivery.data,
+                &d.data,
                 props,
             )
             .with_context(cx.clone())
@@ -292,20 +392,13 @@ impl Shared {
             _ => Ok(()),
         }
     }
-}
 
-struct Retrying {
-    delivery: TracedDelivery,
-    queues: Arc<Shared>,
-}
-
-impl Retrying {
-    /// Requeues the original after a failed republish, so the message is not lost.
-    async fn requeue(self, why: String) {
+    /// Nacks the original with requeue, so the message is not lost.
+    async fn requeue(self, reason: String) {
         let _ = self
             .delivery
             .settle_with(
-                Settle::new(NACK, Outcome::Requeue).with_reason(why),
+                Settle::new(NACK, Outcome::Requeue).with_reason(reason),
                 self.delivery.acker.nack(BasicNackOptions {
                     requeue: true,
                     ..Default::default()
@@ -313,60 +406,12 @@ impl Retrying {
             )
             .await;
     }
-}
 
-impl RetryDelivery for Retrying {
-    type Error = lapin::Error;
-
-    fn attempt(&self) -> u32 {
-        self.delivery.attempt()
-    }
-
-    fn context(&self) -> &Context {
-        self.delivery.context()
-    }
-
-    async fn carry_out(self, decision: &Decision) -> lapin::Result<()> {
-        let q = self.queues.clone();
-        let (settle, published) = match decision {
-            Decision::Ack => (Settle::new(ACK, Outcome::Ack), Ok(())),
-            Decision::Retry {
-                delay,
-                next_attempt,
-            } => {
-                let published = match q.ensure_retry_queue(*next_attempt).await {
-                    Ok(name) => {
-                        let ms = delay.as_millis().max(1).to_string();
-                        q.republish(&self.delivery, &name, *next_attempt, |p, _| {
-                            p.with_expiration(ms.as_str().into())
-                        })
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
-                let reason = format!("retry in {delay:?} as attempt {next_attempt}");
-                (
-                    Settle::new(ACK, Outcome::Retry).with_reason(reason),
-                    published,
-                )
-            }
-            Decision::DeadLetter { reason } => {
-                let attempt = self.delivery.attempt();
-                let published = q
-                    .republish(&self.delivery, &q.dead_letter_queue(), attempt, |p, h| {
-                        h.insert(retry::DEAD_LETTER_REASON_HEADER.into(), long(reason));
-                        p
-                    })
-                    .await;
-                (
-                    Settle::new(ACK, Outcome::DeadLetter).with_reason(reason.clone()),
-                    published,
-                )
-            }
-        };
-        if let Err(e) = published {
-            self.requeue(format!("could not republish: {e}")).await;
-            return Err(e);
+    /// Acks the original.
+    async fn settle(self, settlement: Settlement) -> lapin::Result<()> {
+        let mut settle = Settle::new(ACK, settlement.outcome);
+        if let Some(reason) = settlement.reason {
+            settle = settle.with_reason(reason);
         }
         self.delivery
             .settle_with(
@@ -378,6 +423,12 @@ impl RetryDelivery for Retrying {
             .await
             .map(|_| ())
     }
+}
+
+/// Whether `table` holds any of mqtrace's own headers (dropped from a copy before its own
+/// are written).
+fn holds_owned(table: &FieldTable) -> bool {
+    table.inner().keys().any(|k| retry::is_owned(k.as_str()))
 }
 
 #[cfg(test)]

@@ -44,6 +44,11 @@ pub struct TracedHandler {
     // records that nack (if nothing settled the message before).
     handler: Handler,
     settling: Settling,
+    /// The subscription's short name, when the handler came from a traced stream (which
+    /// shares it): lets `RetryTopics` tell a copy of its retry subscription from the rest.
+    pub(crate) subscription: Option<std::sync::Arc<str>>,
+    /// Set by `RetryStream` on a copy it held until due (or its limit): not waited for again.
+    pub(crate) held: bool,
 }
 
 /// The process span and what its settle spans record; records the client's nack when it is
@@ -181,6 +186,8 @@ impl TracedHandler {
                 processing: Processing::new(span),
                 ack_id: kept_ack_id,
             },
+            subscription: None,
+            held: false,
         }
     }
 
@@ -218,7 +225,9 @@ impl TracedHandler {
     where
         F: Future<Output = Result<(), AckError>>,
     {
-        let Self { handler, settling } = self;
+        let Self {
+            handler, settling, ..
+        } = self;
         match handler {
             Handler::ExactlyOnce(h) => match settling.start(settle) {
                 Some(pending) => {
@@ -245,7 +254,9 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn ack(self) {
-        let Self { handler, settling } = self;
+        let Self {
+            handler, settling, ..
+        } = self;
         settling.now(Settle::new(ACK, Outcome::Ack), || handler.ack());
     }
 
@@ -258,7 +269,9 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn nack(self) {
-        let Self { handler, settling } = self;
+        let Self {
+            handler, settling, ..
+        } = self;
         settling.now(Settle::new(NACK, Outcome::Requeue), || handler.nack());
     }
 
@@ -323,7 +336,9 @@ impl TracedHandler {
     /// # }
     /// ```
     pub fn into_parts(self) -> (Handler, Option<ProcessSpan>) {
-        let Self { handler, settling } = self;
+        let Self {
+            handler, settling, ..
+        } = self;
         let span = settling.processing.take();
         (handler, span)
     }
@@ -335,9 +350,7 @@ fn combined_attempt(delivery_attempt: Option<i32>, carried: Option<&str>) -> Opt
     let counted = delivery_attempt
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| *n > 0);
-    let carried = carried
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|n| *n > 0);
+    let carried = carried.and_then(mqtrace::retry::parse_attempt);
     match (counted, carried) {
         (Some(n), Some(c)) => Some(c.saturating_add(n - 1)),
         (n, c) => n.or(c),

@@ -85,7 +85,7 @@ pub use googclient::{GOOGCLIENT_TRACEPARENT, GOOGCLIENT_TRACESTATE, GoogleContex
 pub use handler::TracedHandler;
 pub use mqtrace::Traced;
 pub use publisher::{PublishAnswer, TracedPublishFuture, TracedPublisher};
-pub use retry::{NOT_BEFORE_ATTRIBUTE, Received, RetryError, RetryStream, RetryTopics};
+pub use retry::{Received, RetryError, RetryStream, RetryTopics};
 pub use subscriber::{TracedMessageStream, TracedSubscribe, TracedSubscriber};
 
 /// One import for the traced types' methods: `use mqtrace_pubsub::prelude::*;` (with

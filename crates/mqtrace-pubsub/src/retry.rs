@@ -1,4 +1,6 @@
-//! Retries after a delay and dead-lettering on Pub/Sub, driven by a [`RetryPolicy`].
+//! Retries after a delay and dead-lettering on Pub/Sub, driven by a [`RetryPolicy`]. The flow
+//! is the core's ([`mqtrace::retry::run`]); this module supplies its three primitives
+//! (publish a copy, nack, ack) and [`RetryStream`], which holds copies until they are due.
 
 use crate::handler::TracedHandler;
 use crate::publisher::TracedPublisher;
@@ -8,10 +10,12 @@ use google_cloud_pubsub::error::{AckError, PublishError};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
+use mqtrace::retry::{
+    self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
+};
 use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -20,25 +24,12 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 
-/// The attribute of a retry copy saying when it is due: epoch milliseconds, as text (the same
-/// name and format as the Kafka crate's retry header).
-pub const NOT_BEFORE_ATTRIBUTE: &str = mqtrace::retry::NOT_BEFORE_HEADER;
-
-/// The attributes mqtrace writes on a copy, dropped from the original before they are
-/// rewritten.
-const OWN_ATTRIBUTES: [&str; 5] = [
-    mqtrace::ATTEMPT_HEADER,
-    retry::PREVIOUS_ATTEMPT_HEADER,
-    retry::ORIGIN_HEADER,
-    retry::DEAD_LETTER_REASON_HEADER,
-    NOT_BEFORE_ATTRIBUTE,
-];
-
-/// How long a [`RetryStream`] holds a copy at most by default: the subscriber client's default
-/// maximum lease, past which Pub/Sub would deliver the copy again anyway.
+/// How long a [`RetryStream`] made with [`RetryStream::new`] holds a copy at most: the
+/// subscriber client's default maximum lease, past which Pub/Sub would deliver the copy again
+/// anyway. [`RetryTopics::stream`] holds for at most the policy's longest delay instead.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 
 /// Retries after a delay through a retry topic, and dead-lettering to a dead-letter topic, for
@@ -58,11 +49,13 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 /// `requeue`: Pub/Sub delivers it again) and the error is returned.
 ///
 /// The retry topic is this subscription's own: create a topic and a subscription on it for
-/// each subscription that retries (e.g. `billing-retry`), and read both with a
-/// [`RetryStream`] ([`RetryTopics::stream`]). It holds each copy, without a process span,
-/// until it is due, while the client keeps extending its lease, and meanwhile hands out what
-/// else arrives: a copy never blocks other messages, and one retry topic serves every delay.
-/// Set the retry subscription's maximum lease above the policy's longest delay.
+/// each subscription that retries (e.g. `billing-retry`), name that subscription to
+/// [`RetryTopics::declare`], and read both with a [`RetryStream`] ([`RetryTopics::stream`]).
+/// It holds each copy, without a process span, until it is due (for at most the policy's
+/// [`longest_delay`](RetryPolicy::longest_delay), whatever its `mqtrace-not-before` says),
+/// while the client keeps extending its lease, and meanwhile hands out what else arrives: a
+/// copy never blocks other messages, and one retry topic serves every delay. Set the retry
+/// subscription's maximum lease above the policy's longest delay.
 ///
 /// **Why not nack and the subscription's retry policy?** A nack cannot change the message, so
 /// the next attempt could not name the attempt before it: every attempt's process span would be
@@ -89,18 +82,21 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 /// let emulator = Emulator::new("127.0.0.1:8085");
 /// let inst = emulator.instrumentation(mqtrace::Config::new());
 /// let (retry, dlq) = ("projects/p/topics/billing-retry", "projects/p/topics/billing-dlq");
-/// let retries = RetryTopics::new(
-///     TracedPublisher::new(emulator.publisher(retry).build().await?, retry, inst.clone()),
-///     TracedPublisher::new(emulator.publisher(dlq).build().await?, dlq, inst.clone()),
+/// let retries = RetryTopics::declare(
+///     (
+///         TracedPublisher::new(emulator.publisher(retry).build().await?, retry, inst.clone()),
+///         TracedPublisher::new(emulator.publisher(dlq).build().await?, dlq, inst.clone()),
+///     ),
+///     "projects/p/subscriptions/billing-retry",
 ///     RetryPolicy::exponential(5),
-/// );
+/// ).await?;
 /// let subscriber = TracedSubscriber::new(emulator.subscriber().build().await?, inst);
 /// let mut messages = retries.stream(
 ///     subscriber.subscribe("projects/p/subscriptions/billing").build(),
 ///     subscriber.subscribe("projects/p/subscriptions/billing-retry").build(),
 /// );
-/// while let Some((message, handler)) = messages.next().await.transpose()? {
-///     retries.handle(message, handler, async |m| {
+/// while let Some(delivery) = messages.next().await {
+///     retries.handle(delivery?, async |m| {
 ///         let order: u64 = std::str::from_utf8(&m.data)
 ///             .map_err(HandlerError::permanent)?
 ///             .parse()
@@ -125,6 +121,8 @@ pub struct RetryTopics {
 struct Targets {
     retry: TracedPublisher,
     dead_letter: TracedPublisher,
+    /// The retry subscription's short name.
+    retry_subscription: Arc<str>,
 }
 
 /// A received message and its traced handler, as a [`RetryTopics::handle`] handler sees it:
@@ -185,72 +183,69 @@ impl Deref for Received {
     }
 }
 
-/// Why [`RetryTopics::handle`] could not carry out its decision.
+/// Why [`RetryTopics`] could not be declared or could not carry out its decision: the core's
+/// [`mqtrace::retry::RetryError`] over the publisher's error (copies) and the ack's error
+/// (exactly-once subscriptions).
 ///
 /// ```
 /// use google_cloud_pubsub::error::PublishError;
-/// let e = mqtrace_pubsub::RetryError::Publish {
-///     topic: "projects/p/topics/billing-dlq".into(),
+/// let e = mqtrace_pubsub::RetryError::Copy {
+///     destination: "billing-dlq".into(),
 ///     source: PublishError::Shutdown,
 /// };
-/// assert!(e.to_string().contains("nacked"));
+/// assert!(e.to_string().contains("requeued"));
 /// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RetryError {
-    /// The copy could not be published: the original was nacked, so Pub/Sub delivers it again.
-    Publish {
-        /// The topic the copy was for.
-        topic: String,
-        /// What the publisher said.
-        source: PublishError,
-    },
-    /// The ack of the original was not confirmed (exactly-once subscriptions): the message
-    /// comes again, and if a copy was published, it is handled twice.
-    Ack(AckError),
-}
-
-impl fmt::Display for RetryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Publish { topic, source } => write!(
-                f,
-                "could not publish the copy to {topic} ({source}); the message was nacked and \
-                 comes again"
-            ),
-            Self::Ack(e) => write!(
-                f,
-                "the ack was not confirmed ({e}); the message comes again"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RetryError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Publish { source, .. } => Some(source),
-            Self::Ack(e) => Some(e),
-        }
-    }
-}
+pub type RetryError = mqtrace::retry::RetryError<PublishError, AckError>;
 
 impl RetryTopics {
-    /// Retries through `retry` (a publisher of this subscription's retry topic) and
-    /// dead-letters through `dead_letter` (a publisher of its dead-letter topic), as `policy`
-    /// decides. The topics must exist.
+    /// Retries through `publishers.0` (a publisher of this subscription's retry topic, read
+    /// back through `retry_subscription`) and dead-letters through `publishers.1` (a publisher
+    /// of its dead-letter topic), as `policy` decides. The topics and the retry subscription
+    /// must exist (mqtrace creates nothing on Pub/Sub). The retry subscription is recorded as
+    /// one mqtrace declared ([`mqtrace::retry::declare_source`]); only its copies are waited
+    /// for.
+    ///
+    /// Returns [`RetryError::InvalidName`](mqtrace::retry::RetryError::InvalidName) when both
+    /// publishers publish to the same topic or the retry subscription is empty.
     ///
     /// ```no_run
-    /// # fn demo(retry: mqtrace_pubsub::TracedPublisher, dlq: mqtrace_pubsub::TracedPublisher) {
-    /// let retries = mqtrace_pubsub::RetryTopics::new(retry, dlq, mqtrace::retry::RetryPolicy::exponential(5));
-    /// # let _ = retries; }
+    /// # async fn demo(retry: mqtrace_pubsub::TracedPublisher, dlq: mqtrace_pubsub::TracedPublisher) -> Result<(), mqtrace_pubsub::RetryError> {
+    /// let retries = mqtrace_pubsub::RetryTopics::declare(
+    ///     (retry, dlq),
+    ///     "projects/p/subscriptions/billing-retry",
+    ///     mqtrace::retry::RetryPolicy::exponential(5),
+    /// ).await?;
+    /// # let _ = retries; Ok(()) }
     /// ```
-    pub fn new(retry: TracedPublisher, dead_letter: TracedPublisher, policy: RetryPolicy) -> Self {
-        Self {
-            targets: Arc::new(Targets { retry, dead_letter }),
+    pub async fn declare(
+        publishers: (TracedPublisher, TracedPublisher),
+        retry_subscription: &str,
+        policy: RetryPolicy,
+    ) -> Result<Self, RetryError> {
+        let (retry, dead_letter) = publishers;
+        if retry.topic() == dead_letter.topic() {
+            return Err(RetryError::InvalidName {
+                name: retry.topic().to_owned(),
+                reason: "the retry and the dead-letter topic must differ".to_owned(),
+            });
+        }
+        let retry_subscription: Arc<str> = Arc::from(short_name(retry_subscription));
+        if retry_subscription.is_empty() {
+            return Err(RetryError::InvalidName {
+                name: String::new(),
+                reason: "the retry subscription is not named".to_owned(),
+            });
+        }
+        retry::declare_source(&retry_subscription);
+        Ok(Self {
+            targets: Arc::new(Targets {
+                retry,
+                dead_letter,
+                retry_subscription,
+            }),
             policy,
             time_limit: None,
-        }
+        })
     }
 
     /// Gives each handler run at most `limit`; a handler that takes longer counts as a
@@ -299,100 +294,155 @@ impl RetryTopics {
         self.targets.dead_letter.topic()
     }
 
-    /// The longest a copy is held: twice the policy's longest delay, whatever its
-    /// `mqtrace-not-before` says (a guard against a wrong clock).
-    fn longest_wait(&self) -> Duration {
-        self.policy.delay_for(u32::MAX).saturating_mul(2)
+    /// The retry subscription's short name.
+    ///
+    /// ```no_run
+    /// # fn demo(r: mqtrace_pubsub::RetryTopics) {
+    /// println!("copies come back through {}", r.retry_subscription());
+    /// # }
+    /// ```
+    pub fn retry_subscription(&self) -> &str {
+        &self.targets.retry_subscription
     }
 
     /// Reads `main` (the subscription) and `retry` (the subscription of the retry topic) as one
-    /// stream that holds each copy until it is due; see [`RetryStream`].
+    /// stream that holds each copy until it is due, for at most the policy's
+    /// [`longest_delay`](RetryPolicy::longest_delay); see [`RetryStream`].
     ///
     /// See the example on [`RetryTopics`].
     pub fn stream(&self, main: TracedMessageStream, retry: TracedMessageStream) -> RetryStream {
-        RetryStream::new(main, retry).with_max_wait(self.longest_wait())
+        RetryStream::new(main, retry).with_max_wait(self.policy.longest_delay())
     }
 
-    /// Runs `handler` for `message` (from the subscription or its retry subscription) and
-    /// carries out what the policy decides: ack, retry after a delay, or dead-letter (see
-    /// [`mqtrace::retry::run`] for panics and time limits). The process span records the
-    /// outcome (`ack`, `retry`, `dead_letter`, or `requeue` when a copy could not be
-    /// published) and the attempt the policy counted (`mqtrace.delivery.attempt`, 1 for a
-    /// message that neither Pub/Sub nor a copy numbers).
+    /// Runs `handler` for `delivery` (a message and its traced handler, from the subscription
+    /// or its retry subscription, as the streams hand them out) and carries out what the
+    /// policy decides: ack, retry after a delay, or dead-letter (see [`mqtrace::retry::run`]
+    /// for panics, time limits, outcomes and reasons). The process span records the attempt
+    /// the policy counted (`mqtrace.delivery.attempt`, 1 for a message that neither Pub/Sub
+    /// nor a copy numbers).
     ///
-    /// A copy that is not yet due (read without a [`RetryStream`]) is first waited for, inside
-    /// its process span (an event `mqtrace.retry.wait` says how long), for at most twice the
-    /// policy's longest delay.
+    /// A copy of the retry subscription that is not yet due (read without a [`RetryStream`])
+    /// is first waited for, inside its process span (an event `mqtrace.retry.wait` says how
+    /// long), for at most the policy's longest delay; a message of any other subscription is
+    /// never waited for, whatever its `mqtrace-not-before` says.
     ///
-    /// Returns the decision, or why it could not be carried out (the message then comes
-    /// again). See the example on [`RetryTopics`].
+    /// Returns the decision, or why it could not be carried out
+    /// ([`RetryError::Copy`](mqtrace::retry::RetryError::Copy): the original was nacked and
+    /// comes again; [`RetryError::Settle`](mqtrace::retry::RetryError::Settle): the ack was
+    /// not confirmed). See the example on [`RetryTopics`].
     pub async fn handle<F>(
         &self,
-        message: Message,
-        handler: TracedHandler,
-        f: F,
+        delivery: (Message, TracedHandler),
+        handler: F,
     ) -> Result<Decision, RetryError>
     where
         F: AsyncFnOnce(&Received) -> Result<(), HandlerError>,
     {
-        if handler.processing().attempt().is_none() {
+        let (message, traced) = delivery;
+        if traced.processing().attempt().is_none() {
             // Neither Pub/Sub nor a copy says: this is the first attempt as far as the policy
             // counts, and the span says so.
-            let span = handler.context().span();
+            let span = traced.context().span();
             if span.is_recording() {
                 span.set_attribute(KeyValue::new(mqtrace::attributes::DELIVERY_ATTEMPT, 1_i64));
             }
         }
-        if let Some(wait) = retry::due_in(&message.attributes, self.longest_wait()) {
-            retry::wait_in_span(handler.context(), wait).await;
+        let from_retry = !traced.held
+            && traced
+                .subscription
+                .as_deref()
+                .is_some_and(|s| s == &*self.targets.retry_subscription);
+        if from_retry
+            && let Some(wait) = retry::due_in(&message.attributes, self.policy.longest_delay())
+        {
+            retry::wait_in_span(traced.context(), wait).await;
         }
         let retrying = Retrying {
-            received: Received { message, handler },
+            received: Received {
+                message,
+                handler: traced,
+            },
             targets: self.targets.clone(),
         };
         retry::run(
             retrying,
             &self.policy,
             self.time_limit,
-            async |r: &Retrying| f(&r.received).await,
+            async |r: &Retrying| handler(&r.received).await,
         )
         .await
     }
+}
 
-    /// Publishes a copy of `received` through `publisher` with its history for `attempt` and
-    /// `extra`, inside its process span, and waits for the publish.
+/// One message on its way through [`retry::run`].
+struct Retrying {
+    received: Received,
+    targets: Arc<Targets>,
+}
+
+impl Retrying {
+    fn publisher(&self, to: &CopyTo<'_>) -> &TracedPublisher {
+        match to {
+            CopyTo::Retry { .. } => &self.targets.retry,
+            CopyTo::DeadLetter { .. } => &self.targets.dead_letter,
+        }
+    }
+}
+
+impl RetryBroker for Retrying {
+    type PublishError = PublishError;
+    type SettleError = AckError;
+    /// Pub/Sub cannot hold a message back: the copy says when it is due.
+    const DELAYS_COPIES: bool = false;
+
+    fn attempt(&self) -> u32 {
+        self.received.attempt()
+    }
+
+    fn context(&self) -> &Context {
+        self.received.handler.context()
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        self.received.handler.span_context()
+    }
+
+    fn origin(&self) -> Option<&SpanContext> {
+        self.received.handler.origin()
+    }
+
+    fn destination(&self, to: &CopyTo<'_>) -> String {
+        short_name(self.publisher(to).topic()).to_owned()
+    }
+
+    /// Publishes a copy (data, ordering key and attributes, without mqtrace's own and the
+    /// propagation fields the publisher writes anew) and waits for the publish.
     async fn publish_copy(
-        publisher: &TracedPublisher,
-        received: &Received,
-        attempt: u32,
-        extra: (&str, String),
-    ) -> Result<(), RetryError> {
-        let m = &received.message;
+        &self,
+        to: &CopyTo<'_>,
+        headers: &CopyHeaders,
+    ) -> Result<(), PublishError> {
+        let publisher = self.publisher(to);
+        let m = &self.received.message;
         let propagation = publisher.instrumentation().config().propagation();
         let mut attributes: HashMap<String, String> = m
             .attributes
             .iter()
             .filter(|(k, _)| {
                 let k = k.as_str();
-                !OWN_ATTRIBUTES.contains(&k)
+                !retry::is_owned(k)
                     && k != GOOGCLIENT_TRACEPARENT
                     && k != GOOGCLIENT_TRACESTATE
                     && !propagation.is_field(k)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        retry::write_history(
-            &mut attributes,
-            received.handler.span_context(),
-            received.handler.origin(),
-            attempt,
-        );
-        attributes.insert(extra.0.to_owned(), extra.1);
+        headers.write(&mut attributes);
         let copy = Message::new()
             .set_data(m.data.clone())
             .set_ordering_key(m.ordering_key.clone())
             .set_attributes(attributes);
-        let cx: Context = received.handler.context().clone();
+        let cx: Context = self.received.handler.context().clone();
         let published = async { publisher.publish(copy).await }
             .with_context(cx)
             .await;
@@ -403,83 +453,31 @@ impl RetryTopics {
                     // A failed publish pauses the key; let the next copy of it through.
                     publisher.resume_publish(m.ordering_key.clone());
                 }
-                Err(RetryError::Publish {
-                    topic: publisher.topic().to_owned(),
-                    source,
-                })
+                Err(source)
             }
         }
     }
-}
 
-struct Retrying {
-    received: Received,
-    targets: Arc<Targets>,
-}
-
-impl RetryDelivery for Retrying {
-    type Error = RetryError;
-
-    fn attempt(&self) -> u32 {
-        self.received.attempt()
+    /// Nacks the original: Pub/Sub delivers it again; the nack's own failure changes nothing
+    /// more.
+    async fn requeue(self, reason: String) {
+        let _ = self
+            .received
+            .handler
+            .settle_as(
+                Settle::new(NACK, Outcome::Requeue).with_reason(reason),
+                false,
+            )
+            .await;
     }
 
-    fn context(&self) -> &Context {
-        self.received.handler.context()
-    }
-
-    async fn carry_out(self, decision: &Decision) -> Result<(), RetryError> {
-        let t = &*self.targets;
-        let (settle, published) = match decision {
-            Decision::Ack => (Settle::new(ACK, Outcome::Ack), Ok(())),
-            Decision::Retry {
-                delay,
-                next_attempt,
-            } => {
-                let due = retry::epoch_millis(SystemTime::now() + *delay);
-                let published = RetryTopics::publish_copy(
-                    &t.retry,
-                    &self.received,
-                    *next_attempt,
-                    (NOT_BEFORE_ATTRIBUTE, due.to_string()),
-                )
-                .await;
-                let reason = format!(
-                    "retry in {delay:?} as attempt {next_attempt} through {}",
-                    short_name(t.retry.topic())
-                );
-                (
-                    Settle::new(ACK, Outcome::Retry).with_reason(reason),
-                    published,
-                )
-            }
-            Decision::DeadLetter { reason } => {
-                let published = RetryTopics::publish_copy(
-                    &t.dead_letter,
-                    &self.received,
-                    self.received.attempt(),
-                    (retry::DEAD_LETTER_REASON_HEADER, reason.clone()),
-                )
-                .await;
-                (
-                    Settle::new(ACK, Outcome::DeadLetter).with_reason(reason.clone()),
-                    published,
-                )
-            }
-        };
-        let handler = self.received.handler;
-        if let Err(e) = published {
-            let why = format!("could not publish the copy: {e}");
-            // The nack hands the message back to Pub/Sub; its own failure changes nothing more.
-            let _ = handler
-                .settle_as(Settle::new(NACK, Outcome::Requeue).with_reason(why), false)
-                .await;
-            return Err(e);
+    /// Acks the original (confirmed on exactly-once subscriptions).
+    async fn settle(self, settlement: Settlement) -> Result<(), AckError> {
+        let mut settle = Settle::new(ACK, settlement.outcome);
+        if let Some(reason) = settlement.reason {
+            settle = settle.with_reason(reason);
         }
-        handler
-            .settle_as(settle, true)
-            .await
-            .map_err(RetryError::Ack)
+        self.received.handler.settle_as(settle, true).await
     }
 }
 
@@ -600,7 +598,8 @@ impl fmt::Debug for RetryStream {
 
 impl RetryStream {
     /// Reads `main` and `retry` together; a copy is held for at most an hour (the subscriber
-    /// client's default maximum lease) whatever its due time says.
+    /// client's default maximum lease) whatever its due time says; [`RetryTopics::stream`]
+    /// holds for at most the policy's longest delay.
     ///
     /// ```no_run
     /// # fn demo(s: mqtrace_pubsub::TracedSubscriber) {
@@ -664,7 +663,8 @@ impl RetryStream {
             if next_due.is_some_and(|due| due <= Instant::now())
                 && let Some(h) = self.held.pop()
             {
-                let handler = self.retry_tracer.trace(&h.message, h.handler);
+                let mut handler = self.retry_tracer.trace(&h.message, h.handler);
+                handler.held = true;
                 return Some(Ok((h.message, handler)));
             }
             let main_open = self.main.start();
@@ -682,7 +682,8 @@ impl RetryStream {
                     Some(Ok((message, handler))) => {
                         match retry::due_in(&message.attributes, self.max_wait) {
                             None => {
-                                let handler = self.retry_tracer.trace(&message, handler);
+                                let mut handler = self.retry_tracer.trace(&message, handler);
+                                handler.held = true;
                                 return Some(Ok((message, handler)));
                             }
                             Some(wait) => {
@@ -731,40 +732,11 @@ mod tests {
     #[allow(dead_code)]
     fn futures_are_send(r: &'static RetryTopics, s: &'static mut RetryStream, h: TracedHandler) {
         fn send<T: Send>(_: T) {}
-        send(r.handle(Message::new(), h, async |m| {
+        send(r.handle((Message::new(), h), async |m| {
             tokio::task::yield_now().await;
             let _ = m.attempt();
             Ok(())
         }));
         send(s.next());
-    }
-
-    #[test]
-    fn due_times_are_read_capped_and_ignored_when_past_or_invalid() {
-        let mut a = HashMap::new();
-        assert_eq!(retry::due_in(&a, Duration::from_secs(10)), None);
-        a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), "x".to_owned());
-        assert_eq!(retry::due_in(&a, Duration::from_secs(10)), None);
-        a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), "1000".to_owned());
-        assert_eq!(
-            retry::due_in(&a, Duration::from_secs(10)),
-            None,
-            "long past"
-        );
-        let soon = retry::epoch_millis(SystemTime::now() + Duration::from_secs(5));
-        a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), soon.to_string());
-        let w = retry::due_in(&a, Duration::from_secs(10)).expect("due later");
-        assert!(
-            w > Duration::from_secs(3) && w <= Duration::from_secs(5),
-            "{w:?}"
-        );
-        assert_eq!(
-            retry::due_in(&a, Duration::from_secs(1)),
-            Some(Duration::from_secs(1))
-        );
-        a.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), u64::MAX.to_string());
-        assert!(
-            retry::due_in(&a, Duration::from_secs(2)).is_none_or(|w| w <= Duration::from_secs(2))
-        );
     }
 }

@@ -245,7 +245,9 @@ impl StreamTracer {
 
     /// Starts the process span of `message`.
     pub(crate) fn trace(&self, message: &Message, handler: Handler) -> TracedHandler {
-        TracedHandler::new(message, handler, &self.name, &self.inst, self.google)
+        let mut traced = TracedHandler::new(message, handler, &self.name, &self.inst, self.google);
+        traced.subscription = Some(self.name.clone());
+        traced
     }
 }
 

@@ -8,9 +8,6 @@ use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::SystemTime;
 
-/// Header carrying when a retried copy is due (see [`mqtrace::retry::NOT_BEFORE_HEADER`]).
-pub use mqtrace::retry::NOT_BEFORE_HEADER;
-
 /// Reads trace context from Kafka headers (a consumed message's [`BorrowedHeaders`], or the
 /// [`OwnedHeaders`] of a record), without copying.
 ///
@@ -99,18 +96,10 @@ impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
 /// assert_eq!(mqtrace_rdkafka::delivery_attempt::<OwnedHeaders>(None), 1);
 /// ```
 pub fn delivery_attempt<H: Headers + ?Sized>(headers: Option<&H>) -> u32 {
-    match KafkaHeaders(headers).header(mqtrace::ATTEMPT_HEADER) {
-        Some(Ok(v)) => v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .unwrap_or(1),
-        _ => 1,
-    }
+    mqtrace::retry::attempt(&KafkaHeaders(headers)).unwrap_or(1)
 }
 
-/// When a message is due: the [`NOT_BEFORE_HEADER`] (written by [`crate::RetryTopics`] on the
+/// When a message is due: the [`mqtrace::retry::NOT_BEFORE_HEADER`] (written by [`crate::RetryTopics`] on the
 /// copies it sends to a retry topic), or `None` when absent or not a valid time.
 ///
 /// ```
@@ -401,7 +390,7 @@ mod tests {
     fn not_before_rejects_what_is_not_a_time() {
         let h = |v: &str| {
             OwnedHeaders::new().insert(Header {
-                key: NOT_BEFORE_HEADER,
+                key: mqtrace::retry::NOT_BEFORE_HEADER,
                 value: Some(v),
             })
         };

@@ -75,14 +75,14 @@ pub use consumer::{
     TracedMessageStream, TracedStreamConsumer,
 };
 pub use error::error_type;
-pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
+pub use headers::{KafkaHeaders, KafkaHeadersMut, delivery_attempt, not_before};
 pub use message::TracedMessage;
 pub use mqtrace::Traced;
 pub use producer::{
     DeliveryAnswer, TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,
 };
-pub use retry::RetryTopics;
+pub use retry::{RetryError, RetryTopics};
 
 /// One import for the traced types' methods: `use mqtrace_rdkafka::prelude::*;`.
 ///

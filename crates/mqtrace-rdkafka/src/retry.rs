@@ -3,15 +3,17 @@
 
 use crate::TracedStreamConsumer;
 use crate::consumer::{CommitReporting, Meaning};
-use crate::headers::{KafkaHeaders, NOT_BEFORE_HEADER, OwnedHeadersWriter, copy_without};
+use crate::headers::{KafkaHeaders, OwnedHeadersWriter, copy_without};
 use crate::message::TracedMessage;
 use crate::producer::TracedFutureProducer;
-use mqtrace::carrier::Injector;
-use mqtrace::retry::epoch_millis;
-use mqtrace::retry::{self, Decision, HandlerError, RetryDelivery, RetryPolicy};
-use mqtrace::{Outcome, Traced as _};
+use mqtrace::Traced as _;
+use mqtrace::retry::{
+    self, CopyHeaders, CopyTo, Decision, HandlerError, OWNED_HEADERS, RetryBroker, RetryPolicy,
+    Settlement,
+};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanContext;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -22,16 +24,19 @@ use rdkafka::util::{AsyncRuntime, DefaultRuntime};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-/// The headers mqtrace writes on a copy, dropped from the original before they are rewritten.
-const OWN_HEADERS: [&str; 5] = [
-    mqtrace::ATTEMPT_HEADER,
-    retry::PREVIOUS_ATTEMPT_HEADER,
-    retry::ORIGIN_HEADER,
-    retry::DEAD_LETTER_REASON_HEADER,
-    NOT_BEFORE_HEADER,
-];
+/// Why [`RetryTopics`] could not be declared or could not carry out its decision: the core's
+/// [`mqtrace::retry::RetryError`] over rdkafka's error.
+///
+/// ```
+/// let e = mqtrace_rdkafka::RetryError::Settle(rdkafka::error::KafkaError::Canceled);
+/// assert!(e.to_string().contains("could not settle"));
+/// ```
+pub type RetryError = mqtrace::retry::RetryError<KafkaError>;
+
+/// The longest Kafka topic name.
+const MAX_TOPIC_NAME: usize = 249;
 
 /// How long the metadata request and the topic creation of [`RetryTopics::declare`] may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,7 +56,7 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// - **retry after a delay**: a copy of the message (same key, payload and headers) is produced
 ///   to the retry topic `{topic}.retry.{attempt}` with `mqtrace-attempt`, the previous
 ///   attempt's process span (`mqtrace-previous-attempt`), the first delivery's creation
-///   context (`mqtrace-origin`) and the time it is due ([`NOT_BEFORE_HEADER`], epoch
+///   context (`mqtrace-origin`) and the time it is due ([`NOT_BEFORE_HEADER`](mqtrace::retry::NOT_BEFORE_HEADER), epoch
 ///   milliseconds); once the broker has acknowledged the copy, the original's offset is
 ///   committed (outcome `retry`);
 /// - **dead-letter**: the copy goes to `{topic}.dlq` with the reason
@@ -73,7 +78,9 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// **Delays.** Kafka cannot hold a message back, so the consumer of a retry topic waits until
 /// the copy is due before running the handler: `handle` sleeps, inside the process span (an
-/// event `mqtrace.retry.wait` records for how long). The sleep holds up the task that calls
+/// event `mqtrace.retry.wait` records for how long), only for a message of one of its own
+/// retry topics and for at most the policy's [`longest_delay`](RetryPolicy::longest_delay),
+/// whatever its `mqtrace-not-before` says (a forged header on `{topic}` is not waited for). The sleep holds up the task that calls
 /// `handle`, and with it the partition the copy came from; with one loop over one consumer,
 /// everything that consumer reads waits too. That is why retries have topics of their own,
 /// which you can consume apart from `{topic}` (another consumer or task), and one per attempt:
@@ -94,7 +101,7 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// at-least-once Kafka consumer.
 ///
 /// ```no_run
-/// # async fn demo() -> rdkafka::error::KafkaResult<()> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use mqtrace::retry::{HandlerError, RetryPolicy};
 /// use mqtrace_rdkafka::{RetryTopics, TracedFutureProducer, TracedStreamConsumer};
 /// use rdkafka::ClientConfig;
@@ -206,8 +213,13 @@ where
     /// configured like `producer`). `topic` must exist (`UnknownTopicOrPartition` otherwise).
     /// The copies are produced with `producer`.
     ///
+    /// Returns [`RetryError::InvalidName`](mqtrace::retry::RetryError::InvalidName), having
+    /// created nothing, when a topic name it would use passes Kafka's 249 characters, and
+    /// [`RetryError::Declare`](mqtrace::retry::RetryError::Declare) when the metadata request
+    /// or the topic creation fails.
+    ///
     /// ```no_run
-    /// # async fn demo(producer: mqtrace_rdkafka::TracedFutureProducer) -> rdkafka::error::KafkaResult<()> {
+    /// # async fn demo(producer: mqtrace_rdkafka::TracedFutureProducer) -> Result<(), mqtrace_rdkafka::RetryError> {
     /// let retries = mqtrace_rdkafka::RetryTopics::declare(producer, "orders", mqtrace::retry::RetryPolicy::exponential(3)).await?;
     /// let dlq = retries.dead_letter_topic(); // "orders.dlq"
     /// let topics = retries.topics(); // ["orders", "orders.retry.2", "orders.retry.3"]
@@ -218,7 +230,7 @@ where
         producer: TracedFutureProducer<C, R>,
         topic: &str,
         policy: RetryPolicy,
-    ) -> KafkaResult<Self> {
+    ) -> Result<Self, RetryError> {
         let this = Self {
             producer,
             topic: topic.to_owned(),
@@ -226,7 +238,30 @@ where
             time_limit: None,
             commit_mode: CommitMode::Async,
         };
-        this.create_topics().await?;
+        for name in [
+            this.retry_topic(this.policy.max_attempts()),
+            this.dead_letter_topic(),
+        ] {
+            if name.len() > MAX_TOPIC_NAME {
+                return Err(RetryError::InvalidName {
+                    reason: format!(
+                        "{} bytes, over Kafka's {MAX_TOPIC_NAME}-character limit for a topic name",
+                        name.len()
+                    ),
+                    name,
+                });
+            }
+        }
+        this.create_topics()
+            .await
+            .map_err(|source| RetryError::Declare {
+                name: topic.to_owned(),
+                source,
+            })?;
+        for name in this.topics().iter().skip(1) {
+            retry::declare_source(name);
+        }
+        retry::declare_source(&this.dead_letter_topic());
         Ok(this)
     }
 
@@ -262,18 +297,22 @@ where
 
     /// Runs `handler` for `message` (received by `consumer` from the topic or one of its retry
     /// topics) and carries out what the policy decides: commit, retry after a delay, or
-    /// dead-letter (see [`mqtrace::retry::run`] for panics and time limits). A copy from a
-    /// retry topic that is not yet due is first waited for, inside its process span (an event
-    /// `mqtrace.retry.wait` records how long); the wait is at most twice the policy's longest
-    /// delay, whatever the header says.
+    /// dead-letter (see [`mqtrace::retry::run`] for panics, time limits, outcomes and
+    /// reasons). A copy from one of these retry topics that is not yet due is first waited
+    /// for, inside its process span (an event `mqtrace.retry.wait` records how long); the wait
+    /// is at most the policy's [`longest_delay`](RetryPolicy::longest_delay), whatever the
+    /// header says, and a message of any other topic is never waited for.
     ///
-    /// The original's offset is settled through `consumer`: stored, when the consumer has
-    /// `enable.auto.commit` and not `enable.auto.offset.store` (librdkafka commits it and the
-    /// result is recorded); otherwise committed with [`RetryTopics::with_commit_mode`]'s mode.
+    /// Kafka's message does not settle itself: its offset is settled through `consumer`,
+    /// which therefore comes first (the other brokers' `handle` takes the delivery alone).
+    /// Stored, when the consumer has `enable.auto.commit` and not `enable.auto.offset.store`
+    /// (librdkafka commits it and the result is recorded); otherwise committed with
+    /// [`RetryTopics::with_commit_mode`]'s mode.
     ///
-    /// Returns the decision, or the producer's error when the copy could not be produced (the
-    /// message is then not committed, and the consumer receives it again), or the commit's
-    /// error.
+    /// Returns the decision, or [`RetryError::Copy`](mqtrace::retry::RetryError::Copy) when
+    /// the copy could not be produced (the message is then not committed, its partition is
+    /// sought back, and the consumer receives it again), or
+    /// [`RetryError::Settle`](mqtrace::retry::RetryError::Settle) with the commit's error.
     ///
     /// See the example on [`RetryTopics`].
     pub async fn handle<'m, CC, CR, F>(
@@ -281,7 +320,7 @@ where
         consumer: &TracedStreamConsumer<CC, CR>,
         message: TracedMessage<'m>,
         handler: F,
-    ) -> KafkaResult<Decision>
+    ) -> Result<Decision, RetryError>
     where
         CC: CommitReporting + 'static,
         CR: AsyncRuntime,
@@ -304,33 +343,41 @@ where
         .await
     }
 
-    /// How long `message` must still wait before it is due, if at all.
+    /// How long `message` must still wait before it is due, if at all: only a copy of one of
+    /// these retry topics, for at most the policy's longest delay.
     fn wait_for(&self, message: &TracedMessage<'_>) -> Option<Duration> {
-        let longest = self.policy.delay_for(u32::MAX).saturating_mul(2);
-        retry::due_in(&KafkaHeaders(message.headers()), longest)
+        if !self.is_retry_topic(message.topic()) {
+            return None;
+        }
+        retry::due_in(
+            &KafkaHeaders(message.headers()),
+            self.policy.longest_delay(),
+        )
     }
 
-    /// Produces a copy of `message` to `topic` with its history, inside its process span, and
-    /// waits for the delivery report.
+    /// Whether `topic` is `{topic}.retry.{n}` for an attempt `n` of the policy.
+    fn is_retry_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.topic.as_str())
+            .and_then(|rest| rest.strip_prefix(".retry."))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (2..=self.policy.max_attempts()).contains(&n))
+    }
+
+    /// Produces a copy of `message` (key, payload and headers, without mqtrace's own) with
+    /// `headers` added to `topic`, inside its process span, and waits for the delivery report.
     async fn produce_copy(
         &self,
         message: &TracedMessage<'_>,
         topic: &str,
-        attempt: u32,
-        extra: (&str, String),
+        headers: &CopyHeaders,
     ) -> KafkaResult<()> {
-        let mut headers = OwnedHeadersWriter(copy_without(message.headers(), &OWN_HEADERS));
-        retry::write_history(
-            &mut headers,
-            message.span_context(),
-            message.origin(),
-            attempt,
-        );
-        headers.set(extra.0, extra.1);
+        let mut out = OwnedHeadersWriter(copy_without(message.headers(), &OWNED_HEADERS));
+        headers.write(&mut out);
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
         record.key = message.key();
         record.payload = message.payload();
-        record.headers = Some(headers.0);
+        record.headers = Some(out.0);
         self.producer
             .send(record, QUEUE_TIMEOUT)
             .with_context(message.context().clone())
@@ -433,14 +480,17 @@ where
     topics: &'a RetryTopics<C, R>,
 }
 
-impl<C, R, CC, CR> RetryDelivery for Retrying<'_, '_, C, R, CC, CR>
+impl<C, R, CC, CR> RetryBroker for Retrying<'_, '_, C, R, CC, CR>
 where
     C: ClientContext + 'static,
     R: AsyncRuntime,
     CC: CommitReporting + 'static,
     CR: AsyncRuntime,
 {
-    type Error = KafkaError;
+    type PublishError = KafkaError;
+    type SettleError = KafkaError;
+    /// Kafka cannot hold a message back: the copy says when it is due.
+    const DELAYS_COPIES: bool = false;
 
     fn attempt(&self) -> u32 {
         self.message.attempt()
@@ -450,58 +500,41 @@ where
         self.message.context()
     }
 
-    async fn carry_out(self, decision: &Decision) -> KafkaResult<()> {
-        let t = self.topics;
-        let (outcome, reason, produced) = match decision {
-            Decision::Ack => (Outcome::Ack, None, Ok(())),
-            Decision::Retry {
-                delay,
-                next_attempt,
-            } => {
-                let due = SystemTime::now() + *delay;
-                let to = t.retry_topic(*next_attempt);
-                let produced = t
-                    .produce_copy(
-                        &self.message,
-                        &to,
-                        *next_attempt,
-                        (NOT_BEFORE_HEADER, epoch_millis(due).to_string()),
-                    )
-                    .await
-                    .map_err(|e| (to, e));
-                let reason = format!("retry in {delay:?} as attempt {next_attempt}");
-                (Outcome::Retry, Some(reason), produced)
-            }
-            Decision::DeadLetter { reason } => {
-                let to = t.dead_letter_topic();
-                let produced = t
-                    .produce_copy(
-                        &self.message,
-                        &to,
-                        self.message.attempt(),
-                        (retry::DEAD_LETTER_REASON_HEADER, reason.clone()),
-                    )
-                    .await
-                    .map_err(|e| (to, e));
-                (Outcome::DeadLetter, Some(reason.clone()), produced)
-            }
-        };
-        if let Err((to, e)) = produced {
-            // Not committed; seeking back makes this consumer receive the message again
-            // rather than commit past it with a later offset of the partition.
-            let _ = self.consumer.seek_back(
-                &self.message,
-                format!("could not produce to {to}: {e}"),
-                SEEK_TIMEOUT,
-            );
-            return Err(e);
+    fn span_context(&self) -> &SpanContext {
+        self.message.span_context()
+    }
+
+    fn origin(&self) -> Option<&SpanContext> {
+        self.message.origin()
+    }
+
+    fn destination(&self, to: &CopyTo<'_>) -> String {
+        match to {
+            CopyTo::Retry { attempt, .. } => self.topics.retry_topic(*attempt),
+            CopyTo::DeadLetter { .. } => self.topics.dead_letter_topic(),
         }
+    }
+
+    async fn publish_copy(&self, to: &CopyTo<'_>, headers: &CopyHeaders) -> KafkaResult<()> {
+        let topic = self.destination(to);
+        self.topics
+            .produce_copy(&self.message, &topic, headers)
+            .await
+    }
+
+    /// Not committed; seeking back makes this consumer receive the message again rather than
+    /// commit past it with a later offset of the partition.
+    async fn requeue(self, reason: String) {
+        let _ = self.consumer.seek_back(&self.message, reason, SEEK_TIMEOUT);
+    }
+
+    async fn settle(self, settlement: Settlement) -> KafkaResult<()> {
         self.consumer.settle_as(
             &self.message,
-            t.commit_mode,
+            self.topics.commit_mode,
             Meaning {
-                outcome,
-                reason: reason.map(Cow::Owned),
+                outcome: settlement.outcome,
+                reason: settlement.reason.map(Cow::Owned),
             },
         )
     }

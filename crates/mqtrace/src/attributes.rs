@@ -21,6 +21,10 @@ pub const DELIVERY_ATTEMPT: &str = "mqtrace.delivery.attempt";
 pub const DELIVERY_REDELIVERED: &str = "mqtrace.delivery.redelivered";
 /// Why the incoming trace context was rejected (in full or in part).
 pub const CONTEXT_ERROR: &str = "mqtrace.context.error";
+/// Which of mqtrace's own headers on the message were refused, and why (`header: why`,
+/// `; `-separated): over their length bound, not valid, or from a source whose history is not
+/// believed (see [`crate::retry::read_history`]).
+pub const CONTEXT_REFUSED: &str = "mqtrace.context.refused";
 /// True when the message came from a source marked untrusted (its context is only linked).
 pub const CONTEXT_UNTRUSTED: &str = "mqtrace.context.untrusted";
 /// Why the message was dead-lettered, as reported by the broker (e.g. `rejected`).

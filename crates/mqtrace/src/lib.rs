@@ -55,5 +55,6 @@ pub use outcome::Outcome;
 pub use propagation::{ContextIssue, Propagation};
 pub use traced::Traced;
 
-/// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
-pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";
+/// Header mqtrace writes with the delivery attempt where the broker does not count attempts
+/// (see [`retry::ATTEMPT_HEADER`]).
+pub use retry::ATTEMPT_HEADER;

@@ -65,7 +65,7 @@ pub trait Traced {
 
     /// The creation context of the message's first delivery: its own creation context, or
     /// for a copy mqtrace re-sent to a retry or dead-letter destination, the one carried in the
-    /// `mqtrace-origin` header (see [`crate::ProcessSpan::origin`]).
+    /// `mqtrace-origin` header (see [`crate::instrument::ProcessSpan::origin`]).
     ///
     /// See [`Processing::origin`].
     fn origin(&self) -> Option<&SpanContext> {

@@ -32,7 +32,10 @@ pub(crate) fn start(
     let ambient = Context::current();
     let creation_sc = creation.span().span_context().clone();
     let trusted = inst.config().trust().is_trusted(msg.source);
-    let history = msg.headers.map(crate::retry::history).unwrap_or_default();
+    let history = msg
+        .headers
+        .map(|h| crate::retry::read_history(h, msg.source, trusted))
+        .unwrap_or_default();
     let choice = parent::choose(
         inst.config().parent_policy(),
         Contexts {
@@ -71,7 +74,7 @@ pub(crate) fn start(
         ..SpanFacts::new(msg.operation, msg.destination)
     };
     let span = inst.start_span(builder, &parent, &facts, |span| {
-        record_delivery(span, &msg, trusted, history.dead_letter_reason, &issues);
+        record_delivery(span, &msg, trusted, &history, &issues);
     });
     let measure = start.map(|start| Measure {
         op: msg.operation,
@@ -150,7 +153,7 @@ fn record_delivery(
     span: &mut BoxedSpan,
     msg: &Incoming<'_>,
     trusted: bool,
-    dead_letter_reason: Option<String>,
+    history: &crate::retry::History,
     issues: &[ContextIssue],
 ) {
     if let Some(a) = msg.attempt {
@@ -159,8 +162,11 @@ fn record_delivery(
     if !trusted {
         span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
     }
-    if let Some(reason) = dead_letter_reason {
-        span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason));
+    if let Some(reason) = &history.dead_letter_reason {
+        span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
+    }
+    if let Some(refused) = &history.refused {
+        span.set_attribute(KeyValue::new(attr::CONTEXT_REFUSED, refused.clone()));
     }
     if !issues.is_empty() {
         let text = issues
