@@ -21,6 +21,8 @@ pub const DELIVERY_ATTEMPT: &str = "mqtrace.delivery.attempt";
 pub const DELIVERY_REDELIVERED: &str = "mqtrace.delivery.redelivered";
 /// Why the incoming trace context was rejected (in full or in part).
 pub const CONTEXT_ERROR: &str = "mqtrace.context.error";
+/// True when the headers carried several `traceparent` values; the last valid one was used.
+pub const CONTEXT_DUPLICATE: &str = "mqtrace.context.duplicate";
 /// True when the message came from a source marked untrusted (its context is only linked).
 pub const CONTEXT_UNTRUSTED: &str = "mqtrace.context.untrusted";
 /// Why the message was dead-lettered, as reported by the broker (e.g. `rejected`).

@@ -546,6 +546,7 @@ impl Instrumentation {
     /// ```
     pub fn start_process(&self, msg: Incoming<'_>, extracted: Extracted) -> ProcessSpan {
         let start = self.inner.metrics.is_some().then(Instant::now);
+        let duplicate = extracted.duplicate_traceparent();
         let (creation, issues) = extracted.into_parts();
         let ambient = Context::current();
         let has_ambient = ambient.span().span_context().is_valid();
@@ -633,6 +634,9 @@ impl Instrumentation {
             }
             if !trusted {
                 span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+            }
+            if duplicate {
+                span.set_attribute(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
             }
             if let Some(reason) = dead_letter_reason {
                 span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason));
