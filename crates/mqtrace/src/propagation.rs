@@ -409,7 +409,7 @@ fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
     let mut last_valid = None;
     let mut last_error = None;
     let n = header_values_ignore_case(headers, w3c::TRACEPARENT, &mut keys, &mut |v| match v
-        .map(|v| w3c::parse_traceparent(v))
+        .map(w3c::parse_traceparent)
     {
         Ok(Ok(sc)) => last_valid = Some(sc),
         Ok(Err(e)) => last_error = Some(ContextIssue::new(w3c::TRACEPARENT, e)),
