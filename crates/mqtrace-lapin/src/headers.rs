@@ -110,6 +110,13 @@ impl HeaderExtractor for AmqpHeaders<'_> {
             .map(|t| t.inner().keys().map(|k| k.as_str()).collect())
             .unwrap_or_default()
     }
+
+    fn for_each_key<'s>(&'s self, f: &mut dyn FnMut(&'s str)) {
+        self.0
+            .iter()
+            .flat_map(|t| t.inner().keys())
+            .for_each(|k| f(k.as_str()));
+    }
 }
 
 #[cfg(test)]

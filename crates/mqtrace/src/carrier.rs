@@ -89,25 +89,40 @@ pub trait HeaderExtractor {
             each(v);
         }
     }
+
+    /// Calls `f` with every header key, in order (a repeated key once per occurrence). The
+    /// default lists [`HeaderExtractor::header_keys`]; carriers override it to skip that
+    /// allocation on the look-up of an absent header.
+    ///
+    /// ```
+    /// use mqtrace::carrier::HeaderExtractor;
+    /// let h: Vec<(String, Vec<u8>)> = vec![("a".into(), vec![]), ("B".into(), vec![])];
+    /// let mut keys = Vec::new();
+    /// h.for_each_key(&mut |k| keys.push(k.to_owned()));
+    /// assert_eq!(keys, ["a", "B"]);
+    /// ```
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        for k in self.header_keys() {
+            f(k);
+        }
+    }
 }
 
 /// Calls `each` with every value of header `key`, looked up by its exact name first and, when
 /// that is absent, by any key equal to it ignoring ASCII case (W3C: header names are
-/// case-insensitive). `keys` caches [`HeaderExtractor::header_keys`] between look-ups of one
-/// message, so the keys are listed at most once. Returns the number of values seen.
+/// case-insensitive). Returns the number of values seen.
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use mqtrace::carrier::header_values_ignore_case;
 /// let h: HashMap<String, String> = [("TraceParent".to_owned(), "00-x".to_owned())].into();
 /// let mut got = None;
-/// let n = header_values_ignore_case(&h, "traceparent", &mut None, &mut |v| got = v.ok());
+/// let n = header_values_ignore_case(&h, "traceparent", &mut |v| got = v.ok());
 /// assert_eq!((n, got), (1, Some("00-x")));
 /// ```
 pub fn header_values_ignore_case<'a>(
     headers: &'a dyn HeaderExtractor,
     key: &str,
-    keys: &mut Option<Vec<&'a str>>,
     each: &mut dyn FnMut(Result<&'a str, InvalidHeader>),
 ) -> usize {
     let mut n = 0;
@@ -118,20 +133,18 @@ pub fn header_values_ignore_case<'a>(
     if n > 0 {
         return n;
     }
-    let keys = keys.get_or_insert_with(|| headers.header_keys());
-    for (i, k) in keys.iter().enumerate() {
-        if *k == key || !k.eq_ignore_ascii_case(key) {
-            continue;
+    // Other spellings, each visited once (a repeated key gives all its values at once).
+    let mut seen: Vec<&'a str> = Vec::new();
+    headers.for_each_key(&mut |k| {
+        if k == key || !k.eq_ignore_ascii_case(key) || seen.contains(&k) {
+            return;
         }
-        // A key listed several times (Kafka) is visited once: header_values gives all its values.
-        if keys[..i].contains(k) {
-            continue;
-        }
+        seen.push(k);
         headers.header_values(k, &mut |v| {
             n += 1;
             each(v);
         });
-    }
+    });
     n
 }
 
@@ -142,6 +155,10 @@ impl<S: std::hash::BuildHasher> HeaderExtractor for HashMap<String, String, S> {
 
     fn header_keys(&self) -> Vec<&str> {
         self.keys().map(String::as_str).collect()
+    }
+
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        self.keys().for_each(|k| f(k));
     }
 }
 
@@ -158,6 +175,10 @@ impl HeaderExtractor for Vec<(String, Vec<u8>)> {
 
     fn header_keys(&self) -> Vec<&str> {
         self.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        self.iter().for_each(|(k, _)| f(k));
     }
 
     fn header_values<'a>(

@@ -374,12 +374,11 @@ struct Received {
 fn joined<'a>(
     headers: &'a dyn HeaderExtractor,
     key: &str,
-    keys: &mut Option<Vec<&'a str>>,
 ) -> Option<Result<std::borrow::Cow<'a, str>, InvalidHeader>> {
     let mut first: Option<&'a str> = None;
     let mut all: Option<String> = None;
     let mut err = None;
-    let n = header_values_ignore_case(headers, key, keys, &mut |v| match v {
+    let n = header_values_ignore_case(headers, key, &mut |v| match v {
         Err(e) => err = Some(e),
         Ok(v) => match (first, all.as_mut()) {
             (None, _) => first = Some(v),
@@ -404,11 +403,10 @@ fn joined<'a>(
 
 fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
     let mut issues = Vec::new();
-    let mut keys = None;
     let mut cx = Context::new();
     let mut last_valid = None;
     let mut last_error = None;
-    let n = header_values_ignore_case(headers, w3c::TRACEPARENT, &mut keys, &mut |v| match v
+    let n = header_values_ignore_case(headers, w3c::TRACEPARENT, &mut |v| match v
         .map(w3c::parse_traceparent)
     {
         Ok(Ok(sc)) => last_valid = Some(sc),
@@ -424,7 +422,7 @@ fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
                 tracestate: None,
             };
             let mut state = TraceState::NONE;
-            match joined(headers, w3c::TRACESTATE, &mut keys) {
+            match joined(headers, w3c::TRACESTATE) {
                 None => {}
                 Some(Err(e)) => issues.push(ContextIssue::new(w3c::TRACESTATE, e)),
                 Some(Ok(ts)) if ts.trim_matches([' ', '\t', ',']).is_empty() => {}
@@ -458,7 +456,7 @@ fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
         }
     }
     if with_baggage {
-        match joined(headers, w3c::BAGGAGE, &mut keys) {
+        match joined(headers, w3c::BAGGAGE) {
             None => {}
             Some(Err(e)) => issues.push(ContextIssue::new(w3c::BAGGAGE, e)),
             Some(Ok(v)) => {
@@ -482,7 +480,6 @@ fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
 /// given to the propagator.
 struct Reader<'a> {
     headers: &'a dyn HeaderExtractor,
-    keys: RefCell<Option<Vec<&'a str>>>,
     issues: RefCell<Vec<ContextIssue>>,
     duplicate: Cell<bool>,
 }
@@ -491,13 +488,10 @@ impl Extractor for Reader<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let mut last = None;
         let mut error = None;
-        let n =
-            header_values_ignore_case(self.headers, key, &mut self.keys.borrow_mut(), &mut |v| {
-                match v {
-                    Ok(v) => last = Some(v),
-                    Err(e) => error = Some(e),
-                }
-            });
+        let n = header_values_ignore_case(self.headers, key, &mut |v| match v {
+            Ok(v) => last = Some(v),
+            Err(e) => error = Some(e),
+        });
         if n > 1 && key == w3c::TRACEPARENT {
             self.duplicate.set(true);
         }
@@ -520,7 +514,6 @@ impl Extractor for Reader<'_> {
 fn extract_with(p: &dyn TextMapPropagator, headers: &dyn HeaderExtractor) -> Extracted {
     let reader = Reader {
         headers,
-        keys: RefCell::new(None),
         issues: RefCell::new(Vec::new()),
         duplicate: Cell::new(false),
     };
