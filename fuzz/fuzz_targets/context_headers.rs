@@ -23,7 +23,13 @@ fuzz_target!(|data: &[u8]| {
     if !sc.is_valid() {
         return;
     }
-    let child = SpanContext::new(sc.trace_id(), SpanId::from(9_u64), sc.trace_flags(), false, sc.trace_state().clone());
+    let child = SpanContext::new(
+        sc.trace_id(),
+        SpanId::from(9_u64),
+        sc.trace_flags(),
+        false,
+        sc.trace_state().clone(),
+    );
     let mut out: HashMap<String, String> = HashMap::new();
     Propagation::W3c.inject(&child, x.context(), &mut out);
     let tp = w3c::parse_traceparent(&out["traceparent"]).expect("valid traceparent written");
@@ -36,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(w3c::parse_baggage(b).1, None, "{b:?}");
     }
     let again = Propagation::W3c.extract(&out);
-    assert!(again.issues().is_empty(), "{:?} from {out:?}", again.issues());
+    assert!(
+        again.issues().is_empty(),
+        "{:?} from {out:?}",
+        again.issues()
+    );
     assert_eq!(again.span_context().span_id(), SpanId::from(9_u64));
     assert_eq!(again.span_context().trace_flags(), sc.trace_flags());
 });

@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut out = serde_json::json!({"payload": msg});
-    assert!(envelope::inject(&Propagation::W3c, sc, x.context(), &mut out));
+    assert!(envelope::inject(
+        &Propagation::W3c,
+        sc,
+        x.context(),
+        &mut out
+    ));
     let back = envelope::extract(&Propagation::W3c, &out);
     assert_eq!(back.span_context().trace_id(), sc.trace_id());
     assert_eq!(back.span_context().span_id(), sc.span_id());

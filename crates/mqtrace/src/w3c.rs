@@ -209,10 +209,17 @@ pub fn parse_traceparent(value: &str) -> Result<SpanContext, TraceparentError> {
 /// Largest number of `tracestate` list members (W3C Trace Context: more makes the list invalid).
 pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 
+/// Largest combined `tracestate` read, in bytes: 32 members of the largest size (513 bytes)
+/// with generous white space. W3C sets no upper bound (only "at least 512"); this one keeps a
+/// hostile header of a megabyte of commas from being scanned on every message.
+pub const MAX_TRACESTATE_BYTES: usize = 32 * 1024;
+
 /// Why a `tracestate` value was discarded (W3C: an invalid list is discarded whole).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TracestateError {
+    /// Longer than [`MAX_TRACESTATE_BYTES`].
+    TooLong(usize),
     /// More than [`MAX_TRACESTATE_MEMBERS`] list members.
     TooManyMembers(usize),
     /// A list member without `=`.
@@ -228,6 +235,10 @@ pub enum TracestateError {
 impl fmt::Display for TracestateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::TooLong(n) => write!(
+                f,
+                "{n} bytes exceeds the {MAX_TRACESTATE_BYTES}-byte limit; trace state dropped"
+            ),
             Self::TooManyMembers(n) => write!(
                 f,
                 "{n} list members exceeds the {MAX_TRACESTATE_MEMBERS}-member limit; trace state dropped"
@@ -281,6 +292,9 @@ fn valid_tracestate_value(value: &str) -> bool {
 /// assert_eq!(tracestate_members("=1"), Err(TracestateError::Key));
 /// ```
 pub fn tracestate_members(value: &str) -> Result<Vec<(&str, &str)>, TracestateError> {
+    if value.len() > MAX_TRACESTATE_BYTES {
+        return Err(TracestateError::TooLong(value.len()));
+    }
     let mut out = Vec::new();
     for member in value.split(',') {
         let member = member.trim_matches(is_ows);

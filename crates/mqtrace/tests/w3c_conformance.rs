@@ -641,6 +641,17 @@ fn tracestate_invalid_lists_from_the_issue_are_rejected() {
     }
 }
 
+/// A hostile header of commas is not scanned without bound.
+#[test]
+fn tracestate_of_a_megabyte_is_discarded() {
+    let ts = format!("{}a=1", ", ".repeat(1 << 19));
+    assert_discarded(&ts);
+    assert_eq!(
+        mqtrace::w3c::tracestate_members(&ts),
+        Err(mqtrace::w3c::TracestateError::TooLong(ts.len()))
+    );
+}
+
 /// The application changing the trace state wins over a received list kept whole.
 #[test]
 fn a_changed_trace_state_is_written_as_changed() {
