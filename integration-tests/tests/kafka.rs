@@ -349,19 +349,7 @@ async fn malformed_context_gives_a_new_root_with_the_reason_and_the_message_arri
                 }),
                 "traceparent: value has type null, expected a string",
             ),
-            (
-                "twice",
-                OwnedHeaders::new()
-                    .insert(Header {
-                        key: "traceparent",
-                        value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-                    })
-                    .insert(Header {
-                        key: "traceparent",
-                        value: Some("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),
-                    }),
-                "traceparent: 2 values, expected one",
-            ),
+            // Two traceparent headers: the last valid one is used (tests/context_headers.rs).
         ];
         let mut sent = Vec::new();
         for (name, headers, _) in &cases {

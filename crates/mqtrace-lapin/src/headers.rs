@@ -90,10 +90,32 @@ impl HeaderExtractor for AmqpHeaders<'_> {
         self.0?.inner().get(key).map(as_text)
     }
 
+    /// Each element of an array value (several values of one header), else the value.
+    fn header_values<'s>(
+        &'s self,
+        key: &str,
+        each: &mut dyn FnMut(Result<&'s str, InvalidHeader>),
+    ) {
+        match self.0.and_then(|t| t.inner().get(key)) {
+            Some(AMQPValue::FieldArray(a)) if !a.as_slice().is_empty() => {
+                a.as_slice().iter().for_each(|v| each(as_text(v)))
+            }
+            Some(v) => each(as_text(v)),
+            None => {}
+        }
+    }
+
     fn header_keys(&self) -> Vec<&str> {
         self.0
             .map(|t| t.inner().keys().map(|k| k.as_str()).collect())
             .unwrap_or_default()
+    }
+
+    fn for_each_key<'s>(&'s self, f: &mut dyn FnMut(&'s str)) {
+        self.0
+            .iter()
+            .flat_map(|t| t.inner().keys())
+            .for_each(|k| f(k.as_str()));
     }
 }
 

@@ -72,6 +72,37 @@ impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
             .unwrap_or(Some(Err(InvalidHeader::NotUtf8)))
     }
 
+    fn for_each_key<'s>(&'s self, f: &mut dyn FnMut(&'s str)) {
+        let Some(h) = self.0 else { return };
+        for i in 0..h.count() {
+            match catch_unwind(AssertUnwindSafe(|| h.try_get(i))) {
+                Ok(Some(x)) => f(x.key),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Every header with this key, in order (a key may repeat in Kafka).
+    fn header_values<'s>(
+        &'s self,
+        key: &str,
+        each: &mut dyn FnMut(Result<&'s str, InvalidHeader>),
+    ) {
+        let Some(h) = self.0 else { return };
+        for i in 0..h.count() {
+            match catch_unwind(AssertUnwindSafe(|| h.try_get(i))) {
+                Ok(Some(x)) if x.key == key => {
+                    each(x.value.map_or(Err(InvalidHeader::WrongType("null")), |v| {
+                        std::str::from_utf8(v).map_err(|_| InvalidHeader::NotUtf8)
+                    }))
+                }
+                Ok(None) => break,
+                _ => {}
+            }
+        }
+    }
+
     fn header_keys(&self) -> Vec<&str> {
         let Some(headers) = self.0 else {
             return Vec::new();

@@ -25,6 +25,8 @@ pub const CONTEXT_ERROR: &str = "mqtrace.context.error";
 /// `; `-separated): over their length bound, not valid, or from a source whose history is not
 /// believed (see [`crate::retry::read_history`]).
 pub const CONTEXT_REFUSED: &str = "mqtrace.context.refused";
+/// True when the headers carried several `traceparent` values; the last valid one was used.
+pub const CONTEXT_DUPLICATE: &str = "mqtrace.context.duplicate";
 /// True when the message came from a source marked untrusted (its context is only linked).
 pub const CONTEXT_UNTRUSTED: &str = "mqtrace.context.untrusted";
 /// Why the message was dead-lettered, as reported by the broker (e.g. `rejected`).

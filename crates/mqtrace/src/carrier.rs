@@ -4,6 +4,11 @@
 //! directly on its header type (no intermediate map). Reading uses [`HeaderExtractor`], which
 //! unlike OpenTelemetry's `Extractor` can say why a header present on the message could not
 //! be read (not UTF-8, wrong type, several values), so the reason reaches the consumer span.
+//!
+//! Header names: mqtrace writes the W3C names in lowercase and reads them ignoring ASCII case
+//! where the carrier allows it (a `TraceParent` header from a peer): the exact name is looked up
+//! first, and only when it is absent are the other keys compared without case
+//! ([`header_values_ignore_case`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,6 +67,85 @@ pub trait HeaderExtractor {
 
     /// All header keys (used by propagators that look for key prefixes).
     fn header_keys(&self) -> Vec<&str>;
+
+    /// Calls `each` with every value of `key`, in the carrier's order, for carriers where a
+    /// key can appear several times (Kafka headers, an AMQP array). The default reports what
+    /// [`HeaderExtractor::header`] returns, so a carrier that cannot hold a key twice needs
+    /// nothing more.
+    ///
+    /// ```
+    /// use mqtrace::carrier::HeaderExtractor;
+    /// let h: Vec<(String, Vec<u8>)> = vec![("k".into(), b"1".to_vec()), ("k".into(), b"2".to_vec())];
+    /// let mut seen = Vec::new();
+    /// h.header_values("k", &mut |v| seen.push(v.unwrap_or("?").to_owned()));
+    /// assert_eq!(seen, ["1", "2"]);
+    /// ```
+    fn header_values<'a>(
+        &'a self,
+        key: &str,
+        each: &mut dyn FnMut(Result<&'a str, InvalidHeader>),
+    ) {
+        if let Some(v) = self.header(key) {
+            each(v);
+        }
+    }
+
+    /// Calls `f` with every header key, in order (a repeated key once per occurrence). The
+    /// default lists [`HeaderExtractor::header_keys`]; carriers override it to skip that
+    /// allocation on the look-up of an absent header.
+    ///
+    /// ```
+    /// use mqtrace::carrier::HeaderExtractor;
+    /// let h: Vec<(String, Vec<u8>)> = vec![("a".into(), vec![]), ("B".into(), vec![])];
+    /// let mut keys = Vec::new();
+    /// h.for_each_key(&mut |k| keys.push(k.to_owned()));
+    /// assert_eq!(keys, ["a", "B"]);
+    /// ```
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        for k in self.header_keys() {
+            f(k);
+        }
+    }
+}
+
+/// Calls `each` with every value of header `key`, looked up by its exact name first and, when
+/// that is absent, by any key equal to it ignoring ASCII case (W3C: header names are
+/// case-insensitive). Returns the number of values seen.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use mqtrace::carrier::header_values_ignore_case;
+/// let h: HashMap<String, String> = [("TraceParent".to_owned(), "00-x".to_owned())].into();
+/// let mut got = None;
+/// let n = header_values_ignore_case(&h, "traceparent", &mut |v| got = v.ok());
+/// assert_eq!((n, got), (1, Some("00-x")));
+/// ```
+pub fn header_values_ignore_case<'a>(
+    headers: &'a dyn HeaderExtractor,
+    key: &str,
+    each: &mut dyn FnMut(Result<&'a str, InvalidHeader>),
+) -> usize {
+    let mut n = 0;
+    headers.header_values(key, &mut |v| {
+        n += 1;
+        each(v);
+    });
+    if n > 0 {
+        return n;
+    }
+    // Other spellings, each visited once (a repeated key gives all its values at once).
+    let mut seen: Vec<&'a str> = Vec::new();
+    headers.for_each_key(&mut |k| {
+        if k == key || !k.eq_ignore_ascii_case(key) || seen.contains(&k) {
+            return;
+        }
+        seen.push(k);
+        headers.header_values(k, &mut |v| {
+            n += 1;
+            each(v);
+        });
+    });
+    n
 }
 
 impl<S: std::hash::BuildHasher> HeaderExtractor for HashMap<String, String, S> {
@@ -71,6 +155,10 @@ impl<S: std::hash::BuildHasher> HeaderExtractor for HashMap<String, String, S> {
 
     fn header_keys(&self) -> Vec<&str> {
         self.keys().map(String::as_str).collect()
+    }
+
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        self.keys().for_each(|k| f(k));
     }
 }
 
@@ -87,6 +175,20 @@ impl HeaderExtractor for Vec<(String, Vec<u8>)> {
 
     fn header_keys(&self) -> Vec<&str> {
         self.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn for_each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        self.iter().for_each(|(k, _)| f(k));
+    }
+
+    fn header_values<'a>(
+        &'a self,
+        key: &str,
+        each: &mut dyn FnMut(Result<&'a str, InvalidHeader>),
+    ) {
+        for (_, v) in self.iter().filter(|(k, _)| k == key) {
+            each(std::str::from_utf8(v).map_err(|_| InvalidHeader::NotUtf8));
+        }
     }
 }
 

@@ -10,15 +10,22 @@
 //!   `tracestate`, and optionally `baggage`), mqtrace writes and reads those headers with its
 //!   own codec ([`crate::w3c`]): same values, no empty `tracestate`, and a reason whenever a
 //!   header is rejected. Use [`Propagation::Custom`] to have a propagator always called.
+//!
+//! The W3C codec follows Trace Context Level 2 and Baggage (see the README's "Conformance"):
+//! header names are matched ignoring case where the carrier allows it; of several
+//! `traceparent` values the last valid one is used and [`Extracted::duplicate_traceparent`]
+//! says so; several `tracestate` (and `baggage`) values are joined with commas; the random
+//! flag and trace-state members OpenTelemetry's `TraceState` cannot hold are remembered in the
+//! extracted context and written again on the messages sent while handling it (same trace).
 
-use crate::carrier::HeaderExtractor;
+use crate::carrier::{HeaderExtractor, InvalidHeader, header_values_ignore_case};
 use crate::w3c;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::noop::NoopTextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, global};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 
@@ -120,6 +127,7 @@ pub struct Extracted {
     context: Context,
     span_context: SpanContext,
     issues: Vec<ContextIssue>,
+    duplicate: bool,
 }
 
 impl Default for Extracted {
@@ -169,7 +177,25 @@ impl Extracted {
             context,
             span_context,
             issues,
+            duplicate: false,
         }
+    }
+
+    /// True when the headers carried several `traceparent` values (e.g. a header added twice
+    /// by a Spring producer): the last valid one was used. The process span records it as
+    /// `mqtrace.context.duplicate`.
+    ///
+    /// ```
+    /// let h: Vec<(String, Vec<u8>)> = vec![
+    ///     ("traceparent".into(), b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+    ///     ("traceparent".into(), b"00-12345678901234567890123456789012-1234567890123456-01".to_vec()),
+    /// ];
+    /// let x = mqtrace::Propagation::W3c.extract(&h);
+    /// assert!(x.duplicate_traceparent());
+    /// assert_eq!(x.span_context().span_id().to_string(), "1234567890123456");
+    /// ```
+    pub fn duplicate_traceparent(&self) -> bool {
+        self.duplicate
     }
 
     pub(crate) fn into_parts(self) -> (Context, Vec<ContextIssue>) {
@@ -229,17 +255,43 @@ impl Propagation {
         }
         self.with_codec(|codec, p| match codec {
             Codec::W3c { baggage } => {
-                injector.set(w3c::TRACEPARENT, w3c::encode_traceparent(span_context));
-                if *span_context.trace_state() != opentelemetry::trace::TraceState::NONE {
-                    let ts = span_context.trace_state().header();
-                    if !ts.is_empty() {
-                        injector.set(w3c::TRACESTATE, ts);
+                let received = cx
+                    .get::<Received>()
+                    .filter(|r| r.trace_id == span_context.trace_id());
+                let mut flags = span_context.trace_flags().to_u8();
+                if received.is_some_and(|r| r.random) {
+                    // The SDK clears the flag on a span it does not sample; the trace keeps it.
+                    flags |= w3c::FLAG_RANDOM;
+                }
+                injector.set(
+                    w3c::TRACEPARENT,
+                    w3c::encode_traceparent_parts(
+                        span_context.trace_id(),
+                        span_context.span_id(),
+                        flags,
+                    ),
+                );
+                let state = span_context.trace_state();
+                match received
+                    .and_then(|r| r.tracestate.as_ref())
+                    .filter(|(view, _)| view == state)
+                {
+                    Some((_, whole)) => injector.set(w3c::TRACESTATE, whole.clone()),
+                    None if *state != TraceState::NONE => {
+                        let ts = state.header();
+                        if !ts.is_empty() {
+                            injector.set(w3c::TRACESTATE, ts);
+                        }
                     }
+                    None => {}
                 }
                 if baggage {
                     let b = cx.baggage();
                     if !b.is_empty() {
-                        injector.set(w3c::BAGGAGE, w3c::encode_baggage(b));
+                        let v = w3c::encode_baggage(b);
+                        if !v.is_empty() {
+                            injector.set(w3c::BAGGAGE, v);
+                        }
                     }
                 }
             }
@@ -305,85 +357,153 @@ impl Propagation {
     }
 }
 
+/// Kept in an extracted context for the messages sent while handling it: what the span
+/// contexts the SDK derives from it lose.
+#[derive(Debug)]
+struct Received {
+    trace_id: TraceId,
+    /// The `random-trace-id` flag was set (the SDK clears it on spans it does not sample).
+    random: bool,
+    /// A trace state with members OpenTelemetry's `TraceState` cannot hold: the part it holds
+    /// (to see whether the application changed it) and the whole list as received.
+    tracestate: Option<(TraceState, String)>,
+}
+
+/// All values of one header (ignoring case where needed), joined with `,` when there are
+/// several (RFC 9110 field combination); an unreadable value makes the whole header unusable.
+fn joined<'a>(
+    headers: &'a dyn HeaderExtractor,
+    key: &str,
+) -> Option<Result<std::borrow::Cow<'a, str>, InvalidHeader>> {
+    let mut first: Option<&'a str> = None;
+    let mut all: Option<String> = None;
+    let mut err = None;
+    let n = header_values_ignore_case(headers, key, &mut |v| match v {
+        Err(e) => err = Some(e),
+        Ok(v) => match (first, all.as_mut()) {
+            (None, _) => first = Some(v),
+            (Some(f), None) => all = Some(format!("{f},{v}")),
+            (Some(_), Some(all)) => {
+                all.push(',');
+                all.push_str(v);
+            }
+        },
+    });
+    if n == 0 {
+        return None;
+    }
+    if let Some(e) = err {
+        return Some(Err(e));
+    }
+    Some(Ok(match all {
+        Some(all) => std::borrow::Cow::Owned(all),
+        None => std::borrow::Cow::Borrowed(first.unwrap_or_default()),
+    }))
+}
+
 fn extract_w3c(headers: &dyn HeaderExtractor, with_baggage: bool) -> Extracted {
     let mut issues = Vec::new();
     let mut cx = Context::new();
-    match headers.header(w3c::TRACEPARENT) {
-        None => {}
-        Some(Err(e)) => issues.push(ContextIssue::new(w3c::TRACEPARENT, e)),
-        Some(Ok(v)) => match w3c::parse_traceparent(v) {
-            Err(e) => issues.push(ContextIssue::new(w3c::TRACEPARENT, e)),
-            Ok(sc) => {
-                let sc = match headers.header(w3c::TRACESTATE) {
-                    None => sc,
-                    Some(Ok(ts)) if ts.trim().is_empty() => sc,
-                    Some(Ok(ts)) => match w3c::parse_tracestate(ts) {
-                        Some(state) => SpanContext::new(
-                            sc.trace_id(),
-                            sc.span_id(),
-                            sc.trace_flags(),
-                            true,
-                            state,
-                        ),
-                        None => {
-                            issues.push(ContextIssue::new(
-                                w3c::TRACESTATE,
-                                "invalid list; trace state dropped",
-                            ));
-                            sc
+    let mut last_valid = None;
+    let mut last_error = None;
+    let n = header_values_ignore_case(headers, w3c::TRACEPARENT, &mut |v| match v
+        .map(w3c::parse_traceparent)
+    {
+        Ok(Ok(sc)) => last_valid = Some(sc),
+        Ok(Err(e)) => last_error = Some(ContextIssue::new(w3c::TRACEPARENT, e)),
+        Err(e) => last_error = Some(ContextIssue::new(w3c::TRACEPARENT, e)),
+    });
+    match last_valid {
+        None => issues.extend(last_error),
+        Some(sc) => {
+            let mut received = Received {
+                trace_id: sc.trace_id(),
+                random: sc.trace_flags().to_u8() & w3c::FLAG_RANDOM != 0,
+                tracestate: None,
+            };
+            let mut state = TraceState::NONE;
+            match joined(headers, w3c::TRACESTATE) {
+                None => {}
+                Some(Err(e)) => issues.push(ContextIssue::new(w3c::TRACESTATE, e)),
+                Some(Ok(ts)) if ts.trim_matches([' ', '\t', ',']).is_empty() => {}
+                Some(Ok(ts)) => match w3c::tracestate_members(&ts) {
+                    Err(e) => issues.push(ContextIssue::new(w3c::TRACESTATE, e)),
+                    Ok(members) => {
+                        let (view, complete) = w3c::otel_tracestate(&members);
+                        if !complete {
+                            let whole = members
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(",");
+                            received.tracestate = Some((view.clone(), whole));
                         }
-                    },
-                    Some(Err(e)) => {
-                        issues.push(ContextIssue::new(w3c::TRACESTATE, e));
-                        sc
+                        state = view;
                     }
-                };
-                cx = cx.with_remote_span_context(sc);
+                },
             }
-        },
+            let sc = SpanContext::new(
+                sc.trace_id(),
+                sc.span_id(),
+                TraceFlags::new(sc.trace_flags().to_u8()),
+                true,
+                state,
+            );
+            cx = cx.with_remote_span_context(sc);
+            if received.random || received.tracestate.is_some() {
+                cx = cx.with_value(received);
+            }
+        }
     }
     if with_baggage {
-        match headers.header(w3c::BAGGAGE) {
+        match joined(headers, w3c::BAGGAGE) {
             None => {}
             Some(Err(e)) => issues.push(ContextIssue::new(w3c::BAGGAGE, e)),
             Some(Ok(v)) => {
-                let (b, err) = w3c::parse_baggage(v);
+                let (b, err) = w3c::parse_baggage(&v);
                 if let Some(err) = err {
                     issues.push(ContextIssue::new(w3c::BAGGAGE, err));
                 }
                 if !b.is_empty() {
-                    cx = cx.with_baggage(b.iter().map(|(k, (v, m))| {
-                        opentelemetry::baggage::KeyValueMetadata::new(
-                            k.clone(),
-                            v.clone(),
-                            m.clone(),
-                        )
-                    }));
+                    cx = cx.with_baggage(b);
                 }
             }
         }
     }
-    Extracted::from_parts(cx, issues)
+    let mut x = Extracted::from_parts(cx, issues);
+    x.duplicate = n > 1;
+    x
 }
 
 /// Adapts a [`HeaderExtractor`] to OpenTelemetry's `Extractor`, noting unreadable headers.
+/// Names are matched ignoring case where needed; of several values the last readable one is
+/// given to the propagator.
 struct Reader<'a> {
     headers: &'a dyn HeaderExtractor,
     issues: RefCell<Vec<ContextIssue>>,
+    duplicate: Cell<bool>,
 }
 
 impl Extractor for Reader<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        match self.headers.header(key)? {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let mut issues = self.issues.borrow_mut();
-                if !issues.iter().any(|i| i.header == key) {
-                    issues.push(ContextIssue::new(key, e));
-                }
-                None
+        let mut last = None;
+        let mut error = None;
+        let n = header_values_ignore_case(self.headers, key, &mut |v| match v {
+            Ok(v) => last = Some(v),
+            Err(e) => error = Some(e),
+        });
+        if n > 1 && key == w3c::TRACEPARENT {
+            self.duplicate.set(true);
+        }
+        if last.is_none()
+            && let Some(e) = error
+        {
+            let mut issues = self.issues.borrow_mut();
+            if !issues.iter().any(|i| i.header == key) {
+                issues.push(ContextIssue::new(key, e));
             }
         }
+        last
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -395,8 +515,10 @@ fn extract_with(p: &dyn TextMapPropagator, headers: &dyn HeaderExtractor) -> Ext
     let reader = Reader {
         headers,
         issues: RefCell::new(Vec::new()),
+        duplicate: Cell::new(false),
     };
     let cx = p.extract_with_context(&Context::new(), &reader);
+    let duplicate = reader.duplicate.get();
     let mut issues = reader.issues.into_inner();
     if !cx.span().span_context().is_valid() && issues.is_empty() {
         // The propagator says nothing about why; find the reason where we can.
@@ -428,7 +550,9 @@ fn extract_with(p: &dyn TextMapPropagator, headers: &dyn HeaderExtractor) -> Ext
             w3c::BaggageError::TooLarge(v.len()),
         ));
     }
-    Extracted::from_parts(cx, issues)
+    let mut x = Extracted::from_parts(cx, issues);
+    x.duplicate = duplicate;
+    x
 }
 
 #[cfg(test)]
@@ -508,102 +632,5 @@ mod tests {
         opentelemetry_sdk::propagation::TraceContextPropagator::new()
             .inject_context(&Context::new().with_remote_span_context(sc), &mut theirs);
         assert_eq!(ours, theirs);
-    }
-
-    /// A minimal single-header B3 propagator, to exercise the global, non-W3C path.
-    #[derive(Debug)]
-    struct B3Single;
-
-    impl TextMapPropagator for B3Single {
-        fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-            let sc = cx.span().span_context().clone();
-            let sampled = if sc.is_sampled() { "1" } else { "0" };
-            injector.set(
-                "b3",
-                format!("{}-{}-{sampled}", sc.trace_id(), sc.span_id()),
-            );
-        }
-
-        fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-            use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
-            let Some(v) = extractor.get("b3") else {
-                return cx.clone();
-            };
-            let parts: Vec<&str> = v.split('-').collect();
-            let (Some(t), Some(s)) = (parts.first(), parts.get(1)) else {
-                return cx.clone();
-            };
-            match (TraceId::from_hex(t), SpanId::from_hex(s)) {
-                (Ok(t), Ok(s)) if t != TraceId::INVALID && s != SpanId::INVALID => cx
-                    .with_remote_span_context(SpanContext::new(
-                        t,
-                        s,
-                        TraceFlags::SAMPLED,
-                        true,
-                        TraceState::NONE,
-                    )),
-                _ => cx.clone(),
-            }
-        }
-
-        fn fields(&self) -> opentelemetry::propagation::text_map_propagator::FieldIter<'_> {
-            static FIELDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-            opentelemetry::propagation::text_map_propagator::FieldIter::new(
-                FIELDS.get_or_init(|| vec!["b3".to_owned()]),
-            )
-        }
-    }
-
-    #[test]
-    fn the_global_propagator_is_honoured_and_w3c_ones_take_the_fast_path() {
-        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
-        let sc = SpanContext::new(
-            TraceId::from(0xabc_u128),
-            SpanId::from(0xdef_u64),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::NONE,
-        );
-        // Nothing installed (the no-op default): W3C.
-        let mut h: HashMap<String, String> = HashMap::new();
-        Propagation::Global.inject(&sc, &Context::new(), &mut h);
-        assert!(h.contains_key("traceparent"));
-
-        // A B3 propagator installed globally: called through, both ways, with reasons.
-        global::set_text_map_propagator(B3Single);
-        let mut h: HashMap<String, String> = HashMap::new();
-        Propagation::Global.inject(&sc, &Context::new(), &mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h["b3"], format!("{}-{}-1", sc.trace_id(), sc.span_id()));
-        let x = Propagation::Global.extract(&h);
-        assert_eq!(x.span_context().trace_id(), sc.trace_id());
-        let bad = Propagation::Global.extract(&headers(&[("b3", "zz-yy-1")]));
-        assert!(!bad.span_context().is_valid());
-        assert_eq!(
-            bad.issues()[0].to_string(),
-            "b3: the propagator found no valid span context"
-        );
-
-        // The SDK's W3C composite installed globally: same bytes as the SDK would write.
-        global::set_text_map_propagator(
-            opentelemetry::propagation::TextMapCompositePropagator::new(vec![
-                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
-                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
-            ]),
-        );
-        assert_eq!(
-            Propagation::Global.fields(),
-            ["traceparent", "tracestate", "baggage"]
-        );
-        let cx = Context::new().with_baggage([opentelemetry::KeyValue::new("k", "v w")]);
-        let mut ours: HashMap<String, String> = HashMap::new();
-        Propagation::Global.inject(&sc, &cx, &mut ours);
-        let mut sdk: HashMap<String, String> = HashMap::new();
-        global::get_text_map_propagator(|p| {
-            p.inject_context(&cx.with_remote_span_context(sc.clone()), &mut sdk);
-        });
-        sdk.retain(|k, v| !(k == "tracestate" && v.is_empty()));
-        assert_eq!(ours, sdk);
-        global::set_text_map_propagator(opentelemetry::trace::noop::NoopTextMapPropagator::new());
     }
 }

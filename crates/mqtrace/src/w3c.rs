@@ -8,7 +8,6 @@
 use opentelemetry::baggage::{Baggage, BaggageMetadata};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use std::fmt;
-use std::str::FromStr;
 
 /// Header name of the W3C trace parent.
 pub const TRACEPARENT: &str = "traceparent";
@@ -22,11 +21,18 @@ pub const MAX_BAGGAGE_BYTES: usize = 8192;
 /// Largest number of baggage members accepted (the OpenTelemetry API keeps at most this many).
 pub const MAX_BAGGAGE_MEMBERS: usize = 64;
 
+/// The `random-trace-id` flag of `trace-flags` (W3C Trace Context Level 2).
+pub const FLAG_RANDOM: u8 = 0x02;
+/// The flags mqtrace reads and writes: `sampled` and `random-trace-id`. Other bits are
+/// reserved; the specification says to set them to zero.
+pub const KNOWN_FLAGS: u8 = 0x03;
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Encodes a span context as a version-00 `traceparent` value.
 ///
-/// Only the `sampled` flag is written, as the OpenTelemetry SDK does.
+/// The `sampled` and `random-trace-id` flags are written (Level 2: a random flag received
+/// MUST be propagated); reserved bits are written as zero.
 ///
 /// ```
 /// use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
@@ -43,15 +49,29 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// );
 /// ```
 pub fn encode_traceparent(sc: &SpanContext) -> String {
+    encode_traceparent_parts(sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+}
+
+/// Encodes a version-00 `traceparent` from its parts; of `flags`, only the known bits
+/// ([`KNOWN_FLAGS`]) are written.
+///
+/// ```
+/// use opentelemetry::trace::{SpanId, TraceId};
+/// assert_eq!(
+///     mqtrace::w3c::encode_traceparent_parts(TraceId::from(1_u128), SpanId::from(2_u64), 0xff),
+///     "00-00000000000000000000000000000001-0000000000000002-03"
+/// );
+/// ```
+pub fn encode_traceparent_parts(trace_id: TraceId, span_id: SpanId, flags: u8) -> String {
     let mut out = [0u8; 55];
     out[0] = b'0';
     out[1] = b'0';
     out[2] = b'-';
-    hex_into(&sc.trace_id().to_bytes(), &mut out[3..35]);
+    hex_into(&trace_id.to_bytes(), &mut out[3..35]);
     out[35] = b'-';
-    hex_into(&sc.span_id().to_bytes(), &mut out[36..52]);
+    hex_into(&span_id.to_bytes(), &mut out[36..52]);
     out[52] = b'-';
-    let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    let flags = flags & KNOWN_FLAGS;
     out[53] = HEX[usize::from(flags >> 4)];
     out[54] = HEX[usize::from(flags & 0xf)];
     // Every byte written above is ASCII, so this never fails; the fallback keeps it panic-free.
@@ -133,7 +153,8 @@ fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 ///
 /// Follows W3C Trace Context level 1: lowercase hex only, version `ff` forbidden, all-zero ids
 /// rejected; versions above `00` are read by their first four fields, as the specification
-/// asks of a version-00 parser.
+/// asks of a version-00 parser. Of the flags, `sampled` and `random-trace-id` are kept and
+/// the reserved bits cleared.
 ///
 /// ```
 /// use mqtrace::w3c::{parse_traceparent, TraceparentError};
@@ -179,21 +200,150 @@ pub fn parse_traceparent(value: &str) -> Result<SpanContext, TraceparentError> {
     Ok(SpanContext::new(
         trace_id,
         span_id,
-        TraceFlags::new(flags),
+        TraceFlags::new(flags & KNOWN_FLAGS),
         true,
         TraceState::NONE,
     ))
 }
 
-/// Parses a `tracestate` value; `None` when it is not valid (it is then dropped, per W3C).
+/// Largest number of `tracestate` list members (W3C Trace Context: more makes the list invalid).
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// Largest combined `tracestate` read, in bytes: 32 members of the largest size (513 bytes)
+/// with generous white space. W3C sets no upper bound (only "at least 512"); this one keeps a
+/// hostile header of a megabyte of commas from being scanned on every message.
+pub const MAX_TRACESTATE_BYTES: usize = 32 * 1024;
+
+/// Why a `tracestate` value was discarded (W3C: an invalid list is discarded whole).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TracestateError {
+    /// Longer than [`MAX_TRACESTATE_BYTES`].
+    TooLong(usize),
+    /// More than [`MAX_TRACESTATE_MEMBERS`] list members.
+    TooManyMembers(usize),
+    /// A list member without `=`.
+    NoEquals,
+    /// A key that does not follow the key grammar (lowercase letter or digit first, then up to
+    /// 255 of `a-z 0-9 _ - * / @`).
+    Key,
+    /// A value that is empty, longer than 256 characters, or has a character outside
+    /// printable ASCII (tabs, non-ASCII), a `,` or a `=`.
+    Value,
+}
+
+impl fmt::Display for TracestateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong(n) => write!(
+                f,
+                "{n} bytes exceeds the {MAX_TRACESTATE_BYTES}-byte limit; trace state dropped"
+            ),
+            Self::TooManyMembers(n) => write!(
+                f,
+                "{n} list members exceeds the {MAX_TRACESTATE_MEMBERS}-member limit; trace state dropped"
+            ),
+            Self::NoEquals => f.write_str("list member without '='; trace state dropped"),
+            Self::Key => f.write_str("invalid key; trace state dropped"),
+            Self::Value => f.write_str("invalid value; trace state dropped"),
+        }
+    }
+}
+
+impl std::error::Error for TracestateError {}
+
+fn is_ows(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// W3C Trace Context key: `( lcalpha / DIGIT ) 0*255 ( lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@" )`.
+fn valid_tracestate_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+        })
+}
+
+/// W3C Trace Context value: `0*255(chr) nblk-chr` (trailing spaces are optional white space).
+fn valid_tracestate_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && b[b.len() - 1] != b' '
+        && b.iter()
+            .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+}
+
+/// Splits a `tracestate` value into its `(key, value)` list members, validated by the W3C
+/// Trace Context grammar (multi-tenant keys with `@` included). Empty and white-space-only
+/// members are skipped, as the specification allows; any invalid member, or more than
+/// [`MAX_TRACESTATE_MEMBERS`] members, makes the whole list invalid.
+///
+/// ```
+/// use mqtrace::w3c::{tracestate_members, TracestateError};
+/// let m = tracestate_members("foo@bar@baz=1, ,rojo=00f067aa0ba902b7").unwrap();
+/// assert_eq!(m, [("foo@bar@baz", "1"), ("rojo", "00f067aa0ba902b7")]);
+/// assert_eq!(tracestate_members("foo=,bar=3"), Err(TracestateError::Value));
+/// assert_eq!(tracestate_members("=1"), Err(TracestateError::Key));
+/// ```
+pub fn tracestate_members(value: &str) -> Result<Vec<(&str, &str)>, TracestateError> {
+    if value.len() > MAX_TRACESTATE_BYTES {
+        return Err(TracestateError::TooLong(value.len()));
+    }
+    let mut out = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches(is_ows);
+        if member.is_empty() {
+            continue;
+        }
+        let (k, v) = member.split_once('=').ok_or(TracestateError::NoEquals)?;
+        if !valid_tracestate_key(k) {
+            return Err(TracestateError::Key);
+        }
+        if !valid_tracestate_value(v) {
+            return Err(TracestateError::Value);
+        }
+        out.push((k, v));
+    }
+    if out.len() > MAX_TRACESTATE_MEMBERS {
+        return Err(TracestateError::TooManyMembers(out.len()));
+    }
+    Ok(out)
+}
+
+/// Parses a `tracestate` value into OpenTelemetry's [`TraceState`]; `None` when the list is
+/// invalid by the W3C grammar ([`tracestate_members`]) and so is dropped.
+///
+/// OpenTelemetry's `TraceState` still checks keys by an older grammar (one `@`, at most 14
+/// characters after it); members it cannot hold are left out of the returned value. mqtrace's
+/// own propagation keeps and forwards them (see [`crate::Propagation`]).
 ///
 /// ```
 /// let ts = mqtrace::w3c::parse_tracestate("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7").unwrap();
 /// assert_eq!(ts.get("rojo"), Some("00f067aa0ba902b7"));
 /// assert!(mqtrace::w3c::parse_tracestate("no equals sign").is_none());
+/// assert!(mqtrace::w3c::parse_tracestate("foo==bar").is_none());
 /// ```
 pub fn parse_tracestate(value: &str) -> Option<TraceState> {
-    TraceState::from_str(value).ok()
+    let members = tracestate_members(value).ok()?;
+    Some(otel_tracestate(&members).0)
+}
+
+/// The members OpenTelemetry's `TraceState` can hold, and whether that was all of them.
+pub(crate) fn otel_tracestate(members: &[(&str, &str)]) -> (TraceState, bool) {
+    if let Ok(ts) = TraceState::from_key_value(members.iter().copied()) {
+        return (ts, true);
+    }
+    let kept = members
+        .iter()
+        .copied()
+        .filter(|kv| TraceState::from_key_value([*kv]).is_ok());
+    (TraceState::from_key_value(kept).unwrap_or_default(), false)
 }
 
 /// Characters allowed unescaped in a baggage value (W3C `baggage-octet`).
@@ -201,35 +351,109 @@ fn is_baggage_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
-/// Encodes baggage as a W3C `baggage` header value, percent-encoding values.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+fn push_pct(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)].to_ascii_uppercase()));
+    out.push(char::from(HEX[usize::from(b & 0xf)].to_ascii_uppercase()));
+}
+
+/// Percent-encodes a baggage value: everything outside `baggage-octet`, and `%` (W3C
+/// Baggage: MUST), plus `=` (MAY; OpenTelemetry's SDKs write it encoded, and so the bytes are
+/// the same as theirs).
+fn encode_value_into(out: &mut String, value: &str) {
+    for &b in value.as_bytes() {
+        if is_baggage_octet(b) && b != b'%' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            push_pct(out, b);
+        }
+    }
+}
+
+fn starts_escape(rest: &[u8]) -> bool {
+    rest.len() >= 3 && rest[0] == b'%' && rest[1].is_ascii_hexdigit() && rest[2].is_ascii_hexdigit()
+}
+
+/// Encodes a property value that is kept in wire form: a `%` that starts an escape is kept
+/// (the value is already encoded), a lone `%` and everything outside `baggage-octet` are
+/// encoded. Applying it twice gives the same string.
+fn encode_property_value_into(out: &mut String, value: &str) {
+    let b = value.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if (is_baggage_octet(c) && c != b'%') || (c == b'%' && starts_escape(&b[i..])) {
+            out.push(char::from(c));
+        } else {
+            push_pct(out, c);
+        }
+    }
+}
+
+/// Writes baggage metadata as W3C properties (`;k1=v1;k2`): each property trimmed, its value
+/// encoded where it holds raw characters (so `p=a,b` cannot break the header), and a property
+/// whose key is not a token left out (it cannot be written). Returns false if nothing was written.
+fn encode_properties_into(out: &mut String, metadata: &str) {
+    for prop in metadata.split(';') {
+        let prop = prop.trim_matches(is_ows);
+        if prop.is_empty() {
+            continue;
+        }
+        let (k, v) = match prop.split_once('=') {
+            Some((k, v)) => (k.trim_matches(is_ows), Some(v.trim_matches(is_ows))),
+            None => (prop, None),
+        };
+        if !is_token(k) {
+            continue;
+        }
+        out.push(';');
+        out.push_str(k);
+        if let Some(v) = v {
+            out.push('=');
+            encode_property_value_into(out, v);
+        }
+    }
+}
+
+/// Encodes baggage as a W3C `baggage` header value.
+///
+/// Values are percent-encoded (`%` included); metadata is written as properties with their
+/// values encoded. Members are added whole while the header stays within
+/// [`MAX_BAGGAGE_BYTES`] after encoding; a member that would take it past the limit is left
+/// out (never a partial member).
 ///
 /// ```
-/// use opentelemetry::baggage::Baggage;
+/// use opentelemetry::baggage::{Baggage, BaggageMetadata};
 /// let mut b = Baggage::new();
 /// b.insert("tenant", "acme corp");
 /// assert_eq!(mqtrace::w3c::encode_baggage(&b), "tenant=acme%20corp");
+/// let mut b = Baggage::new();
+/// b.insert_with_metadata("k", "10%", BaggageMetadata::from("p=a,b"));
+/// assert_eq!(mqtrace::w3c::encode_baggage(&b), "k=10%25;p=a%2Cb");
 /// ```
 pub fn encode_baggage(baggage: &Baggage) -> String {
     let mut out = String::new();
+    let mut member = String::new();
     for (key, (value, metadata)) in baggage.iter() {
-        if !out.is_empty() {
+        member.clear();
+        member.push_str(key.as_str());
+        member.push('=');
+        encode_value_into(&mut member, value.as_str());
+        encode_properties_into(&mut member, metadata.as_str());
+        let sep = usize::from(!out.is_empty());
+        if out.len() + sep + member.len() > MAX_BAGGAGE_BYTES {
+            continue;
+        }
+        if sep == 1 {
             out.push(',');
         }
-        out.push_str(key.as_str());
-        out.push('=');
-        for &b in value.as_str().as_bytes() {
-            if is_baggage_octet(b) {
-                out.push(char::from(b));
-            } else {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)].to_ascii_uppercase()));
-                out.push(char::from(HEX[usize::from(b & 0xf)].to_ascii_uppercase()));
-            }
-        }
-        if !metadata.as_str().is_empty() {
-            out.push(';');
-            out.push_str(metadata.as_str());
-        }
+        out.push_str(&member);
     }
     out
 }
@@ -262,37 +486,114 @@ impl fmt::Display for BaggageError {
     }
 }
 
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+fn hex_digit_any_case(c: u8) -> Option<u8> {
+    hex_val(c.to_ascii_lowercase())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Percent-decodes a baggage value. A `%` not followed by two hex digits is kept as it is
+/// (as OpenTelemetry's SDKs do); decoded bytes that are not UTF-8 become U+FFFD (W3C: MUST).
+///
+/// ```
+/// assert_eq!(mqtrace::w3c::percent_decode("Am%C3%A9lie"), "Amélie");
+/// assert_eq!(mqtrace::w3c::percent_decode("%FF"), "\u{FFFD}");
+/// assert_eq!(mqtrace::w3c::percent_decode("10%"), "10%");
+/// ```
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    if !bytes.contains(&b'%') {
+        return s.to_owned();
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_digit_any_case)?;
-            let lo = bytes.get(i + 2).copied().and_then(hex_digit_any_case)?;
-            out.push((hi << 4) | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let decoded = (bytes[i] == b'%')
+            .then(|| {
+                let hi = hex_digit_any_case(*bytes.get(i + 1)?)?;
+                let lo = hex_digit_any_case(*bytes.get(i + 2)?)?;
+                Some((hi << 4) | lo)
+            })
+            .flatten();
+        match decoded {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
     }
-    String::from_utf8(out).ok()
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
-fn hex_digit_any_case(c: u8) -> Option<u8> {
-    hex_val(c.to_ascii_lowercase())
+/// The properties of a baggage member's metadata as `(key, decoded value)`: `None` for a
+/// property without a value. mqtrace keeps property values in their encoded (wire) form in
+/// [`BaggageMetadata`], which OpenTelemetry stores as one `;`-separated string where a decoded
+/// `;` would be ambiguous; this decodes them for reading.
+///
+/// ```
+/// use opentelemetry::baggage::BaggageMetadata;
+/// let m = BaggageMetadata::from("p=a%2Cb;flag");
+/// let props: Vec<_> = mqtrace::w3c::baggage_properties(&m).collect();
+/// assert_eq!(props, [("p", Some("a,b".to_owned())), ("flag", None)]);
+/// ```
+pub fn baggage_properties(
+    metadata: &BaggageMetadata,
+) -> impl Iterator<Item = (&str, Option<String>)> {
+    metadata
+        .as_str()
+        .split(';')
+        .map(|p| p.trim_matches(is_ows))
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (
+                k.trim_matches(is_ows),
+                Some(percent_decode(v.trim_matches(is_ows))),
+            ),
+            None => (p, None),
+        })
+}
+
+/// Validates one member's properties and returns them normalised (trimmed, `;`-joined, in
+/// wire form), or `None` when one of them is malformed.
+fn parse_properties<'a>(props: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut out = String::new();
+    for prop in props {
+        let prop = prop.trim_matches(is_ows);
+        if prop.is_empty() {
+            continue;
+        }
+        let (k, v) = match prop.split_once('=') {
+            Some((k, v)) => (k.trim_matches(is_ows), Some(v.trim_matches(is_ows))),
+            None => (prop, None),
+        };
+        if !is_token(k) || !v.is_none_or(|v| v.bytes().all(is_baggage_octet)) {
+            return None;
+        }
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str(k);
+        if let Some(v) = v {
+            out.push('=');
+            // Normalise: a lone `%` is encoded, as the writer would.
+            encode_property_value_into(&mut out, v);
+        }
+    }
+    Some(out)
 }
 
 /// Parses a W3C `baggage` header.
 ///
 /// Oversized headers and headers with too many members are dropped whole (W3C forbids
-/// propagating a partial list); malformed members are dropped one by one. Either way the
-/// reason comes back beside whatever was kept.
+/// propagating a partial list); malformed members (a key that is not a token, raw characters
+/// outside `baggage-octet` in a value, a malformed property) are dropped one by one. Either way
+/// the reason comes back beside whatever was kept. Values are percent-decoded (invalid UTF-8
+/// becomes U+FFFD); properties are validated and kept encoded (see [`baggage_properties`]).
 ///
 /// ```
 /// let (b, err) = mqtrace::w3c::parse_baggage("tenant=acme%20corp,bad member,k=v;meta");
@@ -305,35 +606,36 @@ pub fn parse_baggage(value: &str) -> (Baggage, Option<BaggageError>) {
     if value.len() > MAX_BAGGAGE_BYTES {
         return (baggage, Some(BaggageError::TooLarge(value.len())));
     }
-    let members = value.split(',').filter(|m| !m.trim().is_empty()).count();
+    let members = value
+        .split(',')
+        .filter(|m| !m.trim_matches(is_ows).is_empty())
+        .count();
     if members > MAX_BAGGAGE_MEMBERS {
         return (baggage, Some(BaggageError::TooManyMembers(members)));
     }
     let mut malformed = 0;
     for member in value.split(',') {
-        let member = member.trim_matches(|c| c == ' ' || c == '\t');
+        let member = member.trim_matches(is_ows);
         if member.is_empty() {
             continue;
         }
-        let (kv, meta) = match member.split_once(';') {
-            Some((kv, meta)) => (kv, meta.trim()),
-            None => (member, ""),
-        };
+        let mut parts = member.split(';');
+        let kv = parts.next().unwrap_or_default();
         let Some((k, v)) = kv.split_once('=') else {
             malformed += 1;
             continue;
         };
-        let k = k.trim_matches(|c| c == ' ' || c == '\t');
-        let v = v.trim_matches(|c| c == ' ' || c == '\t');
-        if k.is_empty() || !k.bytes().all(is_token_char) {
+        let k = k.trim_matches(is_ows);
+        let v = v.trim_matches(is_ows);
+        if !is_token(k) || !v.bytes().all(is_baggage_octet) {
             malformed += 1;
             continue;
         }
-        let Some(v) = percent_decode(v) else {
+        let Some(meta) = parse_properties(parts) else {
             malformed += 1;
             continue;
         };
-        baggage.insert_with_metadata(k.to_owned(), v, BaggageMetadata::from(meta));
+        baggage.insert_with_metadata(k.to_owned(), percent_decode(v), BaggageMetadata::from(meta));
     }
     let err = (malformed > 0).then_some(BaggageError::Malformed(malformed));
     (baggage, err)
@@ -363,10 +665,14 @@ mod tests {
             encode_traceparent(&sc(TraceFlags::NOT_SAMPLED)),
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
         );
-        // The random flag (0x02, level 2) is not written, as the SDK does.
+        // The random flag (0x02, level 2) is written; reserved bits are not.
         assert_eq!(
             encode_traceparent(&sc(TraceFlags::new(0x03))),
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"
+        );
+        assert_eq!(
+            encode_traceparent(&sc(TraceFlags::new(0xfe))),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02"
         );
     }
 
@@ -447,7 +753,7 @@ mod tests {
         let mut b = Baggage::new();
         b.insert_with_metadata("user", "a b,c;d=é", BaggageMetadata::from("p=1"));
         let enc = encode_baggage(&b);
-        assert_eq!(enc, "user=a%20b%2Cc%3Bd=%C3%A9;p=1");
+        assert_eq!(enc, "user=a%20b%2Cc%3Bd%3D%C3%A9;p=1");
         let (back, err) = parse_baggage(&enc);
         assert!(err.is_none());
         let (v, m) = back.get_with_metadata("user").expect("present");

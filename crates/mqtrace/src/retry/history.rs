@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(feed.attr(attr::DEAD_LETTER_REASON), None);
         assert!(feed.link_of_type("origin").is_none());
         assert_eq!(
-            feed.attr_str(attr::CONTEXT_REFUSED).as_deref(),
+            feed.attr_str(attr::CONTEXT_REFUSED),
             Some("mqtrace-origin: untrusted source; mqtrace-dead-letter-reason: untrusted source")
         );
         let declared = spans.one("process history-feed.retry.2");

@@ -28,6 +28,7 @@ pub(crate) fn start(
     extracted: Extracted,
 ) -> ProcessSpan {
     let start = inst.metrics().is_some().then(Instant::now);
+    let duplicate = extracted.duplicate_traceparent();
     let (creation, issues) = extracted.into_parts();
     let ambient = Context::current();
     let creation_sc = creation.span().span_context().clone();
@@ -74,7 +75,7 @@ pub(crate) fn start(
         ..SpanFacts::new(msg.operation, msg.destination)
     };
     let span = inst.start_span(builder, &parent, &facts, |span| {
-        record_delivery(span, &msg, trusted, &history, &issues);
+        record_delivery(span, &msg, trusted, duplicate, &history, &issues);
     });
     let measure = start.map(|start| Measure {
         op: msg.operation,
@@ -148,11 +149,12 @@ fn with_baggage_of(ambient: Context, creation: &Context) -> Context {
 }
 
 /// The delivery's own attributes of a sampled process span: attempt, trust, dead-letter
-/// reason, what was wrong with its context.
+/// reason, several `traceparent`s, refused mqtrace headers, what was wrong with its context.
 fn record_delivery(
     span: &mut BoxedSpan,
     msg: &Incoming<'_>,
     trusted: bool,
+    duplicate: bool,
     history: &crate::retry::History,
     issues: &[ContextIssue],
 ) {
@@ -161,6 +163,9 @@ fn record_delivery(
     }
     if !trusted {
         span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+    }
+    if duplicate {
+        span.set_attribute(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
     }
     if let Some(reason) = &history.dead_letter_reason {
         span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
