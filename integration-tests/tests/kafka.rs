@@ -2047,3 +2047,334 @@ mod retries {
         .await;
     }
 }
+
+/// A minimal Kafka producer speaking the wire protocol itself (Produce v3, one record batch of
+/// one record), for messages no client library will build: header keys that are not UTF-8.
+/// The messages are then consumed through librdkafka as any other.
+mod raw_produce {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// A header as bytes: key, value (`None` for a null value).
+    pub(super) type RawHeader = (Vec<u8>, Option<Vec<u8>>);
+
+    fn crc32c(data: &[u8]) -> u32 {
+        let mut crc = !0_u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)).cast_unsigned();
+        while z >= 0x80 {
+            out.push(u8::try_from(z & 0x7f).unwrap_or(0) | 0x80);
+            z >>= 7;
+        }
+        out.push(u8::try_from(z).unwrap_or(0));
+    }
+
+    fn len(n: usize) -> i64 {
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
+    fn bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+        match b {
+            None => varint(out, -1),
+            Some(b) => {
+                varint(out, len(b.len()));
+                out.extend_from_slice(b);
+            }
+        }
+    }
+
+    fn batch(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[RawHeader]) -> Vec<u8> {
+        let mut record = vec![0_u8]; // attributes
+        varint(&mut record, 0); // timestamp delta
+        varint(&mut record, 0); // offset delta
+        bytes(&mut record, key);
+        bytes(&mut record, value);
+        varint(&mut record, len(headers.len()));
+        for (k, v) in headers {
+            varint(&mut record, len(k.len()));
+            record.extend_from_slice(k);
+            bytes(&mut record, v.as_deref());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        let mut body = Vec::new();
+        body.extend(0_i16.to_be_bytes()); // attributes
+        body.extend(0_i32.to_be_bytes()); // last offset delta
+        body.extend(now.to_be_bytes()); // base timestamp
+        body.extend(now.to_be_bytes()); // max timestamp
+        body.extend((-1_i64).to_be_bytes()); // producer id
+        body.extend((-1_i16).to_be_bytes()); // producer epoch
+        body.extend((-1_i32).to_be_bytes()); // base sequence
+        body.extend(1_i32.to_be_bytes()); // record count
+        varint(&mut body, len(record.len()));
+        body.extend(record);
+        let mut out = Vec::new();
+        out.extend(0_i64.to_be_bytes()); // base offset
+        let batch_len = i32::try_from(4 + 1 + 4 + body.len()).unwrap_or(i32::MAX);
+        out.extend(batch_len.to_be_bytes());
+        out.extend((-1_i32).to_be_bytes()); // partition leader epoch
+        out.push(2); // magic
+        out.extend(crc32c(&body).to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    fn i16_at(b: &[u8], at: usize) -> Result<i16, String> {
+        b.get(at..at + 2)
+            .and_then(|s| s.try_into().ok())
+            .map(i16::from_be_bytes)
+            .ok_or_else(|| format!("short produce response: {b:?}"))
+    }
+
+    /// Sends one record to partition 0 of `topic` and checks the broker's answer.
+    pub(super) fn produce(
+        server: &str,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RawHeader],
+    ) -> Result<(), String> {
+        let batch = batch(key, value, headers);
+        let mut req = Vec::new();
+        req.extend(0_i16.to_be_bytes()); // Produce
+        req.extend(3_i16.to_be_bytes()); // version 3: record batches
+        req.extend(7_i32.to_be_bytes()); // correlation id
+        let client = b"mqtrace-raw-producer";
+        req.extend(i16::try_from(client.len()).unwrap_or(0).to_be_bytes());
+        req.extend(client);
+        req.extend((-1_i16).to_be_bytes()); // no transactional id
+        req.extend(1_i16.to_be_bytes()); // acks
+        req.extend(10_000_i32.to_be_bytes()); // timeout
+        req.extend(1_i32.to_be_bytes()); // one topic
+        req.extend(i16::try_from(topic.len()).unwrap_or(0).to_be_bytes());
+        req.extend(topic.as_bytes());
+        req.extend(1_i32.to_be_bytes()); // one partition
+        req.extend(0_i32.to_be_bytes()); // partition 0
+        req.extend(i32::try_from(batch.len()).unwrap_or(0).to_be_bytes());
+        req.extend(batch);
+        let mut s = TcpStream::connect(server).map_err(|e| format!("connect {server}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&i32::try_from(req.len()).unwrap_or(0).to_be_bytes())
+            .and_then(|()| s.write_all(&req))
+            .map_err(|e| format!("send: {e}"))?;
+        let mut size = [0_u8; 4];
+        s.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
+        let mut resp = vec![0_u8; usize::try_from(i32::from_be_bytes(size)).unwrap_or(0)];
+        s.read_exact(&mut resp).map_err(|e| format!("read: {e}"))?;
+        // correlation id, topic count, topic name, partition count, partition, error code
+        let name_len = usize::try_from(i16_at(&resp, 8)?).unwrap_or(0);
+        let error = i16_at(&resp, 10 + name_len + 4 + 4)?;
+        if error == 0 {
+            Ok(())
+        } else {
+            Err(format!("produce to {topic}: error code {error}"))
+        }
+    }
+}
+
+const FOREIGN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Headers a broken or hostile producer may send: a key that is not UTF-8 first, a valid
+/// context, a null and an empty value, another bad key last.
+fn hostile_headers(with_context: bool) -> Vec<raw_produce::RawHeader> {
+    let mut h = vec![(b"\xff\xfebad-key".to_vec(), Some(b"v".to_vec()))];
+    if with_context {
+        h.push((
+            b"traceparent".to_vec(),
+            Some(FOREIGN_TRACEPARENT.as_bytes().to_vec()),
+        ));
+    }
+    h.push((b"null".to_vec(), None));
+    h.push((b"empty".to_vec(), Some(Vec::new())));
+    h.push((b"tail-\xc3".to_vec(), Some(b"w".to_vec())));
+    h
+}
+
+fn raw_send(topic: &str, key: &[u8], headers: &[raw_produce::RawHeader]) {
+    let (host, port) = first_server();
+    raw_produce::produce(
+        &format!("{host}:{port}"),
+        topic,
+        Some(key),
+        Some(b"body"),
+        headers,
+    )
+    .unwrap_or_else(|e| panic!("raw produce: {e}"));
+}
+
+#[tokio::test]
+async fn header_keys_that_are_not_utf8_skip_only_their_header_and_forwarding_them_sends_one_context()
+ {
+    use mqtrace::carrier::{HeaderExtractor, InvalidHeader};
+    use mqtrace_rdkafka::KafkaHeaders;
+    use rdkafka::message::BorrowedHeaders;
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("badkey");
+        let out = unique("badkey-fwd");
+        create_topic(&topic, 1).await;
+        create_topic(&out, 1).await;
+        raw_send(&topic, b"with-context", &hostile_headers(true));
+        raw_send(&topic, b"without-context", &hostile_headers(false));
+
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let producer = kafka::producer(t.config());
+        let first = next_message(&c).await;
+        let second = next_message(&c).await;
+        // The valid context is used although other keys are not UTF-8.
+        let foreign = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("id");
+        assert_eq!(first.span_context().trace_id(), foreign);
+        let h = KafkaHeaders(first.headers());
+        assert_eq!(h.header("traceparent"), Some(Ok(FOREIGN_TRACEPARENT)));
+        assert_eq!(
+            h.header("null"),
+            Some(Err(InvalidHeader::WrongType("null")))
+        );
+        assert_eq!(h.header("empty"), Some(Ok("")));
+        assert_eq!(h.header_keys(), vec!["traceparent", "null", "empty"]);
+        assert_eq!(first.headers().map(Headers::count), Some(5));
+
+        // Forwarding the headers: never a panic, never two contexts, no header lost.
+        send(
+            &producer,
+            &out,
+            "k1",
+            Some(b"x"),
+            first.headers().map(BorrowedHeaders::detach),
+        )
+        .await;
+        send(
+            &producer,
+            &out,
+            "k2",
+            Some(b"y"),
+            second.headers().map(BorrowedHeaders::detach),
+        )
+        .await;
+        c.commit_message(&first, CommitMode::Sync).expect("commit");
+        c.commit_message(&second, CommitMode::Sync).expect("commit");
+        drop((first, second));
+
+        let c2 = consumer(t.config(), &unique("g"), &[&out]);
+        let f1 = next_message(&c2).await;
+        let f2 = next_message(&c2).await;
+        // With a context to take out and a key rdkafka cannot copy, the headers are sent as
+        // given (one context: the forwarded one), and the send span says why.
+        let h1 = KafkaHeaders(f1.headers());
+        assert_eq!(f1.headers().map(Headers::count), Some(5));
+        assert_eq!(h1.header("traceparent"), Some(Ok(FOREIGN_TRACEPARENT)));
+        assert_eq!(h1.header_keys(), vec!["traceparent", "null", "empty"]);
+        // Without one, the context is added after the user's headers, all of them kept.
+        let h2 = KafkaHeaders(f2.headers());
+        assert_eq!(f2.headers().map(Headers::count), Some(5));
+        assert_eq!(h2.header_keys(), vec!["null", "empty", "traceparent"]);
+        assert_eq!(
+            h2.header("null"),
+            Some(Err(InvalidHeader::WrongType("null")))
+        );
+        assert_eq!(h2.header("empty"), Some(Ok("")));
+        c2.commit_message(&f1, CommitMode::Sync).expect("commit");
+        c2.commit_message(&f2, CommitMode::Sync).expect("commit");
+        let f2_parent = f2.span_context().clone();
+        drop((f1, f2));
+
+        let spans = wait(&t, &format!("process {out}"), 2).await;
+        let sends = spans.named(&format!("send {out}"));
+        assert_eq!(sends.len(), 2);
+        let refused: Vec<_> = sends
+            .iter()
+            .filter(|s| s.attr(attr::CONTEXT_ERROR).is_some())
+            .collect();
+        assert_eq!(refused.len(), 1, "one send could not carry its context");
+        let carried = sends
+            .iter()
+            .find(|s| s.attr(attr::CONTEXT_ERROR).is_none())
+            .expect("the other send");
+        assert_eq!(
+            h2_traceparent(&spans, &out, &f2_parent),
+            Some(carried.span_context.span_id())
+        );
+    })
+    .await;
+}
+
+/// The parent span id of the process span `process`.
+fn h2_traceparent(spans: &Spans, topic: &str, process: &SpanContext) -> Option<SpanId> {
+    spans
+        .named(&format!("process {topic}"))
+        .into_iter()
+        .find(|s| s.span_context.span_id() == process.span_id())
+        .map(|s| s.parent_span_id)
+}
+
+/// Consumes and forwards a message with header keys that are not UTF-8 in a child process
+/// (so that its panic hook is the default one, which prints every panic): nothing may be
+/// printed, and the consumer continues the valid context.
+#[test]
+fn header_keys_that_are_not_utf8_never_reach_the_panic_hook() {
+    const CHILD: &str = "MQTRACE_BAD_KEY_CHILD";
+    const NAME: &str = "header_keys_that_are_not_utf8_never_reach_the_panic_hook";
+    if std::env::var_os(CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(within(async {
+            use mqtrace::carrier::HeaderExtractor;
+            let t = TestTelemetry::new();
+            let topic = unique("badkey-hook");
+            create_topic(&topic, 1).await;
+            raw_send(&topic, b"k", &hostile_headers(true));
+            let c = consumer(t.config(), &unique("g"), &[&topic]);
+            let m = next_message(&c).await;
+            assert_eq!(
+                m.span_context().trace_id(),
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("id")
+            );
+            let headers = mqtrace_rdkafka::KafkaHeaders(m.headers());
+            assert_eq!(headers.header_keys(), vec!["traceparent", "null", "empty"]);
+            let producer = kafka::producer(t.config());
+            send(
+                &producer,
+                &topic,
+                "again",
+                None,
+                m.headers().map(rdkafka::message::BorrowedHeaders::detach),
+            )
+            .await;
+            m.finish(Outcome::Ack);
+        }));
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "child ran the test:\n{stdout}");
+    assert!(
+        !stderr.contains("panicked") && !stdout.contains("panicked"),
+        "a caught panic reached the hook:\n{stderr}"
+    );
+}

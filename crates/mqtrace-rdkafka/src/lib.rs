@@ -74,7 +74,7 @@ pub use consumer::{
 };
 pub use error::error_type;
 pub use headers::{KafkaHeaders, KafkaHeadersMut, NOT_BEFORE_HEADER, delivery_attempt, not_before};
-pub use message::TracedMessage;
+pub use message::{ConsumedMessage, OwnedTracedMessage, TracedMessage};
 pub use producer::{
     TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,
     TracedProducerContext, TracedThreadedProducer,

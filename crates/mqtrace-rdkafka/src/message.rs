@@ -1,6 +1,7 @@
 //! The traced message: a consumed `BorrowedMessage` with its process span.
 
 use crate::client::{self, ClientInfo};
+use crate::consumer::{CommitTracker, Shared, Tracked};
 use crate::headers::{KafkaHeaders, delivery_attempt};
 use crate::partition::partition_id;
 use crate::{POLL, PROCESS};
@@ -12,10 +13,11 @@ use opentelemetry::trace::SpanContext;
 use opentelemetry::{Context, KeyValue};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A consumed message with its CONSUMER process span.
@@ -26,8 +28,10 @@ use std::time::SystemTime;
 /// (`commit_message`, `store_offset_from_message`), which records a CLIENT settle span and the
 /// process span's outcome. Dropped unsettled, the process span ends with outcome `auto_ack`
 /// when the consumer commits by itself (`enable.auto.commit` and `enable.auto.offset.store`,
-/// librdkafka's defaults), otherwise `unsettled` (an error). If you commit in bulk
-/// (`commit_consumer_state`), end the span yourself with [`TracedMessage::finish`].
+/// librdkafka's defaults), otherwise `unsettled` (an error). Bulk commits and stores through
+/// the traced consumer (`commit`, `commit_consumer_state`, `store_offsets`) settle every
+/// message they cover that is still held (outcome `ack`). To hand the message to another
+/// task, [`TracedMessage::detach`] it.
 ///
 /// ```no_run
 /// # async fn demo(consumer: mqtrace_rdkafka::TracedStreamConsumer) -> rdkafka::error::KafkaResult<()> {
@@ -41,8 +45,9 @@ use std::time::SystemTime;
 /// ```
 pub struct TracedMessage<'a> {
     message: BorrowedMessage<'a>,
-    processing: Processing,
+    processing: Arc<Processing>,
     attempt: u32,
+    _tracked: Tracked,
 }
 
 impl std::fmt::Debug for TracedMessage<'_> {
@@ -56,16 +61,33 @@ impl std::fmt::Debug for TracedMessage<'_> {
 }
 
 impl<'a> TracedMessage<'a> {
-    fn new(message: BorrowedMessage<'a>, span: ProcessSpan, attempt: u32) -> Self {
-        Self {
-            processing: Processing::new(span),
-            attempt,
-            message,
-        }
-    }
-
     pub(crate) fn take_span(&self) -> Option<ProcessSpan> {
         self.processing.take()
+    }
+
+    /// Detaches the message from the consumer, like rdkafka's `BorrowedMessage::detach` (the
+    /// message is copied into an [`OwnedMessage`]), keeping its process span: the
+    /// [`OwnedTracedMessage`] can be moved to another task (a worker pool), handled there in
+    /// its span, and settled later through the consumer (`commit_message`,
+    /// `store_offset_from_message` take it too; share the consumer with an `Arc`).
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+    /// let message = consumer.recv().await?.detach();
+    /// let worker = consumer.clone();
+    /// tokio::spawn(async move {
+    ///     message.in_span(async { /* handle it */ }).await;
+    ///     worker.store_offset_from_message(&message)
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn detach(self) -> OwnedTracedMessage {
+        OwnedTracedMessage {
+            message: self.message.detach(),
+            processing: self.processing,
+            attempt: self.attempt,
+            _tracked: self._tracked,
+        }
     }
 
     /// The wrapped message.
@@ -182,6 +204,221 @@ impl<'a> TracedMessage<'a> {
     }
 }
 
+/// A consumed message detached from its consumer ([`TracedMessage::detach`]), with its
+/// process span: it is `Send + 'static`, so a worker task can own it.
+///
+/// It dereferences to rdkafka's `OwnedMessage`. Settle it through the consumer it came from
+/// (`commit_message`, `store_offset_from_message`), which records the settle span and the
+/// process span's outcome, or with [`OwnedTracedMessage::finish`]; a bulk commit or store
+/// through the consumer settles it too while it is held. Dropped unsettled, its process span
+/// ends as a [`TracedMessage`]'s would (`auto_ack` or `unsettled`).
+///
+/// ```no_run
+/// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+/// use rdkafka::Message;
+/// let message: mqtrace_rdkafka::OwnedTracedMessage = consumer.recv().await?.detach();
+/// let consumer = consumer.clone();
+/// tokio::spawn(async move {
+///     let len = message.payload().map_or(0, <[u8]>::len);
+///     message.in_span(async move { /* handle `len` bytes */ let _ = len; }).await;
+///     consumer.commit_message(&message, rdkafka::consumer::CommitMode::Async)
+/// });
+/// # Ok(()) }
+/// ```
+pub struct OwnedTracedMessage {
+    message: OwnedMessage,
+    processing: Arc<Processing>,
+    attempt: u32,
+    _tracked: Tracked,
+}
+
+impl std::fmt::Debug for OwnedTracedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedTracedMessage")
+            .field("message", &self.message)
+            .field("attempt", &self.attempt)
+            .field("span_context", self.processing.span_context())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnedTracedMessage {
+    /// The wrapped message.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let raw: &rdkafka::message::OwnedMessage = m.message();
+    /// # let _ = raw; }
+    /// ```
+    pub fn message(&self) -> &OwnedMessage {
+        &self.message
+    }
+
+    /// The context holding the process span (see [`TracedMessage::context`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let _guard = m.context().clone().attach();
+    /// # }
+    /// ```
+    pub fn context(&self) -> &Context {
+        self.processing.context()
+    }
+
+    /// The process span's context.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// println!("trace {}", m.span_context().trace_id());
+    /// # }
+    /// ```
+    pub fn span_context(&self) -> &SpanContext {
+        self.processing.span_context()
+    }
+
+    /// The creation context of the message's first delivery (see [`TracedMessage::origin`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let _first_send = m.origin().map(|sc| sc.span_id());
+    /// # }
+    /// ```
+    pub fn origin(&self) -> Option<&SpanContext> {
+        self.processing.origin()
+    }
+
+    /// The delivery attempt (see [`TracedMessage::attempt`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// if m.attempt() > 3 { /* give up */ }
+    /// # }
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Runs `fut` inside the process span (see [`TracedMessage::in_span`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// m.in_span(async { tracing::info_span!("handle").in_scope(|| {}) }).await;
+    /// # }
+    /// ```
+    pub fn in_span<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
+        self.processing.in_span(fut)
+    }
+
+    /// Records a handler error on the process span (see [`TracedMessage::record_error`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// m.record_error("validation", &"amount must be positive");
+    /// # }
+    /// ```
+    pub fn record_error(
+        &self,
+        error_type: impl Into<Cow<'static, str>>,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.processing.record_error(error_type, error);
+    }
+
+    /// Ends the process span with `outcome` without a settle operation.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// m.finish(mqtrace::Outcome::Ack);
+    /// # }
+    /// ```
+    pub fn finish(&self, outcome: Outcome) {
+        self.processing.finish(outcome);
+    }
+
+    /// The wrapped message and its process span (see [`TracedMessage::into_parts`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let (message, span) = m.into_parts();
+    /// if let Some(span) = span { span.finish(mqtrace::Outcome::Ack); }
+    /// # let _ = message; }
+    /// ```
+    pub fn into_parts(self) -> (OwnedMessage, Option<ProcessSpan>) {
+        let span = self.processing.take();
+        (self.message, span)
+    }
+}
+
+impl Deref for OwnedTracedMessage {
+    type Target = OwnedMessage;
+
+    fn deref(&self) -> &OwnedMessage {
+        &self.message
+    }
+}
+
+mod sealed {
+    /// Keeps [`super::ConsumedMessage`] implemented by this crate's messages only.
+    #[allow(unreachable_pub)]
+    pub trait Sealed {}
+}
+
+/// A received message the traced consumers settle: a [`TracedMessage`] or an
+/// [`OwnedTracedMessage`]. Sealed: implemented by these two only.
+///
+/// ```
+/// fn settle_any<M: mqtrace_rdkafka::ConsumedMessage>(
+///     consumer: &mqtrace_rdkafka::TracedStreamConsumer,
+///     message: &M,
+/// ) -> rdkafka::error::KafkaResult<()> {
+///     consumer.store_offset_from_message(message)
+/// }
+/// # let _ = settle_any::<mqtrace_rdkafka::OwnedTracedMessage>;
+/// ```
+pub trait ConsumedMessage: sealed::Sealed {
+    #[doc(hidden)]
+    fn processing(&self) -> &Processing;
+    #[doc(hidden)]
+    fn position(&self) -> (&str, i32, i64);
+    #[doc(hidden)]
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>>;
+}
+
+impl sealed::Sealed for TracedMessage<'_> {}
+impl sealed::Sealed for OwnedTracedMessage {}
+
+impl ConsumedMessage for TracedMessage<'_> {
+    fn processing(&self) -> &Processing {
+        &self.processing
+    }
+    fn position(&self) -> (&str, i32, i64) {
+        (
+            self.message.topic(),
+            self.message.partition(),
+            self.message.offset(),
+        )
+    }
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>> {
+        Some(&self.message)
+    }
+}
+
+impl ConsumedMessage for OwnedTracedMessage {
+    fn processing(&self) -> &Processing {
+        &self.processing
+    }
+    fn position(&self) -> (&str, i32, i64) {
+        (
+            self.message.topic(),
+            self.message.partition(),
+            self.message.offset(),
+        )
+    }
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>> {
+        None
+    }
+}
+
 impl<'a> Deref for TracedMessage<'a> {
     type Target = BorrowedMessage<'a>;
 
@@ -197,10 +434,12 @@ pub(crate) struct Consuming {
     pub(crate) info: ClientInfo,
     group: Option<KeyValue>,
     drop_outcome: Outcome,
+    /// The in-flight bookkeeping of the consumer's commit tracker.
+    tracker: Arc<Shared>,
 }
 
 impl Consuming {
-    pub(crate) fn new(config: Config, client: &ClientConfig) -> Self {
+    pub(crate) fn new(config: Config, client: &ClientConfig, tracker: &CommitTracker) -> Self {
         let info = ClientInfo::read(client);
         let inst = client::build(config, &info);
         let drop_outcome = if info.auto_commit() && info.auto_offset_store() {
@@ -208,12 +447,33 @@ impl Consuming {
         } else {
             Outcome::Unsettled
         };
+        let group = info.group_kv();
+        let mut common = Vec::with_capacity(2);
+        common.extend(group.clone());
+        common.push(info.client_id_kv());
+        tracker.configure(common, info.auto_commit() && !info.auto_offset_store());
         Self {
             inst,
-            group: info.group_kv(),
+            group,
             info,
             drop_outcome,
+            tracker: tracker.shared().clone(),
         }
+    }
+
+    /// The attributes a settle span of the message at `partition`/`offset` records.
+    pub(crate) fn position_attributes(&self, partition: i32, offset: i64) -> Vec<KeyValue> {
+        let mut kv = Vec::with_capacity(4);
+        kv.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_PARTITION_ID,
+            partition_id(partition),
+        ));
+        kv.push(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset));
+        if let Some(g) = &self.group {
+            kv.push(g.clone());
+        }
+        kv.push(self.info.client_id_kv());
+        kv
     }
 
     /// The attributes every consumer-side span of this message records.
@@ -288,7 +548,20 @@ impl Consuming {
             kv
         });
         span.set_drop_outcome(self.drop_outcome);
-        TracedMessage::new(message, span, attempt)
+        let processing = Arc::new(Processing::new(span));
+        let tracked = CommitTracker::track(
+            &self.tracker,
+            topic,
+            message.partition(),
+            message.offset(),
+            &processing,
+        );
+        TracedMessage {
+            message,
+            processing,
+            attempt,
+            _tracked: tracked,
+        }
     }
 
     /// Starts the process spans of a polled batch, after recording its receive span (which
