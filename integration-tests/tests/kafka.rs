@@ -2378,3 +2378,319 @@ fn header_keys_that_are_not_utf8_never_reach_the_panic_hook() {
         "a caught panic reached the hook:\n{stderr}"
     );
 }
+
+/// Sends `n` records to partition 0 of `topic` (many in flight at once); returns the
+/// delivered offsets in order of key index.
+async fn send_many(p: &TracedFutureProducer, topic: &str, n: usize) -> Vec<i64> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let key = format!("k{i}");
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key(&key)
+                .partition(0)
+                .payload(b"x");
+            p.send(record, SEND_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("delivery to {topic}: {e}"))
+                .offset
+        })
+        .buffered(500)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn thousands_of_stores_between_two_auto_commits_all_get_their_commit_result() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("ranges");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let n = 5_000;
+        send_many(&producer, &topic, n).await;
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100");
+        let c = consumer_with(t.config(), client, &[&topic]);
+        let mut held = Vec::with_capacity(n);
+        while held.len() < n {
+            held.push(next_message(&c).await);
+        }
+        // More stores than the old per-partition bound (4,096) before any report.
+        for m in &held {
+            c.store_offset_from_message(m).expect("store");
+        }
+        drop(held);
+        let tracker = c.context().commit_tracker();
+        assert!(tracker.waiting() <= 64, "bounded: {}", tracker.waiting());
+        let deadline = Instant::now() + WAIT;
+        while tracker.waiting() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        assert_eq!(tracker.in_flight(), 0);
+        let spans = t.spans();
+        let commits = spans.named(&format!("commit {topic}"));
+        let stores = spans.named(&format!("store_offset {topic}"));
+        assert!(!commits.is_empty());
+        for commit in &commits {
+            assert!(
+                commit
+                    .events
+                    .iter()
+                    .all(|e| e.name != "mqtrace.settle.unreported"),
+                "a commit span ended unreported"
+            );
+            assert!(!commit.is_error(), "{:?}", commit.status);
+            commit.assert_attr(attr::OUTCOME, "ack");
+        }
+        let covered: i64 = commits
+            .iter()
+            .map(|s| s.attr_i64(attr::MESSAGING_BATCH_MESSAGE_COUNT).unwrap_or(1))
+            .sum();
+        assert_eq!(
+            covered,
+            i64::try_from(n).expect("n"),
+            "every store is in a range"
+        );
+        assert_eq!(
+            commits.len() + stores.len(),
+            n,
+            "one settle span per message"
+        );
+        let processes = spans.named(&format!("process {topic}"));
+        assert_eq!(processes.len(), n);
+        assert!(
+            processes
+                .iter()
+                .all(|p| p.attr_str(attr::OUTCOME).as_deref() == Some("ack"))
+        );
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(i64::try_from(n).expect("n")))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bulk_commits_and_stores_settle_every_held_message_below_the_offset_and_no_other() {
+    use rdkafka::topic_partition_list::TopicPartitionList;
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("bulk");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send_many(&producer, &topic, 10).await;
+
+        // Manual commits: commit(&tpl) covers offsets 0..=5, commit_consumer_state the rest.
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 10 {
+            held.push(next_message(&c).await);
+        }
+        assert_eq!(c.context().commit_tracker().in_flight(), 10);
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(6))
+            .expect("offset");
+        c.commit(&offsets, CommitMode::Sync).expect("commit");
+        let spans = wait(&t, &format!("process {topic}"), 6).await;
+        let done: BTreeSet<i64> = spans
+            .named(&format!("process {topic}"))
+            .iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(done, (0..6).collect(), "only the offsets below 6 settled");
+        c.commit_consumer_state(CommitMode::Sync)
+            .expect("commit state");
+        let spans = wait(&t, &format!("process {topic}"), 10).await;
+        drop(held);
+        for p in spans.named(&format!("process {topic}")) {
+            p.assert_attr(attr::OUTCOME, "ack");
+            assert!(!p.is_error(), "{:?}", p.status);
+            let settles: Vec<_> = spans
+                .children_of(p)
+                .into_iter()
+                .filter(|s| s.name == format!("commit {topic}"))
+                .collect();
+            assert_eq!(settles.len(), 1, "one commit span per message");
+            settles[0].assert_kind(SpanKind::Client);
+            assert_eq!(
+                settles[0].attr_i64(attr::MESSAGING_KAFKA_OFFSET),
+                p.attr_i64(attr::MESSAGING_KAFKA_OFFSET)
+            );
+        }
+        assert_eq!(c.context().commit_tracker().in_flight(), 0);
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(10))
+        );
+
+        // Stored in bulk with auto-commit: the held messages below the stored offset settle
+        // at the store, the commit's result arrives on one commit span.
+        let t = TestTelemetry::new();
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100");
+        let c = consumer_with(t.config(), client, &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 10 {
+            held.push(next_message(&c).await);
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(8))
+            .expect("offset");
+        c.store_offsets(&offsets).expect("store");
+        let tracker = c.context().commit_tracker();
+        let deadline = Instant::now() + WAIT;
+        while tracker.waiting() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        let spans = t.spans();
+        let done: BTreeSet<i64> = spans
+            .named(&format!("process {topic}"))
+            .iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(done, (0..8).collect(), "offsets 8 and 9 stay open");
+        let commit = spans.one(&format!("commit {topic}"));
+        assert!(
+            commit
+                .events
+                .iter()
+                .all(|e| e.name != "mqtrace.settle.unreported")
+        );
+        assert_eq!(spans.named(&format!("store_offset {topic}")).len(), 7);
+        for p in spans.named(&format!("process {topic}")) {
+            p.assert_attr(attr::OUTCOME, "ack");
+        }
+        // Held messages beyond the store are settled one by one.
+        for m in &held[8..] {
+            c.store_offset_from_message(m).expect("store");
+        }
+        drop(held);
+        let spans = wait(&t, &format!("process {topic}"), 10).await;
+        assert!(
+            spans
+                .named(&format!("process {topic}"))
+                .iter()
+                .all(|p| !p.is_error())
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn detached_messages_handled_by_a_worker_pool_keep_their_process_spans() {
+    use mqtrace_rdkafka::OwnedTracedMessage;
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    within(async {
+        let t = TestTelemetry::new();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(t.provider().tracer("handler")));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let topic = unique("workers");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let n = 200;
+        send_many(&producer, &topic, n).await;
+
+        let consumer = Arc::new(consumer(t.config(), &unique("g"), &[&topic]));
+        let (tx, rx) = tokio::sync::mpsc::channel::<OwnedTracedMessage>(16);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let rx = rx.clone();
+            let consumer = consumer.clone();
+            let otel = t.provider().tracer("worker");
+            workers.push(tokio::spawn(async move {
+                let mut handled = 0_usize;
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(m) = next else { break };
+                    m.in_span(async {
+                        async { tokio::task::yield_now().await }
+                            .instrument(tracing::info_span!("handle", worker = w))
+                            .await;
+                        let mut s = otel.start("handler call");
+                        tokio::task::yield_now().await;
+                        s.end();
+                    })
+                    .await;
+                    consumer
+                        .commit_message(&m, CommitMode::Async)
+                        .expect("commit");
+                    handled += 1;
+                }
+                handled
+            }));
+        }
+        for _ in 0..n {
+            let m = next_message(&consumer).await.detach();
+            tx.send(m).await.expect("a worker");
+        }
+        drop(tx);
+        let mut handled = 0;
+        for w in workers {
+            handled += w.await.expect("worker");
+        }
+        assert_eq!(handled, n);
+
+        let spans = wait(&t, &format!("process {topic}"), n).await;
+        let sends: HashMap<i64, &opentelemetry_sdk::trace::SpanData> = spans
+            .named(&format!("send {topic}"))
+            .into_iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET).map(|o| (o, s)))
+            .collect();
+        let processes = spans.named(&format!("process {topic}"));
+        assert_eq!(processes.len(), n, "each process span ends once");
+        let offsets: BTreeSet<i64> = processes
+            .iter()
+            .filter_map(|p| p.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(offsets.len(), n);
+        for p in processes {
+            let offset = p.attr_i64(attr::MESSAGING_KAFKA_OFFSET).expect("offset");
+            p.assert_child_of(sends.get(&offset).expect("its send span"));
+            p.assert_attr(attr::OUTCOME, "ack");
+            let children = spans.children_of(p);
+            let names: Vec<&str> = children.iter().map(|s| s.name.as_ref()).collect();
+            assert_eq!(
+                names.iter().filter(|n| **n == "handle").count(),
+                1,
+                "{names:?}"
+            );
+            assert_eq!(
+                names.iter().filter(|n| **n == "handler call").count(),
+                1,
+                "{names:?}"
+            );
+            assert_eq!(
+                names
+                    .iter()
+                    .filter(|n| **n == format!("commit {topic}"))
+                    .count(),
+                1,
+                "{names:?}"
+            );
+        }
+        assert_eq!(consumer.context().commit_tracker().in_flight(), 0);
+    })
+    .await;
+}
