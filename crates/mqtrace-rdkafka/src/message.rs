@@ -178,7 +178,7 @@ impl<'a> TracedMessage<'a> {
     }
 
     /// Ends the process span with `outcome` without a settle operation, e.g. when offsets are
-    /// committed in bulk (`commit_consumer_state`) or the message was handed to a retry topic.
+    /// committed by other means (the raw consumer) or the message was handed to a retry topic.
     ///
     /// ```no_run
     /// # fn demo(m: mqtrace_rdkafka::TracedMessage<'_>) {

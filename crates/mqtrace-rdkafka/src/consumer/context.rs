@@ -565,3 +565,90 @@ impl CommitReporting for TracedConsumerContext {
         &self.commits
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqtrace::testing::TestTelemetry;
+    use mqtrace::{Incoming, Instrumentation, MessagingSystem, Operation, OperationType};
+    use std::collections::HashMap;
+
+    fn pending(inst: &Instrumentation) -> PendingSettle {
+        let h: HashMap<String, String> = HashMap::new();
+        let span = inst.start_process(
+            Incoming::new(Operation::new("process", OperationType::Process), "t", "t"),
+            inst.extract(&h),
+        );
+        span.start_settle(Settle::new(COMMIT, Outcome::Ack))
+    }
+
+    fn committed(next: i64) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(next))
+            .expect("offset");
+        tpl
+    }
+
+    #[test]
+    fn stores_join_the_open_range_and_a_report_seals_it() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let tracker = CommitTracker::new();
+        assert!(!tracker.join("t", 0, 1), "no range yet");
+        tracker.register("t", 0, 1, pending(&inst));
+        for next in 2..=10_000 {
+            assert!(tracker.join("t", 0, next));
+        }
+        assert_eq!(tracker.waiting(), 1);
+        // A report of an earlier commit seals the range without ending it.
+        tracker.report(&Ok(()), &committed(0));
+        assert_eq!(tracker.waiting(), 1);
+        assert!(!tracker.join("t", 0, 10_001), "sealed: a new range opens");
+        tracker.register("t", 0, 10_001, pending(&inst));
+        tracker.report(&Ok(()), &committed(10_000));
+        assert_eq!(
+            tracker.waiting(),
+            1,
+            "the first range ended, the second waits"
+        );
+        tracker.report(&Ok(()), &committed(10_001));
+        assert_eq!(tracker.waiting(), 0);
+        let spans = t.spans();
+        let commits = spans.named("commit t");
+        assert_eq!(commits.len(), 2);
+        let counts: Vec<Option<i64>> = commits
+            .iter()
+            .map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == attr::MESSAGING_BATCH_MESSAGE_COUNT)
+                    .and_then(|kv| match kv.value {
+                        opentelemetry::Value::I64(v) => Some(v),
+                        _ => None,
+                    })
+            })
+            .collect();
+        assert!(counts.contains(&Some(10_000)) && counts.contains(&None));
+        assert!(commits.iter().all(|s| {
+            s.events
+                .iter()
+                .all(|e| e.name != "mqtrace.settle.unreported")
+        }));
+    }
+
+    #[test]
+    fn ranges_are_bounded_by_joining_the_newest() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let tracker = CommitTracker::new();
+        for next in 1..=i64::try_from(MAX_RANGES_PER_PARTITION).expect("cap") {
+            assert!(!tracker.join("t", 0, next));
+            tracker.register("t", 0, next, pending(&inst));
+            tracker.report(&Ok(()), &TopicPartitionList::new()); // seals, ends nothing
+        }
+        assert!(tracker.join("t", 0, 1_000), "full: joins the newest range");
+        assert_eq!(tracker.waiting(), MAX_RANGES_PER_PARTITION);
+        tracker.report(&Ok(()), &committed(1_000));
+        assert_eq!(tracker.waiting(), 0);
+    }
+}

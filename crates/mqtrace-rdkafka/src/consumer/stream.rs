@@ -19,8 +19,10 @@ use std::time::{Duration, SystemTime};
 /// An rdkafka `StreamConsumer` whose messages carry CONSUMER process spans.
 ///
 /// `recv` and `stream` have rdkafka's signatures and yield [`TracedMessage`]s;
-/// `commit_message` and `store_offset_from_message` take them and record the settle.
-/// Everything else (`subscribe`, `assign`, `commit_consumer_state`, `seek`, ...) is the
+/// `commit_message` and `store_offset_from_message` take them (or their detached
+/// [`crate::OwnedTracedMessage`]) and record the settle; the bulk `commit`,
+/// `commit_consumer_state` and `store_offsets` settle every held message they cover.
+/// Everything else (`subscribe`, `assign`, `seek`, ...) is the
 /// `StreamConsumer` itself, reached through `Deref` (with `rdkafka::consumer::Consumer` in
 /// scope).
 ///
