@@ -2694,3 +2694,36 @@ async fn detached_messages_handled_by_a_worker_pool_keep_their_process_spans() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_revoke_drops_the_bulk_bookkeeping_of_its_partitions() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("revoke");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send_many(&producer, &topic, 3).await;
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 3 {
+            held.push(next_message(&c).await);
+        }
+        let tracker = c.context().commit_tracker();
+        assert_eq!(tracker.in_flight(), 3);
+        c.unsubscribe();
+        let deadline = Instant::now() + WAIT;
+        while tracker.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "no revoke within {WAIT:?}");
+            // Polling serves the rebalance.
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        // The messages themselves are untouched: each still ends once, by its own settle.
+        for m in &held {
+            m.finish(Outcome::Ack);
+        }
+        drop(held);
+        let spans = wait(&t, &format!("process {topic}"), 3).await;
+        assert_eq!(spans.named(&format!("process {topic}")).len(), 3);
+    })
+    .await;
+}
