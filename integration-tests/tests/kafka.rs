@@ -9,7 +9,7 @@
 use futures_util::StreamExt;
 use mqtrace::Outcome;
 use mqtrace::attributes as attr;
-use mqtrace::testing::{SpanDataExt, TestTelemetry};
+use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace_integration_tests::kafka::{
     self, client_config, consumer, consumer_config, consumer_with, create_topic, first_server,
     next_message, try_kafka,
@@ -23,7 +23,9 @@ use mqtrace_rdkafka::{
 };
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{Span, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider,
+};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -2061,4 +2063,684 @@ mod retries {
         })
         .await;
     }
+}
+
+/// A minimal Kafka producer speaking the wire protocol itself (Produce v3, one record batch of
+/// one record), for messages no client library will build: header keys that are not UTF-8.
+/// The messages are then consumed through librdkafka as any other.
+mod raw_produce {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// A header as bytes: key, value (`None` for a null value).
+    pub(super) type RawHeader = (Vec<u8>, Option<Vec<u8>>);
+
+    fn crc32c(data: &[u8]) -> u32 {
+        let mut crc = !0_u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)).cast_unsigned();
+        while z >= 0x80 {
+            out.push(u8::try_from(z & 0x7f).unwrap_or(0) | 0x80);
+            z >>= 7;
+        }
+        out.push(u8::try_from(z).unwrap_or(0));
+    }
+
+    fn len(n: usize) -> i64 {
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
+    fn bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+        match b {
+            None => varint(out, -1),
+            Some(b) => {
+                varint(out, len(b.len()));
+                out.extend_from_slice(b);
+            }
+        }
+    }
+
+    fn batch(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[RawHeader]) -> Vec<u8> {
+        let mut record = vec![0_u8]; // attributes
+        varint(&mut record, 0); // timestamp delta
+        varint(&mut record, 0); // offset delta
+        bytes(&mut record, key);
+        bytes(&mut record, value);
+        varint(&mut record, len(headers.len()));
+        for (k, v) in headers {
+            varint(&mut record, len(k.len()));
+            record.extend_from_slice(k);
+            bytes(&mut record, v.as_deref());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        let mut body = Vec::new();
+        body.extend(0_i16.to_be_bytes()); // attributes
+        body.extend(0_i32.to_be_bytes()); // last offset delta
+        body.extend(now.to_be_bytes()); // base timestamp
+        body.extend(now.to_be_bytes()); // max timestamp
+        body.extend((-1_i64).to_be_bytes()); // producer id
+        body.extend((-1_i16).to_be_bytes()); // producer epoch
+        body.extend((-1_i32).to_be_bytes()); // base sequence
+        body.extend(1_i32.to_be_bytes()); // record count
+        varint(&mut body, len(record.len()));
+        body.extend(record);
+        let mut out = Vec::new();
+        out.extend(0_i64.to_be_bytes()); // base offset
+        let batch_len = i32::try_from(4 + 1 + 4 + body.len()).unwrap_or(i32::MAX);
+        out.extend(batch_len.to_be_bytes());
+        out.extend((-1_i32).to_be_bytes()); // partition leader epoch
+        out.push(2); // magic
+        out.extend(crc32c(&body).to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    fn i16_at(b: &[u8], at: usize) -> Result<i16, String> {
+        b.get(at..at + 2)
+            .and_then(|s| s.try_into().ok())
+            .map(i16::from_be_bytes)
+            .ok_or_else(|| format!("short produce response: {b:?}"))
+    }
+
+    /// Sends one record to partition 0 of `topic` and checks the broker's answer.
+    pub(super) fn produce(
+        server: &str,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RawHeader],
+    ) -> Result<(), String> {
+        let batch = batch(key, value, headers);
+        let mut req = Vec::new();
+        req.extend(0_i16.to_be_bytes()); // Produce
+        req.extend(3_i16.to_be_bytes()); // version 3: record batches
+        req.extend(7_i32.to_be_bytes()); // correlation id
+        let client = b"mqtrace-raw-producer";
+        req.extend(i16::try_from(client.len()).unwrap_or(0).to_be_bytes());
+        req.extend(client);
+        req.extend((-1_i16).to_be_bytes()); // no transactional id
+        req.extend(1_i16.to_be_bytes()); // acks
+        req.extend(10_000_i32.to_be_bytes()); // timeout
+        req.extend(1_i32.to_be_bytes()); // one topic
+        req.extend(i16::try_from(topic.len()).unwrap_or(0).to_be_bytes());
+        req.extend(topic.as_bytes());
+        req.extend(1_i32.to_be_bytes()); // one partition
+        req.extend(0_i32.to_be_bytes()); // partition 0
+        req.extend(i32::try_from(batch.len()).unwrap_or(0).to_be_bytes());
+        req.extend(batch);
+        let mut s = TcpStream::connect(server).map_err(|e| format!("connect {server}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&i32::try_from(req.len()).unwrap_or(0).to_be_bytes())
+            .and_then(|()| s.write_all(&req))
+            .map_err(|e| format!("send: {e}"))?;
+        let mut size = [0_u8; 4];
+        s.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
+        let mut resp = vec![0_u8; usize::try_from(i32::from_be_bytes(size)).unwrap_or(0)];
+        s.read_exact(&mut resp).map_err(|e| format!("read: {e}"))?;
+        // correlation id, topic count, topic name, partition count, partition, error code
+        let name_len = usize::try_from(i16_at(&resp, 8)?).unwrap_or(0);
+        let error = i16_at(&resp, 10 + name_len + 4 + 4)?;
+        if error == 0 {
+            Ok(())
+        } else {
+            Err(format!("produce to {topic}: error code {error}"))
+        }
+    }
+}
+
+const FOREIGN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Headers a broken or hostile producer may send: a key that is not UTF-8 first, a valid
+/// context, a null and an empty value, another bad key last.
+fn hostile_headers(with_context: bool) -> Vec<raw_produce::RawHeader> {
+    let mut h = vec![(b"\xff\xfebad-key".to_vec(), Some(b"v".to_vec()))];
+    if with_context {
+        h.push((
+            b"traceparent".to_vec(),
+            Some(FOREIGN_TRACEPARENT.as_bytes().to_vec()),
+        ));
+    }
+    h.push((b"null".to_vec(), None));
+    h.push((b"empty".to_vec(), Some(Vec::new())));
+    h.push((b"tail-\xc3".to_vec(), Some(b"w".to_vec())));
+    h
+}
+
+fn raw_send(topic: &str, key: &[u8], headers: &[raw_produce::RawHeader]) {
+    let (host, port) = first_server();
+    raw_produce::produce(
+        &format!("{host}:{port}"),
+        topic,
+        Some(key),
+        Some(b"body"),
+        headers,
+    )
+    .unwrap_or_else(|e| panic!("raw produce: {e}"));
+}
+
+#[tokio::test]
+async fn header_keys_that_are_not_utf8_skip_only_their_header_and_forwarding_them_sends_one_context()
+ {
+    use mqtrace::carrier::{HeaderExtractor, InvalidHeader};
+    use mqtrace_rdkafka::KafkaHeaders;
+    use rdkafka::message::BorrowedHeaders;
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("badkey");
+        let out = unique("badkey-fwd");
+        create_topic(&topic, 1).await;
+        create_topic(&out, 1).await;
+        raw_send(&topic, b"with-context", &hostile_headers(true));
+        raw_send(&topic, b"without-context", &hostile_headers(false));
+
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let producer = kafka::producer(t.config());
+        let first = next_message(&c).await;
+        let second = next_message(&c).await;
+        // The valid context is used although other keys are not UTF-8.
+        let foreign = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("id");
+        assert_eq!(first.span_context().trace_id(), foreign);
+        let h = KafkaHeaders(first.headers());
+        assert_eq!(h.header("traceparent"), Some(Ok(FOREIGN_TRACEPARENT)));
+        assert_eq!(
+            h.header("null"),
+            Some(Err(InvalidHeader::WrongType("null")))
+        );
+        assert_eq!(h.header("empty"), Some(Ok("")));
+        assert_eq!(h.header_keys(), vec!["traceparent", "null", "empty"]);
+        assert_eq!(first.headers().map(Headers::count), Some(5));
+
+        // Forwarding the headers: never a panic, never two contexts, no header lost.
+        send(
+            &producer,
+            &out,
+            "k1",
+            Some(b"x"),
+            first.headers().map(BorrowedHeaders::detach),
+        )
+        .await;
+        send(
+            &producer,
+            &out,
+            "k2",
+            Some(b"y"),
+            second.headers().map(BorrowedHeaders::detach),
+        )
+        .await;
+        c.commit_message(&first, CommitMode::Sync).expect("commit");
+        c.commit_message(&second, CommitMode::Sync).expect("commit");
+        drop((first, second));
+
+        let c2 = consumer(t.config(), &unique("g"), &[&out]);
+        let f1 = next_message(&c2).await;
+        let f2 = next_message(&c2).await;
+        // With a context to take out and a key rdkafka cannot copy, the headers are sent as
+        // given (one context: the forwarded one), and the send span says why.
+        let h1 = KafkaHeaders(f1.headers());
+        assert_eq!(f1.headers().map(Headers::count), Some(5));
+        assert_eq!(h1.header("traceparent"), Some(Ok(FOREIGN_TRACEPARENT)));
+        assert_eq!(h1.header_keys(), vec!["traceparent", "null", "empty"]);
+        // Without one, the context is added after the user's headers, all of them kept.
+        let h2 = KafkaHeaders(f2.headers());
+        assert_eq!(f2.headers().map(Headers::count), Some(5));
+        assert_eq!(h2.header_keys(), vec!["null", "empty", "traceparent"]);
+        assert_eq!(
+            h2.header("null"),
+            Some(Err(InvalidHeader::WrongType("null")))
+        );
+        assert_eq!(h2.header("empty"), Some(Ok("")));
+        c2.commit_message(&f1, CommitMode::Sync).expect("commit");
+        c2.commit_message(&f2, CommitMode::Sync).expect("commit");
+        let f2_parent = f2.span_context().clone();
+        drop((f1, f2));
+
+        let spans = wait(&t, &format!("process {out}"), 2).await;
+        let sends = spans.named(&format!("send {out}"));
+        assert_eq!(sends.len(), 2);
+        let refused: Vec<_> = sends
+            .iter()
+            .filter(|s| s.attr(attr::CONTEXT_ERROR).is_some())
+            .collect();
+        assert_eq!(refused.len(), 1, "one send could not carry its context");
+        let carried = sends
+            .iter()
+            .find(|s| s.attr(attr::CONTEXT_ERROR).is_none())
+            .expect("the other send");
+        assert_eq!(
+            h2_traceparent(&spans, &out, &f2_parent),
+            Some(carried.span_context.span_id())
+        );
+    })
+    .await;
+}
+
+/// The parent span id of the process span `process`.
+fn h2_traceparent(spans: &Spans, topic: &str, process: &SpanContext) -> Option<SpanId> {
+    spans
+        .named(&format!("process {topic}"))
+        .into_iter()
+        .find(|s| s.span_context.span_id() == process.span_id())
+        .map(|s| s.parent_span_id)
+}
+
+/// Consumes and forwards a message with header keys that are not UTF-8 in a child process
+/// (so that its panic hook is the default one, which prints every panic): nothing may be
+/// printed, and the consumer continues the valid context.
+#[test]
+fn header_keys_that_are_not_utf8_never_reach_the_panic_hook() {
+    const CHILD: &str = "MQTRACE_BAD_KEY_CHILD";
+    const NAME: &str = "header_keys_that_are_not_utf8_never_reach_the_panic_hook";
+    if std::env::var_os(CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(within(async {
+            use mqtrace::carrier::HeaderExtractor;
+            let t = TestTelemetry::new();
+            let topic = unique("badkey-hook");
+            create_topic(&topic, 1).await;
+            raw_send(&topic, b"k", &hostile_headers(true));
+            let c = consumer(t.config(), &unique("g"), &[&topic]);
+            let m = next_message(&c).await;
+            assert_eq!(
+                m.span_context().trace_id(),
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("id")
+            );
+            let headers = mqtrace_rdkafka::KafkaHeaders(m.headers());
+            assert_eq!(headers.header_keys(), vec!["traceparent", "null", "empty"]);
+            let producer = kafka::producer(t.config());
+            send(
+                &producer,
+                &topic,
+                "again",
+                None,
+                m.headers().map(rdkafka::message::BorrowedHeaders::detach),
+            )
+            .await;
+            m.finish(Outcome::Ack);
+        }));
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "child ran the test:\n{stdout}");
+    assert!(
+        !stderr.contains("panicked") && !stdout.contains("panicked"),
+        "a caught panic reached the hook:\n{stderr}"
+    );
+}
+
+/// Sends `n` records to partition 0 of `topic` (many in flight at once); returns the
+/// delivered offsets in order of key index.
+async fn send_many(p: &TracedFutureProducer, topic: &str, n: usize) -> Vec<i64> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let key = format!("k{i}");
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key(&key)
+                .partition(0)
+                .payload(b"x");
+            p.send(record, SEND_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("delivery to {topic}: {e}"))
+                .offset
+        })
+        .buffered(500)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn thousands_of_stores_between_two_auto_commits_all_get_their_commit_result() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("ranges");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let n = 5_000;
+        send_many(&producer, &topic, n).await;
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100");
+        let c = consumer_with(t.config(), client, &[&topic]);
+        let mut held = Vec::with_capacity(n);
+        while held.len() < n {
+            held.push(next_message(&c).await);
+        }
+        // More stores than the old per-partition bound (4,096) before any report.
+        for m in &held {
+            c.store_offset_from_message(m).expect("store");
+        }
+        drop(held);
+        let tracker = c.context().commit_tracker();
+        assert!(tracker.waiting() <= 64, "bounded: {}", tracker.waiting());
+        let deadline = Instant::now() + WAIT;
+        while tracker.waiting() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        assert_eq!(tracker.in_flight(), 0);
+        let spans = t.spans();
+        let commits = spans.named(&format!("commit {topic}"));
+        let stores = spans.named(&format!("store_offset {topic}"));
+        assert!(!commits.is_empty());
+        for commit in &commits {
+            assert!(
+                commit
+                    .events
+                    .iter()
+                    .all(|e| e.name != "mqtrace.settle.unreported"),
+                "a commit span ended unreported"
+            );
+            assert!(!commit.is_error(), "{:?}", commit.status);
+            commit.assert_attr(attr::OUTCOME, "ack");
+        }
+        let covered: i64 = commits
+            .iter()
+            .map(|s| s.attr_i64(attr::MESSAGING_BATCH_MESSAGE_COUNT).unwrap_or(1))
+            .sum();
+        assert_eq!(
+            covered,
+            i64::try_from(n).expect("n"),
+            "every store is in a range"
+        );
+        assert_eq!(
+            commits.len() + stores.len(),
+            n,
+            "one settle span per message"
+        );
+        let processes = spans.named(&format!("process {topic}"));
+        assert_eq!(processes.len(), n);
+        assert!(
+            processes
+                .iter()
+                .all(|p| p.attr_str(attr::OUTCOME) == Some("ack"))
+        );
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(i64::try_from(n).expect("n")))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bulk_commits_and_stores_settle_every_held_message_below_the_offset_and_no_other() {
+    use rdkafka::topic_partition_list::TopicPartitionList;
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("bulk");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send_many(&producer, &topic, 10).await;
+
+        // Manual commits: commit(&tpl) covers offsets 0..=5, commit_consumer_state the rest.
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 10 {
+            held.push(next_message(&c).await);
+        }
+        assert_eq!(c.context().commit_tracker().in_flight(), 10);
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(6))
+            .expect("offset");
+        c.commit(&offsets, CommitMode::Sync).expect("commit");
+        let spans = wait(&t, &format!("process {topic}"), 6).await;
+        let done: BTreeSet<i64> = spans
+            .named(&format!("process {topic}"))
+            .iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(done, (0..6).collect(), "only the offsets below 6 settled");
+        c.commit_consumer_state(CommitMode::Sync)
+            .expect("commit state");
+        let spans = wait(&t, &format!("process {topic}"), 10).await;
+        drop(held);
+        for p in spans.named(&format!("process {topic}")) {
+            p.assert_attr(attr::OUTCOME, "ack");
+            assert!(!p.is_error(), "{:?}", p.status);
+            let settles: Vec<_> = spans
+                .children_of(p)
+                .into_iter()
+                .filter(|s| s.name == format!("commit {topic}"))
+                .collect();
+            assert_eq!(settles.len(), 1, "one commit span per message");
+            settles[0].assert_kind(SpanKind::Client);
+            assert_eq!(
+                settles[0].attr_i64(attr::MESSAGING_KAFKA_OFFSET),
+                p.attr_i64(attr::MESSAGING_KAFKA_OFFSET)
+            );
+        }
+        assert_eq!(c.context().commit_tracker().in_flight(), 0);
+        let committed = c.committed(SEND_TIMEOUT).expect("committed");
+        assert_eq!(
+            committed.find_partition(&topic, 0).map(|e| e.offset()),
+            Some(Offset::Offset(10))
+        );
+
+        // Stored in bulk with auto-commit: the held messages below the stored offset settle
+        // at the store, the commit's result arrives on one commit span.
+        let t = TestTelemetry::new();
+        let mut client = consumer_config(&unique("g"));
+        client
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100");
+        let c = consumer_with(t.config(), client, &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 10 {
+            held.push(next_message(&c).await);
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(8))
+            .expect("offset");
+        c.store_offsets(&offsets).expect("store");
+        let tracker = c.context().commit_tracker();
+        let deadline = Instant::now() + WAIT;
+        while tracker.waiting() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no commit report within {WAIT:?}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        let spans = t.spans();
+        let done: BTreeSet<i64> = spans
+            .named(&format!("process {topic}"))
+            .iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(done, (0..8).collect(), "offsets 8 and 9 stay open");
+        let commit = spans.one(&format!("commit {topic}"));
+        assert!(
+            commit
+                .events
+                .iter()
+                .all(|e| e.name != "mqtrace.settle.unreported")
+        );
+        assert_eq!(spans.named(&format!("store_offset {topic}")).len(), 7);
+        for p in spans.named(&format!("process {topic}")) {
+            p.assert_attr(attr::OUTCOME, "ack");
+        }
+        // Held messages beyond the store are settled one by one.
+        for m in &held[8..] {
+            c.store_offset_from_message(m).expect("store");
+        }
+        drop(held);
+        let spans = wait(&t, &format!("process {topic}"), 10).await;
+        assert!(
+            spans
+                .named(&format!("process {topic}"))
+                .iter()
+                .all(|p| !p.is_error())
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn detached_messages_handled_by_a_worker_pool_keep_their_process_spans() {
+    use mqtrace_rdkafka::OwnedTracedMessage;
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    within(async {
+        let t = TestTelemetry::new();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(t.provider().tracer("handler")));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let topic = unique("workers");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let n = 200;
+        send_many(&producer, &topic, n).await;
+
+        let consumer = Arc::new(consumer(t.config(), &unique("g"), &[&topic]));
+        let (tx, rx) = tokio::sync::mpsc::channel::<OwnedTracedMessage>(16);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let rx = rx.clone();
+            let consumer = consumer.clone();
+            let otel = t.provider().tracer("worker");
+            workers.push(tokio::spawn(async move {
+                let mut handled = 0_usize;
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(m) = next else { break };
+                    m.in_span(async {
+                        async { tokio::task::yield_now().await }
+                            .instrument(tracing::info_span!("handle", worker = w))
+                            .await;
+                        let mut s = otel.start("handler call");
+                        tokio::task::yield_now().await;
+                        s.end();
+                    })
+                    .await;
+                    consumer
+                        .commit_message(&m, CommitMode::Async)
+                        .expect("commit");
+                    handled += 1;
+                }
+                handled
+            }));
+        }
+        for _ in 0..n {
+            let m = next_message(&consumer).await.detach();
+            tx.send(m).await.expect("a worker");
+        }
+        drop(tx);
+        let mut handled = 0;
+        for w in workers {
+            handled += w.await.expect("worker");
+        }
+        assert_eq!(handled, n);
+
+        let spans = wait(&t, &format!("process {topic}"), n).await;
+        let sends: HashMap<i64, &opentelemetry_sdk::trace::SpanData> = spans
+            .named(&format!("send {topic}"))
+            .into_iter()
+            .filter_map(|s| s.attr_i64(attr::MESSAGING_KAFKA_OFFSET).map(|o| (o, s)))
+            .collect();
+        let processes = spans.named(&format!("process {topic}"));
+        assert_eq!(processes.len(), n, "each process span ends once");
+        let offsets: BTreeSet<i64> = processes
+            .iter()
+            .filter_map(|p| p.attr_i64(attr::MESSAGING_KAFKA_OFFSET))
+            .collect();
+        assert_eq!(offsets.len(), n);
+        for p in processes {
+            let offset = p.attr_i64(attr::MESSAGING_KAFKA_OFFSET).expect("offset");
+            p.assert_child_of(sends.get(&offset).expect("its send span"));
+            p.assert_attr(attr::OUTCOME, "ack");
+            let children = spans.children_of(p);
+            let names: Vec<&str> = children.iter().map(|s| s.name.as_ref()).collect();
+            assert_eq!(
+                names.iter().filter(|n| **n == "handle").count(),
+                1,
+                "{names:?}"
+            );
+            assert_eq!(
+                names.iter().filter(|n| **n == "handler call").count(),
+                1,
+                "{names:?}"
+            );
+            assert_eq!(
+                names
+                    .iter()
+                    .filter(|n| **n == format!("commit {topic}"))
+                    .count(),
+                1,
+                "{names:?}"
+            );
+        }
+        assert_eq!(consumer.context().commit_tracker().in_flight(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoke_drops_the_bulk_bookkeeping_of_its_partitions() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("revoke");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        send_many(&producer, &topic, 3).await;
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let mut held = Vec::new();
+        while held.len() < 3 {
+            held.push(next_message(&c).await);
+        }
+        let tracker = c.context().commit_tracker();
+        assert_eq!(tracker.in_flight(), 3);
+        c.unsubscribe();
+        let deadline = Instant::now() + WAIT;
+        while tracker.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "no revoke within {WAIT:?}");
+            // Polling serves the rebalance.
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
+        }
+        // The messages themselves are untouched: each still ends once, by its own settle.
+        for m in &held {
+            m.finish(Outcome::Ack);
+        }
+        drop(held);
+        let spans = wait(&t, &format!("process {topic}"), 3).await;
+        assert_eq!(spans.named(&format!("process {topic}")).len(), 3);
+    })
+    .await;
 }

@@ -2,9 +2,7 @@
 
 use mqtrace::Propagation;
 use mqtrace::carrier::{HeaderExtractor, Injector, InvalidHeader};
-use mqtrace::w3c;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
-use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::SystemTime;
 
@@ -15,9 +13,14 @@ use std::time::SystemTime;
 /// that are not UTF-8 are reported as an [`InvalidHeader`], so the consumer span records why
 /// the context was not used.
 ///
-/// rdkafka panics when it meets a header key that is not UTF-8 (possible only from a producer
-/// that breaks the protocol); the panic is caught here and reported as
-/// [`InvalidHeader::NotUtf8`] rather than taking the consumer down.
+/// A header whose *key* is not UTF-8 (possible only from a producer that breaks the protocol,
+/// which defines keys as strings) cannot be read through rdkafka 0.39, whose `Headers::try_get`
+/// unwraps the key's UTF-8 check, and reading bytes through librdkafka directly needs `unsafe`,
+/// which this crate forbids. Such a header is skipped on its own: every other header, a valid
+/// context among them, is read as usual. rdkafka's panic for it is caught where it happens
+/// (one index at a time) and kept from the process's panic hook: the first read installs a
+/// hook that forwards every other panic to the hook installed before it, so a hostile
+/// producer cannot flood stderr with backtraces.
 ///
 /// ```
 /// use rdkafka::message::{Header, OwnedHeaders};
@@ -41,17 +44,64 @@ impl<H: Headers + ?Sized> Clone for KafkaHeaders<'_, H> {
 
 impl<H: Headers + ?Sized> Copy for KafkaHeaders<'_, H> {}
 
+/// One header of a set, read by index.
+pub(crate) enum Entry<'h> {
+    /// A header with a UTF-8 key.
+    Header(Header<'h, &'h [u8]>),
+    /// A header whose key is not UTF-8: rdkafka cannot hand it out.
+    UnreadableKey,
+}
+
+thread_local! {
+    /// Set while this thread reads a header through rdkafka, whose panic for a key that is
+    /// not UTF-8 is caught on the spot: the quiet hook keeps it from the process's hook.
+    static READING_HEADER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs, once, a panic hook that hands every panic to the hook that was there before,
+/// except rdkafka's panic on a header key that is not UTF-8 while this crate reads it (the
+/// panic is caught and the header skipped: nothing to report).
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !READING_HEADER.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// The header at `index`, `None` past the end.
+pub(crate) fn entry<H: Headers + ?Sized>(headers: &H, index: usize) -> Option<Entry<'_>> {
+    install_quiet_hook();
+    let was = READING_HEADER.with(|r| r.replace(true));
+    let read = catch_unwind(AssertUnwindSafe(|| headers.try_get(index)));
+    READING_HEADER.with(|r| r.set(was));
+    match read {
+        Ok(Some(h)) => Some(Entry::Header(h)),
+        Ok(None) => None,
+        Err(_) => Some(Entry::UnreadableKey),
+    }
+}
+
+/// Every header in order (those with unreadable keys as [`Entry::UnreadableKey`]).
+pub(crate) fn entries<H: Headers + ?Sized>(headers: &H) -> impl Iterator<Item = Entry<'_>> {
+    let count = headers.count();
+    (0..count).map_while(move |i| entry(headers, i))
+}
+
 fn find<'h, H: Headers + ?Sized>(
     headers: &'h H,
     key: &str,
 ) -> Option<Result<&'h str, InvalidHeader>> {
     let mut first: Option<Option<&'h [u8]>> = None;
     let mut count = 0_usize;
-    for i in 0..headers.count() {
-        let Some(h) = headers.try_get(i) else {
-            break;
-        };
-        if h.key == key {
+    for e in entries(headers) {
+        if let Entry::Header(h) = e
+            && h.key == key
+        {
             count += 1;
             if first.is_none() {
                 first = Some(h.value);
@@ -67,9 +117,7 @@ fn find<'h, H: Headers + ?Sized>(
 
 impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
     fn header(&self, key: &str) -> Option<Result<&str, InvalidHeader>> {
-        let headers = self.0?;
-        catch_unwind(AssertUnwindSafe(|| find(headers, key)))
-            .unwrap_or(Some(Err(InvalidHeader::NotUtf8)))
+        find(self.0?, key)
     }
 
     fn for_each_key<'s>(&'s self, f: &mut dyn FnMut(&'s str)) {
@@ -107,12 +155,12 @@ impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
         let Some(headers) = self.0 else {
             return Vec::new();
         };
-        catch_unwind(AssertUnwindSafe(|| {
-            (0..headers.count())
-                .map_while(|i| headers.try_get(i).map(|h| h.key))
-                .collect()
-        }))
-        .unwrap_or_default()
+        entries(headers)
+            .filter_map(|e| match e {
+                Entry::Header(h) => Some(h.key),
+                Entry::UnreadableKey => None,
+            })
+            .collect()
     }
 }
 
@@ -145,8 +193,7 @@ pub fn not_before<H: Headers + ?Sized>(headers: Option<&H>) -> Option<SystemTime
 }
 
 /// A copy of `headers` (order, binary and null values, repeated keys kept) without the keys
-/// in `skip`. A header whose key is not UTF-8 cannot be read through rdkafka (it panics) and
-/// is left out.
+/// in `skip`. A header whose key is not UTF-8 cannot be read through rdkafka and is left out.
 pub(crate) fn copy_without<H: Headers + ?Sized>(
     headers: Option<&H>,
     skip: &[&str],
@@ -154,18 +201,15 @@ pub(crate) fn copy_without<H: Headers + ?Sized>(
     let Some(headers) = headers else {
         return OwnedHeaders::new();
     };
-    let count = headers.count();
-    let mut out = OwnedHeaders::new_with_capacity(count + 4);
-    for i in 0..count {
-        match catch_unwind(AssertUnwindSafe(|| headers.try_get(i))) {
-            Ok(Some(h)) if !skip.contains(&h.key) => {
-                out = out.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => break,
+    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 4);
+    for e in entries(headers) {
+        if let Entry::Header(h) = e
+            && !skip.contains(&h.key)
+        {
+            out = out.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
         }
     }
     out
@@ -185,127 +229,94 @@ impl Injector for OwnedHeadersWriter {
     }
 }
 
-/// Collects the trace context a propagator writes (it is an OpenTelemetry [`Injector`]), then
-/// adds it to a record's Kafka headers as UTF-8 bytes with [`KafkaHeadersMut::apply`].
+/// Writes trace context straight into a record's headers (the `headers` field of a
+/// `FutureRecord` or `BaseRecord`), as UTF-8 bytes: the OpenTelemetry [`Injector`] of Kafka,
+/// as `mqtrace_lapin::AmqpHeadersMut(&mut FieldTable)` is AMQP's. The headers
+/// are created when there were none; nothing is copied or collected in between.
 ///
-/// The user's headers are kept as they are (order, binary and null values, repeated keys),
-/// except that a header the propagation writes (`traceparent`, `tracestate`, `baggage` for
-/// W3C) that is already there, e.g. copied from a consumed message, is replaced rather than
-/// sent twice: a receiver would otherwise see two contexts.
+/// Like the AMQP writer it adds what it is given and reads nothing: a header the propagation
+/// writes that is already there (e.g. forwarded from a consumed message) must be taken out
+/// first with [`KafkaHeadersMut::remove_fields`], or the receiver sees two contexts. The traced
+/// producers do both.
 ///
 /// ```
 /// use mqtrace::carrier::Injector;
 /// use rdkafka::message::{Header, Headers, OwnedHeaders};
-/// let user = OwnedHeaders::new()
+/// let mut headers = Some(OwnedHeaders::new()
 ///     .insert(Header { key: "traceparent", value: Some("00-forwarded") })
-///     .insert(Header { key: "bin", value: Some(&[0_u8, 255][..]) });
-/// let mut context = mqtrace_rdkafka::KafkaHeadersMut::new();
-/// context.set("traceparent", "00-new".to_owned());
-/// let h = context.apply(Some(user), &mqtrace::Propagation::W3c).expect("headers");
+///     .insert(Header { key: "bin", value: Some(&[0_u8, 255][..]) }));
+/// let mut writer = mqtrace_rdkafka::KafkaHeadersMut(&mut headers);
+/// assert!(writer.remove_fields(&mqtrace::Propagation::W3c));
+/// writer.set("traceparent", "00-new".to_owned());
+/// let h = headers.expect("headers");
 /// let all: Vec<_> = h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect();
 /// assert_eq!(all, vec![
 ///     ("bin".to_owned(), Some(vec![0, 255])),
 ///     ("traceparent".to_owned(), Some(b"00-new".to_vec())),
 /// ]);
 /// ```
-#[derive(Debug, Default)]
-pub struct KafkaHeadersMut {
-    fields: Vec<(Cow<'static, str>, String)>,
-}
+#[derive(Debug)]
+pub struct KafkaHeadersMut<'a>(pub &'a mut Option<OwnedHeaders>);
 
-/// The W3C header names as static strings (no allocation for the usual keys).
-fn static_key(key: &str) -> Cow<'static, str> {
-    match key {
-        w3c::TRACEPARENT => Cow::Borrowed(w3c::TRACEPARENT),
-        w3c::TRACESTATE => Cow::Borrowed(w3c::TRACESTATE),
-        w3c::BAGGAGE => Cow::Borrowed(w3c::BAGGAGE),
-        other => Cow::Owned(other.to_owned()),
-    }
-}
-
-impl Injector for KafkaHeadersMut {
+impl Injector for KafkaHeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.fields.push((static_key(key), value));
+        let headers = self
+            .0
+            .take()
+            .unwrap_or_else(|| OwnedHeaders::new_with_capacity(3));
+        *self.0 = Some(headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        }));
     }
 }
 
-impl KafkaHeadersMut {
-    /// An empty collector.
+impl KafkaHeadersMut<'_> {
+    /// Takes out every header `propagation` writes (`traceparent`, `tracestate`, `baggage`
+    /// for W3C), keeping the others as they are (order, binary and null values, repeated
+    /// keys); the headers are rebuilt only when there is one to take out. Returns whether the
+    /// headers are now free of them.
     ///
-    /// ```
-    /// assert!(mqtrace_rdkafka::KafkaHeadersMut::new().is_empty());
-    /// ```
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether nothing was written.
-    ///
-    /// ```
-    /// use mqtrace::carrier::Injector;
-    /// let mut c = mqtrace_rdkafka::KafkaHeadersMut::new();
-    /// c.set("traceparent", "00-...".to_owned());
-    /// assert!(!c.is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    /// Adds the collected context to `headers` (created if there were none and there is
-    /// something to add), replacing headers that `propagation` writes. With nothing collected,
-    /// `headers` are returned untouched.
+    /// It returns `false`, and changes nothing, in the one case it cannot do this without
+    /// losing a header: there is one to take out, and another header's key is not UTF-8 (it
+    /// cannot be copied through rdkafka). Writing a new context then would send two; the
+    /// traced producers send such headers unchanged, without their context, and record
+    /// `mqtrace.context.error` on the send span.
     ///
     /// See the example on [`KafkaHeadersMut`].
-    pub fn apply(
-        self,
-        headers: Option<OwnedHeaders>,
-        propagation: &Propagation,
-    ) -> Option<OwnedHeaders> {
-        if self.fields.is_empty() {
-            return headers;
-        }
-        let mut out = match headers {
-            Some(h) if h.count() > 0 => without_fields(h, propagation),
-            Some(h) => h,
-            None => OwnedHeaders::new_with_capacity(self.fields.len()),
+    pub fn remove_fields(&mut self, propagation: &Propagation) -> bool {
+        let Some(headers) = self.0.as_ref() else {
+            return true;
         };
-        for (key, value) in &self.fields {
-            out = out.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
+        let mut conflict = false;
+        let mut unreadable = false;
+        for e in entries(headers) {
+            match e {
+                Entry::Header(h) if propagation.is_field(h.key) => conflict = true,
+                Entry::Header(_) => {}
+                Entry::UnreadableKey => unreadable = true,
+            }
         }
-        Some(out)
-    }
-}
-
-/// `headers` without the keys `propagation` writes; the same object when there are none.
-fn without_fields(headers: OwnedHeaders, propagation: &Propagation) -> OwnedHeaders {
-    let count = headers.count();
-    let conflict = catch_unwind(AssertUnwindSafe(|| {
-        (0..count).any(|i| {
-            headers
-                .try_get(i)
-                .is_some_and(|h| propagation.is_field(h.key))
-        })
-    }))
-    .unwrap_or(false);
-    if !conflict {
-        return headers;
-    }
-    let mut out = OwnedHeaders::new_with_capacity(count + 2);
-    for i in 0..count {
-        let Some(h) = headers.try_get(i) else {
-            break;
-        };
-        if !propagation.is_field(h.key) {
-            out = out.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
+        if !conflict {
+            return true;
         }
+        if unreadable {
+            return false;
+        }
+        let mut out = OwnedHeaders::new_with_capacity(headers.count() + 2);
+        for e in entries(headers) {
+            if let Entry::Header(h) = e
+                && !propagation.is_field(h.key)
+            {
+                out = out.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        *self.0 = Some(out);
+        true
     }
-    out
 }
 
 #[cfg(test)]
@@ -346,32 +357,39 @@ mod tests {
     }
 
     #[test]
-    fn apply_keeps_user_headers_and_replaces_every_propagation_field() {
-        let user = OwnedHeaders::new()
-            .insert(Header {
-                key: "null",
-                value: None::<&[u8]>,
-            })
-            .insert(Header {
-                key: "tracestate",
-                value: Some("stale=1"),
-            })
-            .insert(Header {
-                key: "dup",
-                value: Some("1"),
-            })
-            .insert(Header {
-                key: "dup",
-                value: Some("2"),
-            });
-        let mut c = KafkaHeadersMut::new();
-        c.set("traceparent", "00-x".to_owned());
-        let out = c.apply(Some(user), &Propagation::W3c).expect("headers");
+    fn the_writer_replaces_every_propagation_field_and_keeps_user_headers() {
+        let mut headers = Some(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "null",
+                    value: None::<&[u8]>,
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some("stale=1"),
+                })
+                .insert(Header {
+                    key: "dup",
+                    value: Some("1"),
+                })
+                .insert(Header {
+                    key: "empty",
+                    value: Some(""),
+                })
+                .insert(Header {
+                    key: "dup",
+                    value: Some("2"),
+                }),
+        );
+        let mut w = KafkaHeadersMut(&mut headers);
+        assert!(w.remove_fields(&Propagation::W3c));
+        w.set("traceparent", "00-x".to_owned());
         assert_eq!(
-            pairs(&out),
+            pairs(headers.as_ref().expect("headers")),
             vec![
                 ("null".to_owned(), None),
                 ("dup".to_owned(), Some(b"1".to_vec())),
+                ("empty".to_owned(), Some(Vec::new())),
                 ("dup".to_owned(), Some(b"2".to_vec())),
                 ("traceparent".to_owned(), Some(b"00-x".to_vec())),
             ]
@@ -379,9 +397,16 @@ mod tests {
     }
 
     #[test]
-    fn nothing_collected_leaves_headers_alone() {
-        let out = KafkaHeadersMut::new().apply(None, &Propagation::W3c);
-        assert!(out.is_none());
+    fn nothing_written_leaves_headers_alone() {
+        let mut none = None;
+        assert!(KafkaHeadersMut(&mut none).remove_fields(&Propagation::W3c));
+        assert!(none.is_none());
+        let mut w = KafkaHeadersMut(&mut none);
+        w.set("traceparent", "00-y".to_owned());
+        assert_eq!(
+            pairs(none.as_ref().expect("created")),
+            vec![("traceparent".to_owned(), Some(b"00-y".to_vec()))]
+        );
     }
 
     #[test]

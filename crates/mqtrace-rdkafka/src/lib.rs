@@ -22,6 +22,10 @@
 //! - `commit_message` and `store_offset_from_message` on the traced consumer are recorded as
 //!   CLIENT settle spans (`commit {topic}`, `store_offset {topic}`) and as the process span's
 //!   outcome; with auto-commit a message dropped after handling ends with outcome `auto_ack`;
+//!   the bulk `commit`, `commit_consumer_state` and `store_offsets` settle every held message
+//!   below the offsets they commit or store;
+//! - [`TracedMessage::detach`] gives an [`OwnedTracedMessage`] that a worker task can own,
+//!   handle in its process span and settle later through the (shared) consumer;
 //! - batches ([`TracedStreamConsumer::recv_batch`], [`TracedBaseConsumer::poll_batch`]) add a
 //!   CLIENT span `poll {topic}` linking every message;
 //! - [`RetryTopics`] retries failed messages after a delay through retry topics
@@ -76,7 +80,7 @@ pub use consumer::{
 };
 pub use error::error_type;
 pub use headers::{KafkaHeaders, KafkaHeadersMut, delivery_attempt, not_before};
-pub use message::TracedMessage;
+pub use message::{ConsumedMessage, OwnedTracedMessage, TracedMessage};
 pub use mqtrace::Traced;
 pub use producer::{
     DeliveryAnswer, TracedBaseProducer, TracedDeliveryFuture, TracedFutureProducer, TracedOpaque,

@@ -1,6 +1,7 @@
 //! The traced message: a consumed `BorrowedMessage` with its process span.
 
 use crate::client::{self, ClientInfo};
+use crate::consumer::{CommitTracker, Shared, Tracked};
 use crate::headers::{KafkaHeaders, delivery_attempt};
 use crate::partition::partition_id;
 use crate::{POLL, PROCESS};
@@ -12,8 +13,9 @@ use mqtrace::{
 use opentelemetry::KeyValue;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// A consumed message with its CONSUMER process span.
@@ -24,8 +26,10 @@ use std::time::SystemTime;
 /// (`commit_message`, `store_offset_from_message`), which records a CLIENT settle span and the
 /// process span's outcome. Dropped unsettled, the process span ends with outcome `auto_ack`
 /// when the consumer commits by itself (`enable.auto.commit` and `enable.auto.offset.store`,
-/// librdkafka's defaults), otherwise `unsettled` (an error). If you commit in bulk
-/// (`commit_consumer_state`), end the span yourself with [`Traced::finish`].
+/// librdkafka's defaults), otherwise `unsettled` (an error). Bulk commits and stores through
+/// the traced consumer (`commit`, `commit_consumer_state`, `store_offsets`) settle every
+/// message they cover that is still held (outcome `ack`). To hand the message to another
+/// task, [`TracedMessage::detach`] it.
 ///
 /// The accessors every traced message has (`context`, `span_context`, `origin`, `attempt`:
 /// the `mqtrace-attempt` header when present, else 1; `in_span`, `record_error`, `finish`)
@@ -45,31 +49,47 @@ use std::time::SystemTime;
 /// ```
 pub struct TracedMessage<'a> {
     message: BorrowedMessage<'a>,
-    processing: Processing,
-    attempt: u32,
+    processing: Arc<Processing>,
+    _tracked: Tracked,
 }
 
 impl std::fmt::Debug for TracedMessage<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TracedMessage")
             .field("message", &self.message)
-            .field("attempt", &self.attempt)
+            .field("attempt", &self.processing.attempt())
             .field("span_context", self.processing.span_context())
             .finish_non_exhaustive()
     }
 }
 
 impl<'a> TracedMessage<'a> {
-    fn new(message: BorrowedMessage<'a>, span: ProcessSpan, attempt: u32) -> Self {
-        Self {
-            processing: Processing::new(span),
-            attempt,
-            message,
-        }
-    }
-
     pub(crate) fn take_span(&self) -> Option<ProcessSpan> {
         self.processing.take()
+    }
+
+    /// Detaches the message from the consumer, like rdkafka's `BorrowedMessage::detach` (the
+    /// message is copied into an [`OwnedMessage`]), keeping its process span: the
+    /// [`OwnedTracedMessage`] can be moved to another task (a worker pool), handled there in
+    /// its span, and settled later through the consumer (`commit_message`,
+    /// `store_offset_from_message` take it too; share the consumer with an `Arc`).
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+    /// let message = consumer.recv().await?.detach();
+    /// let worker = consumer.clone();
+    /// tokio::spawn(async move {
+    ///     message.in_span(async { /* handle it */ }).await;
+    ///     worker.store_offset_from_message(&message)
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn detach(self) -> OwnedTracedMessage {
+        OwnedTracedMessage {
+            message: self.message.detach(),
+            processing: self.processing,
+            _tracked: self._tracked,
+        }
     }
 
     /// The wrapped message.
@@ -112,6 +132,153 @@ impl Traced for TracedMessage<'_> {
     }
 }
 
+/// A consumed message detached from its consumer ([`TracedMessage::detach`]), with its
+/// process span: it is `Send + 'static`, so a worker task can own it.
+///
+/// It dereferences to rdkafka's `OwnedMessage`. Settle it through the consumer it came from
+/// (`commit_message`, `store_offset_from_message`), which records the settle span and the
+/// process span's outcome, or with [`OwnedTracedMessage::finish`]; a bulk commit or store
+/// through the consumer settles it too while it is held. Dropped unsettled, its process span
+/// ends as a [`TracedMessage`]'s would (`auto_ack` or `unsettled`).
+///
+/// ```no_run
+/// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+/// use rdkafka::Message;
+/// let message: mqtrace_rdkafka::OwnedTracedMessage = consumer.recv().await?.detach();
+/// let consumer = consumer.clone();
+/// tokio::spawn(async move {
+///     let len = message.payload().map_or(0, <[u8]>::len);
+///     message.in_span(async move { /* handle `len` bytes */ let _ = len; }).await;
+///     consumer.commit_message(&message, rdkafka::consumer::CommitMode::Async)
+/// });
+/// # Ok(()) }
+/// ```
+pub struct OwnedTracedMessage {
+    message: OwnedMessage,
+    processing: Arc<Processing>,
+    _tracked: Tracked,
+}
+
+impl std::fmt::Debug for OwnedTracedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedTracedMessage")
+            .field("message", &self.message)
+            .field("attempt", &self.processing.attempt())
+            .field("span_context", self.processing.span_context())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnedTracedMessage {
+    /// The wrapped message.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let raw: &rdkafka::message::OwnedMessage = m.message();
+    /// # let _ = raw; }
+    /// ```
+    pub fn message(&self) -> &OwnedMessage {
+        &self.message
+    }
+
+    /// The wrapped message and its process span (see [`TracedMessage::into_parts`]).
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// let (message, span) = m.into_parts();
+    /// if let Some(span) = span { span.finish(mqtrace::Outcome::Ack); }
+    /// # let _ = message; }
+    /// ```
+    pub fn into_parts(self) -> (OwnedMessage, Option<ProcessSpan>) {
+        let span = self.processing.take();
+        (self.message, span)
+    }
+}
+
+impl Traced for OwnedTracedMessage {
+    /// The process span this message holds until it is settled.
+    ///
+    /// ```no_run
+    /// # fn demo(m: mqtrace_rdkafka::OwnedTracedMessage) {
+    /// use mqtrace_rdkafka::prelude::*;
+    /// let _attempt = m.processing().attempt();
+    /// # }
+    /// ```
+    fn processing(&self) -> &Processing {
+        &self.processing
+    }
+}
+
+impl Deref for OwnedTracedMessage {
+    type Target = OwnedMessage;
+
+    fn deref(&self) -> &OwnedMessage {
+        &self.message
+    }
+}
+
+mod sealed {
+    /// Keeps [`super::ConsumedMessage`] implemented by this crate's messages only.
+    #[allow(unreachable_pub)]
+    pub trait Sealed {}
+}
+
+/// A received message the traced consumers settle: a [`TracedMessage`] or an
+/// [`OwnedTracedMessage`]. Sealed: implemented by these two only.
+///
+/// ```
+/// fn settle_any<M: mqtrace_rdkafka::ConsumedMessage>(
+///     consumer: &mqtrace_rdkafka::TracedStreamConsumer,
+///     message: &M,
+/// ) -> rdkafka::error::KafkaResult<()> {
+///     consumer.store_offset_from_message(message)
+/// }
+/// # let _ = settle_any::<mqtrace_rdkafka::OwnedTracedMessage>;
+/// ```
+pub trait ConsumedMessage: sealed::Sealed {
+    #[doc(hidden)]
+    fn processing(&self) -> &Processing;
+    #[doc(hidden)]
+    fn position(&self) -> (&str, i32, i64);
+    #[doc(hidden)]
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>>;
+}
+
+impl sealed::Sealed for TracedMessage<'_> {}
+impl sealed::Sealed for OwnedTracedMessage {}
+
+impl ConsumedMessage for TracedMessage<'_> {
+    fn processing(&self) -> &Processing {
+        &self.processing
+    }
+    fn position(&self) -> (&str, i32, i64) {
+        (
+            self.message.topic(),
+            self.message.partition(),
+            self.message.offset(),
+        )
+    }
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>> {
+        Some(&self.message)
+    }
+}
+
+impl ConsumedMessage for OwnedTracedMessage {
+    fn processing(&self) -> &Processing {
+        &self.processing
+    }
+    fn position(&self) -> (&str, i32, i64) {
+        (
+            self.message.topic(),
+            self.message.partition(),
+            self.message.offset(),
+        )
+    }
+    fn borrowed(&self) -> Option<&BorrowedMessage<'_>> {
+        None
+    }
+}
+
 impl<'a> Deref for TracedMessage<'a> {
     type Target = BorrowedMessage<'a>;
 
@@ -127,10 +294,12 @@ pub(crate) struct Consuming {
     pub(crate) info: ClientInfo,
     group: Option<KeyValue>,
     drop_outcome: Outcome,
+    /// The in-flight bookkeeping of the consumer's commit tracker.
+    tracker: Arc<Shared>,
 }
 
 impl Consuming {
-    pub(crate) fn new(config: Config, client: &ClientConfig) -> Self {
+    pub(crate) fn new(config: Config, client: &ClientConfig, tracker: &CommitTracker) -> Self {
         let info = ClientInfo::read(client);
         let inst = client::build(config, &info);
         let drop_outcome = if info.auto_commit() && info.auto_offset_store() {
@@ -138,12 +307,33 @@ impl Consuming {
         } else {
             Outcome::Unsettled
         };
+        let group = info.group_kv();
+        let mut common = Vec::with_capacity(2);
+        common.extend(group.clone());
+        common.push(info.client_id_kv());
+        tracker.configure(common, info.auto_commit() && !info.auto_offset_store());
         Self {
             inst,
-            group: info.group_kv(),
+            group,
             info,
             drop_outcome,
+            tracker: tracker.shared().clone(),
         }
+    }
+
+    /// The attributes a settle span of the message at `partition`/`offset` records.
+    pub(crate) fn position_attributes(&self, partition: i32, offset: i64) -> Vec<KeyValue> {
+        let mut kv = Vec::with_capacity(4);
+        kv.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_PARTITION_ID,
+            partition_id(partition),
+        ));
+        kv.push(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset));
+        if let Some(g) = &self.group {
+            kv.push(g.clone());
+        }
+        kv.push(self.info.client_id_kv());
+        kv
     }
 
     /// The attributes every consumer-side span of this message records.
@@ -218,7 +408,19 @@ impl Consuming {
             kv
         });
         span.set_drop_outcome(self.drop_outcome);
-        TracedMessage::new(message, span, attempt)
+        let processing = Arc::new(Processing::new(span));
+        let tracked = CommitTracker::track(
+            &self.tracker,
+            topic,
+            message.partition(),
+            message.offset(),
+            &processing,
+        );
+        TracedMessage {
+            message,
+            processing,
+            _tracked: tracked,
+        }
     }
 
     /// Starts the process spans of a polled batch, after recording its receive span (which

@@ -353,6 +353,17 @@ impl Config {
         self
     }
 
+    /// Whether an attributes hook is set (so a broker crate passes the user's headers to it
+    /// only when it will read them).
+    ///
+    /// ```
+    /// assert!(!mqtrace::Config::new().has_attributes_hook());
+    /// assert!(mqtrace::Config::new().with_attributes_hook(|_| Vec::new()).has_attributes_hook());
+    /// ```
+    pub fn has_attributes_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
     /// The propagation in use.
     ///
     /// ```

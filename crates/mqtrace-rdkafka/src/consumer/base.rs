@@ -1,13 +1,14 @@
 //! The traced `BaseConsumer`.
 
 use super::{CommitReporting, TracedConsumerContext};
-use crate::message::{Consuming, TracedMessage};
+use crate::message::{ConsumedMessage, Consuming, TracedMessage};
 use mqtrace::{Config, instrument::Instrumentation};
 use rdkafka::ClientConfig;
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::base_consumer::Iter;
 use rdkafka::consumer::{BaseConsumer, CommitMode};
 use rdkafka::error::KafkaResult;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::util::Timeout;
 use std::ops::Deref;
 use std::time::{Duration, SystemTime};
@@ -87,9 +88,14 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
         config: Config,
     ) -> KafkaResult<Self> {
         let consumer = BaseConsumer::from_config_and_context(client, context)?;
+        let consuming = Consuming::new(
+            config,
+            client,
+            rdkafka::consumer::Consumer::context(&consumer).commit_tracker(),
+        );
         Ok(Self {
             consumer,
-            consuming: Consuming::new(config, client),
+            consuming,
         })
     }
 
@@ -200,7 +206,11 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> KafkaResult<()> {
+    pub fn commit_message<M: ConsumedMessage + ?Sized>(
+        &self,
+        message: &M,
+        mode: CommitMode,
+    ) -> KafkaResult<()> {
         super::commit_message(
             &self.consumer,
             &self.consuming,
@@ -220,13 +230,67 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn store_offset_from_message(&self, message: &TracedMessage<'_>) -> KafkaResult<()> {
+    pub fn store_offset_from_message<M: ConsumedMessage + ?Sized>(
+        &self,
+        message: &M,
+    ) -> KafkaResult<()> {
         super::store_offset_from_message(
             &self.consumer,
             &self.consuming,
             message,
             super::Meaning::ACK,
         )
+    }
+
+    /// Commits `offsets`, like `Consumer::commit`; every message of this consumer still held
+    /// (a [`TracedMessage`] or [`crate::OwnedTracedMessage`]) below a committed offset of its
+    /// partition settles: a CLIENT span `commit {topic}` under its process span, and the
+    /// outcome `ack` (or the commit's error). A synchronous commit is recorded with the
+    /// broker's answer; an asynchronous one ends its spans once handed over, with the event
+    /// `mqtrace.settle.unreported`. Messages at or beyond the offsets stay open.
+    ///
+    /// ```no_run
+    /// # fn demo(c: mqtrace_rdkafka::TracedBaseConsumer) -> rdkafka::error::KafkaResult<()> {
+    /// use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    /// let mut offsets = TopicPartitionList::new();
+    /// offsets.add_partition_offset("orders", 0, Offset::Offset(100))?; // covers offsets 0..=99
+    /// c.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn commit(&self, offsets: &TopicPartitionList, mode: CommitMode) -> KafkaResult<()> {
+        super::commit(&self.consumer, offsets, mode)
+    }
+
+    /// Commits the consumer's current offsets, like `Consumer::commit_consumer_state`; the
+    /// messages still held below them settle as with [`Self::commit`]. The offsets are the
+    /// consumer's position with `enable.auto.offset.store` (librdkafka's default), otherwise
+    /// the offsets stored through this consumer.
+    ///
+    /// ```no_run
+    /// # fn demo(c: mqtrace_rdkafka::TracedBaseConsumer) -> rdkafka::error::KafkaResult<()> {
+    /// c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn commit_consumer_state(&self, mode: CommitMode) -> KafkaResult<()> {
+        super::commit_consumer_state(&self.consumer, &self.consuming, mode)
+    }
+
+    /// Stores `offsets` for the next commit, like `Consumer::store_offsets`; every message
+    /// still held below a stored offset of its partition settles with outcome `ack` under a
+    /// CLIENT span `store_offset {topic}`. With `enable.auto.commit`, the commit's result is
+    /// reported on a `commit {topic}` span (one per partition and offset range, see
+    /// [`crate::CommitTracker`]).
+    ///
+    /// ```no_run
+    /// # fn demo(c: mqtrace_rdkafka::TracedBaseConsumer) -> rdkafka::error::KafkaResult<()> {
+    /// use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    /// let mut offsets = TopicPartitionList::new();
+    /// offsets.add_partition_offset("orders", 0, Offset::Offset(100))?;
+    /// c.store_offsets(&offsets)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn store_offsets(&self, offsets: &TopicPartitionList) -> KafkaResult<()> {
+        super::store_offsets(&self.consumer, &self.consuming, offsets)
     }
 }
 

@@ -59,9 +59,18 @@ impl Producing {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let mut context = KafkaHeadersMut::new();
+        let mut headers = headers;
+        let propagation = self.inst.config().propagation();
+        // The user's headers as given, for the attributes hook only (a copy, when one is set).
+        let hooked = if self.inst.config().has_attributes_hook() {
+            headers.clone()
+        } else {
+            None
+        };
+        // Forwarded context headers are taken out first, so the receiver sees one context.
+        let injectable = KafkaHeadersMut(&mut headers).remove_fields(propagation);
         let mut span = {
-            let before = KafkaHeaders(headers.as_ref());
+            let before = KafkaHeaders(hooked.as_ref());
             let partition;
             let extra: &[KeyValue] = match record.partition {
                 Some(p) => {
@@ -73,12 +82,28 @@ impl Producing {
                 }
                 None => &[],
             };
-            let msg = Outgoing::new(SEND, record.topic)
+            let mut msg = Outgoing::new(SEND, record.topic)
                 .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()))
-                .with_headers(&before)
                 .with_attributes(extra);
-            self.inst.start_send(msg, &mut context)
+            if hooked.is_some() {
+                msg = msg.with_headers(&before);
+            }
+            if injectable {
+                self.inst
+                    .start_send(msg, &mut KafkaHeadersMut(&mut headers))
+            } else {
+                self.inst.start_send(msg, &mut Discard)
+            }
         };
+        if !injectable {
+            span.record(|| {
+                [KeyValue::new(
+                    attr::CONTEXT_ERROR,
+                    "the headers hold a trace context and a key that is not UTF-8: sent \
+                     unchanged, without this span's context",
+                )]
+            });
+        }
         span.record(|| {
             let mut kv = Vec::with_capacity(3);
             kv.push(self.info.client_id_kv());
@@ -97,9 +122,16 @@ impl Producing {
             }
             kv
         });
-        let headers = context.apply(headers, self.inst.config().propagation());
         (span, headers)
     }
+}
+
+/// Takes what a propagator writes and keeps none of it (for headers that cannot take a
+/// context without losing one of the user's).
+struct Discard;
+
+impl mqtrace::carrier::Injector for Discard {
+    fn set(&mut self, _key: &str, _value: String) {}
 }
 
 /// Ends a send span with the broker's acknowledgement.
