@@ -20,7 +20,12 @@
 //!    and hold it in a [`Processing`] inside the crate's message wrapper.
 //! 5. On settle: [`Processing::settle`] with a [`Settle`] around the client's ack future, or
 //!    a [`PendingSettle`] when the answer comes later through a callback.
-//! 6. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
+//! 6. Cumulative settles (one operation settling every message up to a position: a RabbitMQ
+//!    `multiple` ack, a Kafka offset commit): keep an [`OpenSpans`] per settle scope (channel,
+//!    partition), register each message's [`Processing`] at its position and keep the
+//!    [`Registration`] in the message type; settle with [`OpenSpans::take_up_to`] and
+//!    [`Covered::settle`].
+//! 7. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
 //!    [`Instrumentation::start_batch_send`] for a batch publish.
 //!
 //! ```
@@ -52,7 +57,8 @@ pub use crate::carrier::{HeaderExtractor, Injector, InvalidHeader};
 pub use crate::operation::{MessagingSystem, Operation, OperationType};
 pub use crate::propagation::Extracted;
 pub use crate::span::{
-    PendingSettle, ProcessSpan, Processing, Receive, SendSpan, Settle, SettleError,
+    Covered, OpenSpans, PendingSettle, ProcessSpan, Processing, Receive, Registration, SendSpan,
+    Settle, SettleError,
 };
 pub use instrumentation::{Instrumentation, InstrumentationBuilder};
 pub(crate) use instrumentation::{SpanFacts, span_name};
