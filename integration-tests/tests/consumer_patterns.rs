@@ -24,6 +24,7 @@ use opentelemetry::trace::{Span as _, SpanContext, TraceContextExt, TraceId, Tra
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SpanData;
+use rdkafka::Message as _;
 use rdkafka::consumer::CommitMode;
 use rdkafka::producer::FutureRecord;
 use std::collections::{HashMap, HashSet};
@@ -581,6 +582,66 @@ async fn kafka_consumer_loop_in_a_tracing_or_otel_span_keeps_every_message_in_it
                 &loop_span,
             );
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_100_concurrent_handlers_never_cross_spans() {
+    within(async {
+        const N: usize = 100;
+        let t = TestTelemetry::new();
+        let topic = unique("patterns");
+        kafka::create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        let payloads: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        let sends = payloads.iter().enumerate().map(|(i, payload)| {
+            let (producer, topic, t) = (&producer, &topic, &t);
+            produced(t, i, async move {
+                producer
+                    .send(
+                        FutureRecord::<str, str>::to(topic)
+                            .key("k")
+                            .payload(payload.as_str()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap_or_else(|(e, _)| panic!("send: {e}"));
+            })
+        });
+        futures_util::future::join_all(sends).await;
+        let consumer = kafka::consumer(t.config(), &unique("group"), &[&topic]);
+        let (consumer, t) = (&consumer, &t);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            consumer
+                .stream()
+                .take(N)
+                .map(|m| async move {
+                    let m = m.expect("message");
+                    let msg = msg_of(m.payload().expect("a payload"));
+                    let delay = 2 + u64::try_from(100 - msg).unwrap_or(0) % 17;
+                    m.in_span(handle(t, msg, delay)).await;
+                    consumer
+                        .commit_message(&m, CommitMode::Sync)
+                        .expect("commit");
+                })
+                .buffer_unordered(N)
+                .collect::<Vec<()>>()
+                .with_subscriber(dispatch(t)),
+        )
+        .await
+        .expect("100 messages within 60 s");
+        let commit = format!("commit {topic}");
+        let spans = wait_until(t, "100 commits", |s| s.named(&commit).len() == N).await;
+        assert_handlers_under_their_own_process_span(
+            &spans,
+            &format!("send {topic}"),
+            &format!("process {topic}"),
+            &commit,
+            "ack",
+            N,
+        );
     })
     .await;
 }
