@@ -25,15 +25,100 @@ use super::{ProcessSpan, Processing, Settle, SettleError, settle::end_settle_spa
 use crate::attributes as attr;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span, TraceContextExt};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-type Map = Mutex<BTreeMap<u64, Weak<Processing>>>;
+type Map = Mutex<Entries>;
 
-fn lock(map: &Map) -> MutexGuard<'_, BTreeMap<u64, Weak<Processing>>> {
+fn lock(map: &Map) -> MutexGuard<'_, Entries> {
     map.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The registered messages in position order. Positions nearly always arrive in increasing
+/// order (delivery tags, offsets), so a registration is a push at the back and a cumulative
+/// settle pops from the front; a message settled on its own leaves a hole (an empty `Weak`)
+/// that is popped when it reaches the front, or swept once holes outnumber live entries.
+#[derive(Default)]
+struct Entries {
+    queue: VecDeque<(u64, Weak<Processing>)>,
+    holes: usize,
+}
+
+impl Entries {
+    fn find(&self, position: u64) -> Result<usize, usize> {
+        self.queue.binary_search_by_key(&position, |(p, _)| *p)
+    }
+
+    fn insert(&mut self, position: u64, weak: Weak<Processing>) {
+        if self.queue.back().is_none_or(|(p, _)| *p < position) {
+            self.queue.push_back((position, weak));
+            return;
+        }
+        match self.find(position) {
+            Ok(i) => {
+                if is_hole(&self.queue[i].1) {
+                    self.holes -= 1;
+                }
+                self.queue[i].1 = weak;
+            }
+            Err(i) => self.queue.insert(i, (position, weak)),
+        }
+    }
+
+    /// Removes the entry at `position`, if `only` is none or the entry is `only`.
+    fn remove(
+        &mut self,
+        position: u64,
+        only: Option<&Weak<Processing>>,
+    ) -> Option<Weak<Processing>> {
+        let i = self.find(position).ok()?;
+        let entry = &mut self.queue[i].1;
+        if is_hole(entry) || only.is_some_and(|w| !w.ptr_eq(entry)) {
+            return None;
+        }
+        let taken = std::mem::take(entry);
+        self.holes += 1;
+        self.trim();
+        Some(taken)
+    }
+
+    /// Removes every entry up to and including `position`.
+    fn take_up_to(&mut self, position: u64) -> Vec<Weak<Processing>> {
+        let mut taken = Vec::new();
+        while self.queue.front().is_some_and(|(p, _)| *p <= position) {
+            if let Some((_, w)) = self.queue.pop_front() {
+                if is_hole(&w) {
+                    self.holes -= 1;
+                } else {
+                    taken.push(w);
+                }
+            }
+        }
+        taken
+    }
+
+    fn trim(&mut self) {
+        while self.queue.front().is_some_and(|(_, w)| is_hole(w)) {
+            self.queue.pop_front();
+            self.holes -= 1;
+        }
+        if self.holes > 32 && self.holes > self.queue.len() / 2 {
+            self.queue.retain(|(_, w)| !is_hole(w));
+            self.holes = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len() - self.holes
+    }
+}
+
+/// A removed entry: `Weak::new()`, which points nowhere.
+fn is_hole(w: &Weak<Processing>) -> bool {
+    w.ptr_eq(&Weak::new())
 }
 
 /// The open process spans of one settle scope (a channel, a partition), by position (a
@@ -102,6 +187,7 @@ impl OpenSpans {
             map: Arc::downgrade(&self.map),
             position,
             processing: weak,
+            released: AtomicBool::new(false),
         }
     }
 
@@ -118,7 +204,7 @@ impl OpenSpans {
     /// assert!(mqtrace::instrument::OpenSpans::new().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        lock(&self.map).is_empty()
+        lock(&self.map).len() == 0
     }
 
     /// Removes every message registered at a position up to and including `position`, and
@@ -126,17 +212,8 @@ impl OpenSpans {
     ///
     /// See the example on [`OpenSpans`].
     pub fn take_up_to(&self, position: u64) -> Covered {
-        let taken = {
-            let mut map = lock(&self.map);
-            match position.checked_add(1) {
-                Some(next) => {
-                    let rest = map.split_off(&next);
-                    std::mem::replace(&mut *map, rest)
-                }
-                None => std::mem::take(&mut *map),
-            }
-        };
-        Covered::from_entries(taken.into_values())
+        let taken = lock(&self.map).take_up_to(position);
+        Covered::from_entries(taken)
     }
 
     /// Removes the message registered at `position` and takes its process span, if it is not
@@ -154,7 +231,7 @@ impl OpenSpans {
     /// assert!(open.is_empty() && p.is_settled());
     /// ```
     pub fn take_at(&self, position: u64) -> Covered {
-        let taken = lock(&self.map).remove(&position);
+        let taken = lock(&self.map).remove(position, None);
         Covered::from_entries(taken)
     }
 }
@@ -177,6 +254,7 @@ pub struct Registration {
     map: Weak<Map>,
     position: u64,
     processing: Weak<Processing>,
+    released: AtomicBool,
 }
 
 impl fmt::Debug for Registration {
@@ -210,14 +288,11 @@ impl Registration {
     /// assert!(open.is_empty());
     /// ```
     pub fn release(&self) {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if let Some(map) = self.map.upgrade() {
-            let mut map = lock(&map);
-            if map
-                .get(&self.position)
-                .is_some_and(|w| w.ptr_eq(&self.processing))
-            {
-                map.remove(&self.position);
-            }
+            lock(&map).remove(self.position, Some(&self.processing));
         }
     }
 
@@ -496,6 +571,27 @@ mod tests {
         assert!(spans.one("ack q").is_error());
         assert!(spans.named("process q").iter().all(|s| s.is_error()));
         assert!(open.is_empty());
+    }
+
+    #[test]
+    fn positions_out_of_order_and_holes_behind_a_held_message_stay_bounded() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let open = OpenSpans::new();
+        let out_of_order = open_at(&inst, &open, [5, 3, 4]);
+        assert_eq!(open.take_up_to(4).len(), 2);
+        assert!(!out_of_order[0].0.is_settled());
+        drop(out_of_order);
+        assert!(open.is_empty());
+        // The first message is held while 1000 others are settled one by one.
+        let mut held = open_at(&inst, &open, 0..1000);
+        for (p, r) in held.drain(1..) {
+            p.finish(Outcome::Ack);
+            r.release();
+        }
+        assert_eq!(open.len(), 1);
+        assert!(lock(&open.map).queue.len() <= 64, "holes are swept");
+        assert_eq!(open.take_up_to(u64::MAX).len(), 1);
     }
 
     #[test]
