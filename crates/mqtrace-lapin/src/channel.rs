@@ -5,18 +5,23 @@ use crate::consumer::TracedConsumer;
 use crate::delivery::TracedDelivery;
 use crate::error::error_type;
 use crate::headers::{AmqpHeaders, AmqpHeadersMut};
+use crate::{ACK, NACK};
 use crate::{PUBLISH, publish_destination};
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
+use mqtrace::Outcome;
 use mqtrace::attributes as attr;
-use mqtrace::instrument::{Answer, Instrumentation, Outgoing};
+use mqtrace::instrument::{Answer, Instrumentation, OpenSpans, Outgoing, Settle, SettleError};
 use opentelemetry::KeyValue;
 use std::ops::Deref;
 
 /// A `lapin::Channel` that traces what it publishes and consumes.
 ///
-/// `basic_publish` and `basic_consume` have lapin's signatures; everything else
+/// `basic_publish`, `basic_consume`, `basic_get`, `basic_ack` and `basic_nack` have lapin's
+/// signatures; everything else
 /// (declarations, bindings, `confirm_select`, `basic_qos`, ...) is the `Channel` itself,
 /// reached through `Deref`. Swapping `lapin::Channel` for this type is a change of type.
 ///
@@ -38,6 +43,9 @@ use std::ops::Deref;
 pub struct TracedChannel {
     channel: Channel,
     inst: Instrumentation,
+    /// The process spans of this channel's deliveries in flight, by delivery tag: what an
+    /// ack or nack with `multiple` settles.
+    open: OpenSpans,
 }
 
 impl std::fmt::Debug for TracedChannel {
@@ -58,7 +66,11 @@ impl TracedChannel {
     /// # let _ = traced; }
     /// ```
     pub fn new(channel: Channel, inst: Instrumentation) -> Self {
-        Self { channel, inst }
+        Self {
+            channel,
+            inst,
+            open: OpenSpans::new(),
+        }
     }
 
     /// The instrumentation this channel uses.
@@ -179,7 +191,13 @@ impl TracedChannel {
         let no_ack = options.no_ack;
         let got = self.channel.basic_get(queue.clone(), options).await?;
         Ok(got.map(|m| TracedGetMessage {
-            delivery: TracedDelivery::new(m.delivery, &self.inst, queue.as_str(), no_ack),
+            delivery: TracedDelivery::new_in(
+                m.delivery,
+                &self.inst,
+                queue.as_str(),
+                no_ack,
+                Some(&self.open),
+            ),
             message_count: m.message_count,
         }))
     }
@@ -216,13 +234,87 @@ impl TracedChannel {
             .channel
             .basic_consume(queue.clone(), consumer_tag, options, arguments)
             .await?;
-        Ok(TracedConsumer::new(
+        Ok(TracedConsumer::on_channel(
             consumer,
             self.inst.clone(),
             queue,
             no_ack,
+            self.open.clone(),
         ))
     }
+
+    /// Acknowledges by delivery tag, like [`Channel::basic_ack`], and records it on the
+    /// deliveries it covers: the one with `delivery_tag`, or with `multiple: true` every
+    /// delivery of this channel not settled yet up to it (all of them for tag 0, as AMQP
+    /// says). Each covered process span ends with outcome `ack`; one settle span, a child of
+    /// the covered delivery with the highest tag, carries `messaging.batch.message_count`
+    /// when it covers several and links the others.
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel, last: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// use lapin::options::BasicAckOptions;
+    /// // every delivery up to `last` is acknowledged, and each process span ends `ack`
+    /// channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_ack(
+        &self,
+        delivery_tag: u64,
+        options: BasicAckOptions,
+    ) -> lapin::Result<()> {
+        self.covered(delivery_tag, options.multiple)
+            .settle(
+                Settle::new(ACK, Outcome::Ack),
+                self.channel.basic_ack(delivery_tag, options),
+                check_unit,
+            )
+            .await
+    }
+
+    /// Negatively acknowledges by delivery tag, like [`Channel::basic_nack`]: outcome
+    /// `requeue` when `requeue` is set, `reject` otherwise, recorded on the deliveries it
+    /// covers as for [`Self::basic_ack`].
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel, last: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
+    /// use lapin::options::BasicNackOptions;
+    /// channel.basic_nack(last.delivery_tag, BasicNackOptions { multiple: true, requeue: true }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_nack(
+        &self,
+        delivery_tag: u64,
+        options: BasicNackOptions,
+    ) -> lapin::Result<()> {
+        let outcome = if options.requeue {
+            Outcome::Requeue
+        } else {
+            Outcome::Reject
+        };
+        self.covered(delivery_tag, options.multiple)
+            .settle(
+                Settle::new(NACK, outcome),
+                self.channel.basic_nack(delivery_tag, options),
+                check_unit,
+            )
+            .await
+    }
+
+    /// The open process spans an ack or nack of `delivery_tag` settles.
+    fn covered(&self, delivery_tag: u64, multiple: bool) -> mqtrace::instrument::Covered {
+        match (multiple, delivery_tag) {
+            (true, 0) => self.open.take_up_to(u64::MAX),
+            (true, tag) => self.open.take_up_to(tag),
+            (false, tag) => self.open.take_at(tag),
+        }
+    }
+}
+
+fn check_unit(result: &lapin::Result<()>) -> Option<SettleError> {
+    result
+        .as_ref()
+        .err()
+        .map(|e| SettleError::new(error_type(e), e))
 }
 
 impl Deref for TracedChannel {

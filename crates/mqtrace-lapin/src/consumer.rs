@@ -4,7 +4,7 @@ use crate::delivery::TracedDelivery;
 use futures_core::Stream;
 use lapin::Consumer;
 use lapin::types::ShortString;
-use mqtrace::instrument::Instrumentation;
+use mqtrace::instrument::{Instrumentation, OpenSpans};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -31,6 +31,7 @@ pin_project_lite::pin_project! {
         inst: Instrumentation,
         queue: ShortString,
         no_ack: bool,
+        open: OpenSpans,
     }
 }
 
@@ -52,12 +53,29 @@ impl TracedConsumer {
     /// let traced = mqtrace_lapin::TracedConsumer::new(consumer, inst, "orders".into(), false);
     /// # let _ = traced; }
     /// ```
+    ///
+    /// A consumer wrapped this way keeps its own record of deliveries in flight for
+    /// `multiple` acks; one started by [`crate::TracedChannel::basic_consume`] shares its
+    /// channel's, which also covers the channel's other consumers (delivery tags are per
+    /// channel).
     pub fn new(inner: Consumer, inst: Instrumentation, queue: ShortString, no_ack: bool) -> Self {
+        Self::on_channel(inner, inst, queue, no_ack, OpenSpans::new())
+    }
+
+    /// A consumer whose deliveries in flight are recorded in `open`, its channel's.
+    pub(crate) fn on_channel(
+        inner: Consumer,
+        inst: Instrumentation,
+        queue: ShortString,
+        no_ack: bool,
+        open: OpenSpans,
+    ) -> Self {
         Self {
             inner,
             inst,
             queue,
             no_ack,
+            open,
         }
     }
 
@@ -102,11 +120,12 @@ impl Stream for TracedConsumer {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
         match this.inner.poll_next(cx) {
-            Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(Ok(TracedDelivery::new(
+            Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(Ok(TracedDelivery::new_in(
                 delivery,
                 this.inst,
                 this.queue.as_str(),
                 *this.no_ack,
+                Some(this.open),
             )))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),

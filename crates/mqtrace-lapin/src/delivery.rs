@@ -10,12 +10,16 @@ use lapin::types::ShortString;
 use mqtrace::attributes as attr;
 use mqtrace::{
     Outcome, Traced,
-    instrument::{Incoming, Instrumentation, ProcessSpan, Processing, Settle, SettleError},
+    instrument::{
+        Incoming, Instrumentation, OpenSpans, ProcessSpan, Processing, Registration, Settle,
+        SettleError,
+    },
 };
 use opentelemetry::KeyValue;
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Deref;
+use std::sync::Arc;
 
 /// A delivery with its process span.
 ///
@@ -43,7 +47,9 @@ use std::ops::Deref;
 /// ```
 pub struct TracedDelivery {
     delivery: Delivery,
-    processing: Processing,
+    processing: Arc<Processing>,
+    /// Its place among its channel's deliveries in flight, for `multiple` acks and nacks.
+    registration: Option<Registration>,
 }
 
 impl std::fmt::Debug for TracedDelivery {
@@ -87,6 +93,17 @@ impl TracedDelivery {
     /// # let _ = traced; }
     /// ```
     pub fn new(delivery: Delivery, inst: &Instrumentation, queue: &str, no_ack: bool) -> Self {
+        Self::new_in(delivery, inst, queue, no_ack, None)
+    }
+
+    /// As [`Self::new`], registered among the deliveries in flight of its channel, `open`.
+    pub(crate) fn new_in(
+        delivery: Delivery,
+        inst: &Instrumentation,
+        queue: &str,
+        no_ack: bool,
+        open: Option<&OpenSpans>,
+    ) -> Self {
         let table = delivery.properties.headers().as_ref();
         let headers = AmqpHeaders(table);
         let history = DeliveryHistory::read(table, delivery.redelivered, queue);
@@ -140,8 +157,13 @@ impl TracedDelivery {
         if no_ack {
             span.set_drop_outcome(Outcome::AutoAck);
         }
+        let processing = Arc::new(Processing::new(span));
+        let registration = open
+            .filter(|_| !no_ack)
+            .map(|open| open.register(delivery.delivery_tag, &processing));
         Self {
-            processing: Processing::new(span),
+            processing,
+            registration,
             delivery,
         }
     }
@@ -151,10 +173,32 @@ impl TracedDelivery {
         settle: Settle,
         op: impl Future<Output = lapin::Result<bool>>,
     ) -> lapin::Result<bool> {
+        if let Some(r) = &self.registration {
+            r.release();
+        }
         self.processing.settle(settle, op, check).await
     }
 
-    /// Acknowledges, like `Acker::ack`: outcome `ack`.
+    /// Settles with `multiple`: every delivery of the channel in flight up to this one's tag
+    /// ends with the outcome, under one settle span on this delivery (see
+    /// [`mqtrace::instrument::Covered::settle`]); without it, this delivery only.
+    async fn settle_up_to(
+        &self,
+        multiple: bool,
+        settle: Settle,
+        op: impl Future<Output = lapin::Result<bool>>,
+    ) -> lapin::Result<bool> {
+        match self.registration.as_ref().filter(|_| multiple) {
+            Some(r) => r.take_up_to_here().settle(settle, op, check).await,
+            None => self.settle_with(settle, op).await,
+        }
+    }
+
+    /// Acknowledges, like `Acker::ack`: outcome `ack`. With `multiple: true`, every delivery
+    /// of this channel not settled yet, up to this one, is acknowledged by the broker and
+    /// recorded as such: each process span ends with outcome `ack`, and one settle span (a
+    /// child of this delivery's process span) carries `messaging.batch.message_count` and
+    /// links the others.
     ///
     /// ```no_run
     /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
@@ -162,7 +206,8 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn ack(&self, options: BasicAckOptions) -> lapin::Result<bool> {
-        self.settle_with(
+        self.settle_up_to(
+            options.multiple,
             Settle::new(ACK, Outcome::Ack),
             self.delivery.acker.ack(options),
         )
@@ -171,6 +216,7 @@ impl TracedDelivery {
 
     /// Negatively acknowledges, like `Acker::nack`: outcome `requeue` when `requeue` is set,
     /// `reject` otherwise (discarded, or dead-lettered by the queue's dead-letter exchange).
+    /// With `multiple: true`, recorded on every delivery it covers, as for [`Self::ack`].
     ///
     /// ```no_run
     /// # async fn demo(d: mqtrace_lapin::TracedDelivery) -> lapin::Result<()> {
@@ -178,9 +224,12 @@ impl TracedDelivery {
     /// # Ok(()) }
     /// ```
     pub async fn nack(&self, options: BasicNackOptions) -> lapin::Result<bool> {
-        let settle = Settle::new(NACK, requeue_or_reject(options.requeue));
-        self.settle_with(settle, self.delivery.acker.nack(options))
-            .await
+        self.settle_up_to(
+            options.multiple,
+            Settle::new(NACK, requeue_or_reject(options.requeue)),
+            self.delivery.acker.nack(options),
+        )
+        .await
     }
 
     /// Rejects, like `Acker::reject`: outcome `requeue` or `reject`, as for [`Self::nack`].

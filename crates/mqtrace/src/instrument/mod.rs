@@ -23,7 +23,12 @@
 //! 6. Publish futures: wrap the client's answer future in an [`Answer`] with an
 //!    [`OnAnswer`] that ends the [`SendSpan`] from the broker's answer; message wrappers
 //!    implement [`crate::Traced`] by returning their [`Processing`].
-//! 7. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
+//! 7. Cumulative settles (one operation settling every message up to a position: a RabbitMQ
+//!    `multiple` ack, a Kafka offset commit): keep an [`OpenSpans`] per settle scope (channel,
+//!    partition), register each message's [`Processing`] at its position and keep the
+//!    [`Registration`] in the message type; settle with [`OpenSpans::take_up_to`] and
+//!    [`Covered::settle`].
+//! 8. Batches: [`Instrumentation::record_receive`] for a poll ([`Receive`]),
 //!    [`Instrumentation::start_batch_send`] for a batch publish.
 //!
 //! ```
@@ -56,8 +61,9 @@ pub use crate::config::{ConfiguredTracer, GlobalTracer};
 pub use crate::operation::{MessagingSystem, Operation, OperationType};
 pub use crate::propagation::Extracted;
 pub use crate::span::{
-    ABANDON_REASON, Answer, NO_RUNTIME, OnAnswer, PendingSettle, PolledAfterCompletion,
-    ProcessSpan, Processing, Receive, SendSpan, Settle, SettleError,
+    ABANDON_REASON, Answer, Covered, NO_RUNTIME, OnAnswer, OpenSpans, PendingSettle,
+    PolledAfterCompletion, ProcessSpan, Processing, Receive, Registration, SendSpan, Settle,
+    SettleError,
 };
 pub use instrumentation::{Instrumentation, InstrumentationBuilder};
 pub(crate) use instrumentation::{SpanFacts, span_name};
