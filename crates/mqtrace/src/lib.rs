@@ -41,6 +41,7 @@ pub mod instrument;
 mod metrics;
 mod operation;
 mod outcome;
+mod pipeline;
 pub mod propagation;
 pub mod retry;
 mod span;
@@ -57,3 +58,9 @@ pub use traced::Traced;
 
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";
+
+/// Header mqtrace writes on every message it sends from a stage that records metrics or a
+/// sampled span: `{origin unix ms};{stage}`, the send time of the pipeline's first message and
+/// the sending stage's hop count (0 on the first message), so each consumer can record
+/// `mqtrace.pipeline.latency` and `mqtrace.pipeline.stage`.
+pub const PIPELINE_HEADER: &str = "mqtrace-pipeline";
