@@ -53,6 +53,7 @@ mod delivery;
 mod error;
 mod headers;
 mod retry;
+mod timestamp;
 
 pub use attempt::DeliveryHistory;
 pub use channel::{TracedChannel, TracedGetMessage};

@@ -140,6 +140,7 @@ pub struct Incoming<'a> {
     pub(crate) attributes: &'a [KeyValue],
     pub(crate) sent_at: Option<SystemTime>,
     pub(crate) counted_at_receive: bool,
+    pub(crate) subscription: Option<&'a str>,
 }
 
 impl<'a> Incoming<'a> {
@@ -164,7 +165,21 @@ impl<'a> Incoming<'a> {
             attributes: &[],
             sent_at: None,
             counted_at_receive: false,
+            subscription: None,
         }
+    }
+
+    /// The subscription the message was delivered through: `messaging.destination.subscription.name`
+    /// on the consumer metrics (spans record it from the broker's attributes).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("receive", OperationType::Process), "orders-sub", "orders-sub")
+    ///     .with_subscription(Some("orders-sub"));
+    /// ```
+    pub fn with_subscription(mut self, subscription: Option<&'a str>) -> Self {
+        self.subscription = subscription;
+        self
     }
 
     /// When the broker says the message was sent (Kafka record timestamp, Pub/Sub

@@ -94,6 +94,17 @@ pub(crate) fn start(
     let measure = start.map(|start| {
         let mut m = Measure::new(msg.operation, msg.source, start);
         m.extra = crate::metrics::consumer_attributes(msg.attributes);
+        if let Some(sub) = msg.subscription
+            && !m
+                .extra
+                .iter()
+                .any(|kv| kv.key.as_str() == attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
+        {
+            m.extra.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                sub.to_owned(),
+            ));
+        }
         m
     });
     if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
