@@ -365,3 +365,90 @@ async fn pipeline_latency_through_rabbitmq_kafka_and_pubsub_is_at_least_the_inje
     })
     .await;
 }
+
+#[tokio::test]
+async fn retries_and_dead_letters_are_outcomes_and_a_retry_keeps_the_pipeline() {
+    use mqtrace::retry::HandlerError;
+    use mqtrace_integration_tests::support::fast;
+    use mqtrace_lapin::RetryQueues;
+    within(async {
+        let t = TestTelemetry::new();
+        let conn = rabbitmq(t.config()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        let q = unique("metrics-retry");
+        declare(&ch, &q).await;
+        let retries = RetryQueues::declare(ch.clone(), &q, fast(3))
+            .await
+            .expect("declare retry queues");
+        publish(&ch, &q, b"flaky").await;
+        publish(&ch, &q, b"poison").await;
+        let delay = Duration::from_millis(300);
+        tokio::time::sleep(delay).await;
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        // flaky: fails once (retry), then succeeds; poison: dead-lettered at once.
+        for _ in 0..3 {
+            let d = next_delivery(&mut consumer).await;
+            retries
+                .handle(d, async |d| match (&d.data[..], d.attempt()) {
+                    (b"poison", _) => Err(HandlerError::permanent("unparseable")),
+                    (_, 1) => Err(HandlerError::transient("unavailable")),
+                    _ => Ok(()),
+                })
+                .await
+                .expect("carried out");
+        }
+
+        let outcomes = t.metric("mqtrace.message.outcomes");
+        let on_q = |o: &str| {
+            sum(&outcomes, |p| {
+                p.attr_str(attr::OUTCOME) == Some(o)
+                    && p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(q.as_str())
+            })
+        };
+        assert_eq!(
+            (on_q("ack"), on_q("retry"), on_q("dead_letter")),
+            (1.0, 1.0, 1.0),
+            "{outcomes:?}"
+        );
+        for o in ["retry", "dead_letter"] {
+            assert!(
+                outcomes.iter().any(|p| p.attr_str(attr::OUTCOME) == Some(o)
+                    && p.attr_str(attr::ERROR_TYPE).is_some()),
+                "{o} has an error.type: {outcomes:?}"
+            );
+        }
+
+        let spans = wait(&t, &format!("process {q}"), 3).await;
+        let processes = spans.named(&format!("process {q}"));
+        let d = delay.as_secs_f64();
+        for p in &processes {
+            // The retry is the same hop again, and keeps the origin: its latency counts from
+            // the first publish, so it too is at least the delay before the first attempt.
+            p.assert_attr_i64(attr::PIPELINE_STAGE, 1);
+            let latency = f64_attr(p, attr::PIPELINE_LATENCY);
+            assert!(latency >= d && latency < d + BOUND, "{latency}");
+        }
+        let second = processes
+            .iter()
+            .find(|p| p.attr_i64(attr::DELIVERY_ATTEMPT) == Some(2))
+            .expect("the retried attempt");
+        let first_flaky = processes
+            .iter()
+            .filter(|p| p.attr_i64(attr::DELIVERY_ATTEMPT) == Some(1))
+            .map(|p| f64_attr(p, attr::PIPELINE_LATENCY))
+            .fold(f64::INFINITY, f64::min);
+        assert!(f64_attr(second, attr::PIPELINE_LATENCY) > first_flaky);
+    })
+    .await;
+}

@@ -59,8 +59,9 @@ pub use traced::Traced;
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts.
 pub const ATTEMPT_HEADER: &str = "mqtrace-attempt";
 
-/// Header mqtrace writes on every message it sends from a stage that records metrics or a
-/// sampled span: `{origin unix ms};{stage}`, the send time of the pipeline's first message and
-/// the sending stage's hop count (0 on the first message), so each consumer can record
-/// `mqtrace.pipeline.latency` and `mqtrace.pipeline.stage`.
+/// Header mqtrace writes on a message sent inside a process span (in a stage that records
+/// metrics or a sampled span): `{origin unix ms};{stage}`, the broker timestamp of the
+/// pipeline's first message and the sending stage's hop count, so the next consumer records
+/// `mqtrace.pipeline.latency` and `mqtrace.pipeline.stage`. A message sent outside any process
+/// span starts a pipeline and carries no such header.
 pub const PIPELINE_HEADER: &str = "mqtrace-pipeline";

@@ -392,15 +392,17 @@ mod tests {
         let mut first: HashMap<String, String> = HashMap::new();
         inst.start_send(Outgoing::new(send, "a"), &mut first)
             .end_ok();
-        assert!(first[PIPELINE_HEADER].ends_with(";0"));
-        let origin: u64 = first[PIPELINE_HEADER]
-            .split(';')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
+        assert!(
+            !first.contains_key(PIPELINE_HEADER),
+            "a first message needs none"
+        );
+        let sent_at = SystemTime::now() - Duration::from_millis(200);
+        let origin = crate::metrics::unix_ms(sent_at);
 
         let p1 = inst.start_process(
-            Incoming::new(PROCESS, "a", "a").with_headers(&first),
+            Incoming::new(PROCESS, "a", "a")
+                .with_headers(&first)
+                .with_sent_at(Some(sent_at)),
             inst.extract(&first),
         );
         let mut second: HashMap<String, String> = HashMap::new();

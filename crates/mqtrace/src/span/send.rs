@@ -14,7 +14,7 @@ use opentelemetry::{Context, KeyValue};
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// Starts the PRODUCER span of `msg` under the current context and injects its context into
 /// `headers` (see [`Instrumentation::start_send`]).
@@ -45,14 +45,13 @@ pub(crate) fn start(
     inst.config()
         .propagation()
         .inject(span.span_context(), &parent, headers);
-    // The pipeline's origin travels on: from the process span this message is sent in, or
-    // from this message, the first of a pipeline. Only where someone records it (metrics
-    // here, or a sampled span), so an untraced, unmetered send reads no clock.
-    if start.is_some() || span.is_recording() {
-        let pipeline = parent.get::<Pipeline>().copied().unwrap_or(Pipeline {
-            origin: SystemTime::now(),
-            stage: 0,
-        });
+    // The pipeline's origin travels on from the process span this message is sent in, where
+    // someone records it (metrics here, or a sampled span). A message sent outside any
+    // process span starts a pipeline: its consumer takes the broker's timestamp as the origin,
+    // so it needs no header.
+    if (start.is_some() || span.is_recording())
+        && let Some(pipeline) = parent.get::<Pipeline>()
+    {
         pipeline.write(headers);
     }
     let measure = start.map(|start| {
