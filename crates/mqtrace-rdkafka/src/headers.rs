@@ -288,6 +288,14 @@ fn without_fields(headers: OwnedHeaders, propagation: &Propagation) -> OwnedHead
     out
 }
 
+/// When a record was sent, from its timestamp: `CreateTime` (the producer's clock, the
+/// default) or `LogAppendTime` (the broker's, when the topic is configured so), whichever the
+/// record carries; `None` without one or for a negative value.
+pub(crate) fn record_time(ts: rdkafka::Timestamp) -> Option<SystemTime> {
+    let ms = u64::try_from(ts.to_millis()?).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,12 +435,4 @@ mod tests {
         assert_eq!(delivery_attempt(Some(&h("0"))), 1);
         assert_eq!(delivery_attempt(Some(&h("x"))), 1);
     }
-}
-
-/// When a record was sent, from its timestamp: `CreateTime` (the producer's clock, the
-/// default) or `LogAppendTime` (the broker's, when the topic is configured so), whichever the
-/// record carries; `None` without one or for a negative value.
-pub(crate) fn record_time(ts: rdkafka::Timestamp) -> Option<SystemTime> {
-    let ms = u64::try_from(ts.to_millis()?).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
 }

@@ -479,3 +479,55 @@ mod tests {
         assert_eq!(d.iter().map(|p| p.count).sum::<u64>(), 4, "{d:?}");
     }
 }
+
+#[cfg(test)]
+mod receive_tests {
+    use crate::testing::TestTelemetry;
+    use crate::{instrument::*, *};
+    use opentelemetry::KeyValue;
+    use std::collections::HashMap;
+    use std::time::SystemTime;
+
+    #[test]
+    fn a_batch_is_counted_once_at_its_receive_span_with_its_group() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::Kafka, "test").build(t.config());
+        let h: HashMap<String, String> = HashMap::new();
+        let xs: Vec<Extracted> = (0..3).map(|_| inst.extract(&h)).collect();
+        let group = [KeyValue::new(
+            attributes::MESSAGING_CONSUMER_GROUP_NAME,
+            "g",
+        )];
+        inst.record_receive(
+            Receive::new(
+                Operation::new("poll", OperationType::Receive),
+                SystemTime::now(),
+            )
+            .with_destination(Some("t"))
+            .with_attributes(&group),
+            xs.iter().map(Extracted::span_context),
+        );
+        for x in xs {
+            inst.start_process(
+                Incoming::new(Operation::new("process", OperationType::Process), "t", "t")
+                    .with_attributes(&group)
+                    .with_counted_at_receive(true),
+                x,
+            )
+            .finish(Outcome::Ack);
+        }
+        let consumed = t.metric("messaging.client.consumed.messages");
+        assert_eq!(consumed.len(), 1, "{consumed:?}");
+        assert_eq!(consumed[0].value, 3.0);
+        assert_eq!(
+            consumed[0].attr_str("messaging.operation.name"),
+            Some("poll")
+        );
+        assert_eq!(
+            consumed[0].attr_str("messaging.consumer.group.name"),
+            Some("g")
+        );
+        let d = t.histogram("messaging.client.operation.duration");
+        assert_eq!(d.iter().map(|p| p.count).sum::<u64>(), 1);
+    }
+}
