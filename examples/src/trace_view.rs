@@ -358,6 +358,15 @@ fn truncate(s: &str, width: usize) -> String {
 /// What the last column says about a span: links to earlier attempts, errors, reasons.
 fn note(trace: &Trace, span: &SpanRecord) -> String {
     let mut parts = Vec::new();
+    // How long the message waited in the broker before this process span started.
+    if let Some(q) = span
+        .attributes
+        .get("mqtrace.message.queue_time")
+        .and_then(Value::as_f64)
+        .filter(|q| q.is_finite() && *q >= 0.0)
+    {
+        parts.push(format!("queued {}", format_duration((q * 1e9) as u64)));
+    }
     if let Some(prev) = span.link_of_type("previous_attempt") {
         match trace.span(prev).and_then(SpanRecord::attempt) {
             Some(n) => parts.push(format!("↩ follows attempt {n}")),
@@ -518,5 +527,18 @@ mod tests {
             .expect("one trace");
         assert_eq!(trace.roots().len(), 2);
         assert!(render(&trace, "x").contains("\nspan x "));
+    }
+
+    #[test]
+    fn a_process_span_notes_its_queue_time() {
+        let mut process = span("b", Some("a"), 5, 9);
+        process
+            .attributes
+            .insert("mqtrace.message.queue_time".into(), 0.0123.into());
+        let trace = group(vec![span("a", None, 0, 10), process])
+            .pop()
+            .expect("one trace");
+        let out = render(&trace, "t");
+        assert!(out.contains("queued 12.3ms"), "{out}");
     }
 }

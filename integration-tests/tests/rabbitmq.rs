@@ -247,12 +247,12 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
             assert_eq!(p.attr(attr::SERVER_PORT), Some(&Value::I64(5672)));
             assert!(!p.attributes.contains_key(attr::ERROR_TYPE));
         };
-        let published = format!("{ex}:created");
-        one("messaging.client.sent.messages", "publish", &published);
-        one("messaging.client.operation.duration", "publish", &published);
-        one("messaging.client.consumed.messages", "process", &dest);
-        one("messaging.process.duration", "process", &dest);
-        one("messaging.client.operation.duration", "ack", &dest);
+        // Metrics name the exchange and the queue, not the per-message routing key.
+        one("messaging.client.sent.messages", "publish", &ex);
+        one("messaging.client.operation.duration", "publish", &ex);
+        one("messaging.client.consumed.messages", "process", &q);
+        one("messaging.process.duration", "process", &q);
+        one("messaging.client.operation.duration", "ack", &q);
     })
     .await;
 }
@@ -276,14 +276,16 @@ async fn default_exchange_names_and_opt_in_body_size() {
             .expect("publish");
         let mut consumer = consume(&ch, &q).await;
         let d = next_delivery(&mut consumer).await;
-        // No user headers and a message without headers: only ours were added.
+        // No user headers and a message without headers: only ours were added (the context
+        // and, as the user set no timestamp, the send time in milliseconds).
         let keys: Vec<String> = d
             .properties
             .headers()
             .as_ref()
             .map(|h| h.inner().keys().map(|k| k.as_str().to_owned()).collect())
             .unwrap_or_default();
-        assert_eq!(keys, ["traceparent"]);
+        assert_eq!(keys, ["timestamp_in_ms", "traceparent"]);
+        assert!(d.properties.timestamp().is_some());
         d.ack(BasicAckOptions::default()).await.expect("ack");
         let spans = wait(&t, &format!("ack {q}"), 1).await;
         let publish = spans.one(&format!("publish {q}"));

@@ -122,6 +122,7 @@ impl TracedChannel {
     ) -> lapin::Result<TracedPublisherConfirm> {
         let destination = publish_destination(exchange.as_str(), routing_key.as_str());
         let mut headers = properties.headers().clone();
+        let stamped;
         let mut span = {
             let before = AmqpHeaders(properties.headers().as_ref());
             let msg = Outgoing::new(PUBLISH, &destination)
@@ -133,9 +134,15 @@ impl TracedChannel {
                         .map(ShortString::as_str),
                 )
                 .with_body_size(payload.len())
-                .with_headers(&before);
+                .with_headers(&before)
+                .with_metric_destination(if exchange.as_str().is_empty() {
+                    routing_key.as_str()
+                } else {
+                    exchange.as_str()
+                });
             let mut table = headers.take().unwrap_or_default();
             let span = self.inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
+            stamped = crate::timestamp::stamp(&properties, &mut table);
             if properties.headers().is_some() || !table.inner().is_empty() {
                 headers = Some(table);
             }
@@ -151,6 +158,10 @@ impl TracedChannel {
         });
         let properties = match headers {
             Some(h) => properties.with_headers(h),
+            None => properties,
+        };
+        let properties = match stamped {
+            Some(secs) => properties.with_timestamp(secs),
             None => properties,
         };
         let confirm_mode = self.channel.status().confirm();

@@ -129,7 +129,8 @@ impl TracedDelivery {
             )
             .with_body_size(delivery.data.len())
             .with_attempt(Some(history.attempt))
-            .with_headers(&headers);
+            .with_headers(&headers)
+            .with_sent_at(crate::timestamp::sent_at(&delivery.properties));
         let mut span = inst.start_process(msg, inst.extract(&headers));
         span.record(|| {
             let mut kv = Vec::with_capacity(5);

@@ -53,6 +53,7 @@ mod delivery;
 mod error;
 mod headers;
 mod retry;
+mod timestamp;
 
 pub use attempt::{DeliveryHistory, MAX_X_DEATH_VALUE};
 pub use channel::{TracedChannel, TracedGetMessage};

@@ -146,7 +146,13 @@ impl TracedHandler {
             .with_message_id((!message.message_id.is_empty()).then_some(&*message.message_id))
             .with_body_size(message.data.len())
             .with_attempt(attempt)
-            .with_headers(attrs);
+            .with_headers(attrs)
+            .with_subscription(Some(subscription))
+            .with_sent_at(
+                message
+                    .publish_time
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
+            );
         let span = inst.start_process(msg, extracted);
         let mut kept_ack_id = None;
         span.record(|| {

@@ -122,11 +122,9 @@ impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
 
     fn for_each_key<'s>(&'s self, f: &mut dyn FnMut(&'s str)) {
         let Some(h) = self.0 else { return };
-        for i in 0..h.count() {
-            match catch_unwind(AssertUnwindSafe(|| h.try_get(i))) {
-                Ok(Some(x)) => f(x.key),
-                Ok(None) => break,
-                Err(_) => {}
+        for e in entries(h) {
+            if let Entry::Header(x) = e {
+                f(x.key);
             }
         }
     }
@@ -138,15 +136,13 @@ impl<H: Headers + ?Sized> HeaderExtractor for KafkaHeaders<'_, H> {
         each: &mut dyn FnMut(Result<&'s str, InvalidHeader>),
     ) {
         let Some(h) = self.0 else { return };
-        for i in 0..h.count() {
-            match catch_unwind(AssertUnwindSafe(|| h.try_get(i))) {
-                Ok(Some(x)) if x.key == key => {
-                    each(x.value.map_or(Err(InvalidHeader::WrongType("null")), |v| {
-                        std::str::from_utf8(v).map_err(|_| InvalidHeader::NotUtf8)
-                    }))
-                }
-                Ok(None) => break,
-                _ => {}
+        for e in entries(h) {
+            if let Entry::Header(x) = e
+                && x.key == key
+            {
+                each(x.value.map_or(Err(InvalidHeader::WrongType("null")), |v| {
+                    std::str::from_utf8(v).map_err(|_| InvalidHeader::NotUtf8)
+                }));
             }
         }
     }
@@ -317,6 +313,14 @@ impl KafkaHeadersMut<'_> {
         *self.0 = Some(out);
         true
     }
+}
+
+/// When a record was sent, from its timestamp: `CreateTime` (the producer's clock, the
+/// default) or `LogAppendTime` (the broker's, when the topic is configured so), whichever the
+/// record carries; `None` without one or for a negative value.
+pub(crate) fn record_time(ts: rdkafka::Timestamp) -> Option<SystemTime> {
+    let ms = u64::try_from(ts.to_millis()?).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
 }
 
 #[cfg(test)]

@@ -357,7 +357,7 @@ impl Consuming {
     /// Starts the process span of `message`.
     pub(crate) fn start<'a>(&self, message: BorrowedMessage<'a>) -> TracedMessage<'a> {
         let extracted = self.inst.extract(&KafkaHeaders(message.headers()));
-        self.start_with(message, extracted)
+        self.start_with(message, extracted, false)
     }
 
     /// Starts the process span of `message`, whose context was already read.
@@ -365,6 +365,7 @@ impl Consuming {
         &self,
         message: BorrowedMessage<'a>,
         extracted: Extracted,
+        counted_at_receive: bool,
     ) -> TracedMessage<'a> {
         let headers = KafkaHeaders(message.headers());
         let attempt = delivery_attempt(message.headers());
@@ -385,7 +386,9 @@ impl Consuming {
             .with_body_size(message.payload_len())
             .with_attempt(Some(attempt))
             .with_headers(&headers)
-            .with_attributes(extra);
+            .with_attributes(extra)
+            .with_sent_at(crate::headers::record_time(message.timestamp()))
+            .with_counted_at_receive(counted_at_receive);
         let mut span = self.inst.start_process(incoming, extracted);
         span.record(|| {
             let mut kv = Vec::with_capacity(4);
@@ -446,6 +449,8 @@ impl Consuming {
                 Err(_) => extracted.push(None),
             }
         }
+        // The receive span counts the batch's deliveries when it names one topic.
+        let counted = topic.is_some() && one_topic;
         if topic.is_some() {
             let receive = Receive::new(POLL, started)
                 .with_destination(topic.filter(|_| one_topic))
@@ -458,7 +463,7 @@ impl Consuming {
         polled
             .into_iter()
             .zip(extracted)
-            .map(|(m, x)| m.map(|m| self.start_with(m, x.unwrap_or_default())))
+            .map(|(m, x)| m.map(|m| self.start_with(m, x.unwrap_or_default(), counted)))
             .collect()
     }
 }

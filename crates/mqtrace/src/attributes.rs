@@ -39,3 +39,15 @@ pub const RETRY_MAX_ATTEMPTS: &str = "mqtrace.retry.max_attempts";
 pub const RETRY_DELAY: &str = "mqtrace.retry.delay";
 /// On a link: what the linked span is to this one (`origin`, `previous_attempt`).
 pub const LINK_TYPE: &str = "mqtrace.link.type";
+/// Seconds the message waited in the broker: from the broker's timestamp (Kafka record
+/// timestamp, Pub/Sub `publish_time`, AMQP `timestamp_in_ms` header or `timestamp` property)
+/// to the start of its process span; clamped at 0.
+pub const MESSAGE_QUEUE_TIME: &str = "mqtrace.message.queue_time";
+/// Seconds since the first message of the pipeline was sent (its origin time travels in the
+/// `mqtrace-pipeline` header through every hop); clamped at 0.
+pub const PIPELINE_LATENCY: &str = "mqtrace.pipeline.latency";
+/// How many hops the message has made since the pipeline's first message (1 = first consumer).
+pub const PIPELINE_STAGE: &str = "mqtrace.pipeline.stage";
+/// `messaging.destination.temporary`: the destination is a temporary one (e.g. `amq.gen-*`),
+/// whose name metrics replace by `(temporary)`.
+pub const MESSAGING_DESTINATION_TEMPORARY: &str = "messaging.destination.temporary";

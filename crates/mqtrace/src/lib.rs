@@ -41,6 +41,7 @@ pub mod instrument;
 mod metrics;
 mod operation;
 mod outcome;
+mod pipeline;
 pub mod propagation;
 pub mod retry;
 mod span;
@@ -58,3 +59,9 @@ pub use traced::Traced;
 /// Header mqtrace writes with the delivery attempt where the broker does not count attempts
 /// (see [`retry::ATTEMPT_HEADER`]).
 pub use retry::ATTEMPT_HEADER;
+/// Header mqtrace writes on a message sent inside a process span (in a stage that records
+/// metrics or a sampled span): `{origin unix ms};{stage}`, the broker timestamp of the
+/// pipeline's first message and the sending stage's hop count, so the next consumer records
+/// `mqtrace.pipeline.latency` and `mqtrace.pipeline.stage`. A message sent outside any process
+/// span starts a pipeline and carries no such header.
+pub const PIPELINE_HEADER: &str = "mqtrace-pipeline";

@@ -87,6 +87,59 @@ impl MetricPoint {
     }
 }
 
+/// One exported histogram point: its attributes, count, sum, min and max.
+///
+/// ```
+/// let p = mqtrace::testing::HistogramPoint {
+///     attributes: Default::default(), count: 2, sum: 3.0, min: Some(1.0), max: Some(2.0),
+/// };
+/// assert_eq!(p.mean(), Some(1.5));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramPoint {
+    /// The point's attributes, with their types.
+    pub attributes: BTreeMap<String, Value>,
+    /// How many values were recorded.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest one.
+    pub min: Option<f64>,
+    /// The largest one.
+    pub max: Option<f64>,
+}
+
+impl HistogramPoint {
+    /// The mean of the recorded values (`None` when there are none).
+    ///
+    /// ```
+    /// let p = mqtrace::testing::HistogramPoint {
+    ///     attributes: Default::default(), count: 0, sum: 0.0, min: None, max: None,
+    /// };
+    /// assert_eq!(p.mean(), None);
+    /// ```
+    pub fn mean(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+
+    /// The value of attribute `key` if it is a string.
+    ///
+    /// ```
+    /// let p = mqtrace::testing::HistogramPoint {
+    ///     attributes: [("messaging.system".to_owned(), "kafka".into())].into(),
+    ///     count: 0, sum: 0.0, min: None, max: None,
+    /// };
+    /// assert_eq!(p.attr_str("messaging.system"), Some("kafka"));
+    /// ```
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attributes.get(key)? {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+}
+
 impl Default for TestTelemetry {
     fn default() -> Self {
         Self::new()
@@ -169,6 +222,45 @@ impl TestTelemetry {
                         }
                     }
                     _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The points of histogram `name` as of now (cumulative), with their sum, min and max.
+    ///
+    /// ```
+    /// let t = mqtrace::testing::TestTelemetry::new();
+    /// assert!(t.histogram("mqtrace.message.queue_time").is_empty());
+    /// ```
+    pub fn histogram(&self, name: &str) -> Vec<HistogramPoint> {
+        self.metric_exporter.reset();
+        // A failing flush leaves the exporter empty, which the caller sees as no points.
+        let _ = self.meter_provider.force_flush();
+        let exported = self
+            .metric_exporter
+            .get_finished_metrics()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for rm in exported.iter().rev().take(1) {
+            for m in rm.scope_metrics().flat_map(|sm| sm.metrics()) {
+                if m.name() != name {
+                    continue;
+                }
+                if let AggregatedMetrics::F64(MetricData::Histogram(h)) = m.data() {
+                    for p in h.data_points() {
+                        out.push(HistogramPoint {
+                            attributes: p
+                                .attributes()
+                                .map(|kv| (kv.key.to_string(), kv.value.clone()))
+                                .collect(),
+                            count: p.count(),
+                            sum: p.sum(),
+                            min: p.min(),
+                            max: p.max(),
+                        });
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 use crate::carrier::HeaderExtractor;
 use crate::operation::Operation;
 use opentelemetry::KeyValue;
+use std::time::SystemTime;
 
 /// One message about to be sent, as the core needs to see it.
 ///
@@ -23,6 +24,7 @@ pub struct Outgoing<'a> {
     pub(crate) body_size: Option<usize>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
     pub(crate) attributes: &'a [KeyValue],
+    pub(crate) metric_destination: Option<&'a str>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -40,7 +42,22 @@ impl<'a> Outgoing<'a> {
             body_size: None,
             headers: None,
             attributes: &[],
+            metric_destination: None,
         }
+    }
+
+    /// The destination metrics name the message by, when it differs from the span's (e.g. the
+    /// exchange, not `{exchange}:{routing key}`, whose per-message keys would make one series
+    /// each). Temporary names (`amq.gen-*`, direct reply-to) become `(temporary)` either way.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Outgoing::new(Operation::new("publish", OperationType::Send), "orders:eu.42")
+    ///     .with_metric_destination("orders");
+    /// ```
+    pub fn with_metric_destination(mut self, destination: &'a str) -> Self {
+        self.metric_destination = Some(destination);
+        self
     }
 
     /// `messaging.message.id`.
@@ -121,6 +138,9 @@ pub struct Incoming<'a> {
     pub(crate) attempt: Option<u32>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
     pub(crate) attributes: &'a [KeyValue],
+    pub(crate) sent_at: Option<SystemTime>,
+    pub(crate) counted_at_receive: bool,
+    pub(crate) subscription: Option<&'a str>,
 }
 
 impl<'a> Incoming<'a> {
@@ -143,7 +163,51 @@ impl<'a> Incoming<'a> {
             attempt: None,
             headers: None,
             attributes: &[],
+            sent_at: None,
+            counted_at_receive: false,
+            subscription: None,
         }
+    }
+
+    /// The subscription the message was delivered through: `messaging.destination.subscription.name`
+    /// on the consumer metrics (spans record it from the broker's attributes).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("receive", OperationType::Process), "orders-sub", "orders-sub")
+    ///     .with_subscription(Some("orders-sub"));
+    /// ```
+    pub fn with_subscription(mut self, subscription: Option<&'a str>) -> Self {
+        self.subscription = subscription;
+        self
+    }
+
+    /// When the broker says the message was sent (Kafka record timestamp, Pub/Sub
+    /// `publish_time`, AMQP timestamp): the start of its time in queue
+    /// (`mqtrace.message.queue_time`), and the pipeline's origin when the message starts one.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q")
+    ///     .with_sent_at(Some(std::time::SystemTime::now()));
+    /// ```
+    pub fn with_sent_at(mut self, sent_at: Option<SystemTime>) -> Self {
+        self.sent_at = sent_at;
+        self
+    }
+
+    /// The message was already counted in `messaging.client.consumed.messages` by the receive
+    /// span of its batch ([`super::Instrumentation::record_receive`]), so its process span does
+    /// not count it again.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q")
+    ///     .with_counted_at_receive(true);
+    /// ```
+    pub fn with_counted_at_receive(mut self, counted: bool) -> Self {
+        self.counted_at_receive = counted;
+        self
     }
 
     /// `messaging.message.id`.

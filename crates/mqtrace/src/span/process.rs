@@ -5,8 +5,10 @@ use super::settle::{Settle, SettleError, end_settle_span};
 use crate::attributes as attr;
 use crate::instrument::{Incoming, Instrumentation, SpanFacts, span_name};
 use crate::metrics::Measure;
+use crate::metrics::since;
 use crate::operation::Operation;
 use crate::outcome::Outcome;
+use crate::pipeline::Pipeline;
 use crate::propagation::{ContextIssue, Extracted};
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::context::{FutureExt, WithContext};
@@ -17,7 +19,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Starts the process span of `msg` (see [`Instrumentation::start_process`]), in named steps:
 /// the retry history, the parent-and-links choice ([`parent::choose`]), the span with the
@@ -74,25 +76,87 @@ pub(crate) fn start(
         headers: msg.headers,
         ..SpanFacts::new(msg.operation, msg.destination)
     };
+    // Time in queue and pipeline position: computed (and the clock read) only when metrics
+    // are recorded or the span is sampled, which the sampler decides inside start_span.
+    let metered = start.is_some();
+    let retried = history.previous_attempt.is_some();
+    let sent_pipeline = if trusted {
+        msg.headers.and_then(Pipeline::read)
+    } else {
+        None
+    };
+    let mut timing: Option<Timing> = None;
     let span = inst.start_span(builder, &parent, &facts, |span| {
+        let t = Timing::now(&msg, sent_pipeline, retried);
         record_delivery(span, &msg, trusted, duplicate, &history, &issues);
+        t.record(span);
+        timing = Some(t);
     });
-    let measure = start.map(|start| Measure {
-        op: msg.operation,
-        destination: destination.clone(),
-        start,
+    if metered && timing.is_none() {
+        timing = Some(Timing::now(&msg, sent_pipeline, retried));
+    }
+    let measure = start.map(|start| {
+        let mut m = Measure::new(msg.operation, msg.source, start);
+        m.extra = crate::metrics::consumer_attributes(msg.attributes);
+        if let Some(sub) = msg.subscription
+            && !m
+                .extra
+                .iter()
+                .any(|kv| kv.key.as_str() == attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
+        {
+            m.extra.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                sub.to_owned(),
+            ));
+        }
+        m
     });
     if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
-        m.consumed(metrics, &inst.common());
+        let common = inst.common();
+        if !msg.counted_at_receive {
+            m.consumed(metrics, &common, 1);
+        }
+        if let Some(t) = &timing {
+            m.delivered(metrics, &common, t.queue_time, Some(t.latency));
+        }
     }
-    ProcessSpan::new(
-        inst.clone(),
-        parent.with_span(span),
-        destination,
-        measure,
-        msg.attempt,
-        origin,
-    )
+    let mut cx = parent.with_span(span);
+    if let Some(t) = timing {
+        cx = cx.with_value(t.pipeline);
+    }
+    ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin)
+}
+
+/// A delivery's time in queue and its place in the pipeline, as of the start of processing.
+struct Timing {
+    /// Seconds since the broker's timestamp, clamped at 0, and whether it lay in the future.
+    queue_time: Option<(f64, bool)>,
+    /// Seconds since the pipeline's origin, clamped at 0, and whether it lay in the future.
+    latency: (f64, bool),
+    pipeline: Pipeline,
+}
+
+impl Timing {
+    fn now(msg: &Incoming<'_>, sent: Option<Pipeline>, retried: bool) -> Self {
+        let now = SystemTime::now();
+        let pipeline = Pipeline::after(sent, retried, msg.sent_at, now);
+        Self {
+            queue_time: msg.sent_at.map(|t| since(now, t)),
+            latency: since(now, pipeline.origin),
+            pipeline,
+        }
+    }
+
+    fn record(&self, span: &mut BoxedSpan) {
+        if let Some((q, _)) = self.queue_time {
+            span.set_attribute(KeyValue::new(attr::MESSAGE_QUEUE_TIME, q));
+        }
+        span.set_attribute(KeyValue::new(attr::PIPELINE_LATENCY, self.latency.0));
+        span.set_attribute(KeyValue::new(
+            attr::PIPELINE_STAGE,
+            i64::from(self.pipeline.stage),
+        ));
+    }
 }
 
 /// The process span's links, in order: the creation context, the retry history's origin and
@@ -291,11 +355,7 @@ impl ProcessSpan {
 
     /// The metric measure of a settle operation starting now, when metrics are recorded.
     pub(crate) fn settle_measure(&self, op: Operation) -> Option<Measure> {
-        self.inst.metrics().is_some().then(|| Measure {
-            op,
-            destination: self.destination.clone(),
-            start: Instant::now(),
-        })
+        self.measure.as_ref().map(|m| m.for_operation(op))
     }
 
     /// The delivery attempt recorded on the span, when known (1 = first delivery).
@@ -473,7 +533,7 @@ impl ProcessSpan {
             None => None,
         };
         if let (Some(metrics), Some(m)) = (self.inst.metrics(), &self.measure) {
-            m.processed(metrics, &self.inst.common(), error_type);
+            m.processed(metrics, &self.inst.common(), outcome.as_str(), error_type);
         }
         let span = self.cx.span();
         if span.is_recording() {

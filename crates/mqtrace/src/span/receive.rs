@@ -6,7 +6,6 @@ use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
 use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext};
 use opentelemetry::{Context, KeyValue};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// A receive operation (a poll or pull that returned messages), as the core needs to see it.
@@ -111,14 +110,19 @@ pub(crate) fn record<'c>(
     let mut span = inst.start_span(builder, &Context::current(), &facts, |_| {});
     if let (Some(metrics), Some(d)) = (inst.metrics(), receive.destination) {
         let elapsed = receive.started.elapsed().unwrap_or_default();
-        let m = Measure {
-            op,
-            destination: Arc::from(d),
-            start: Instant::now()
-                .checked_sub(elapsed)
-                .unwrap_or_else(Instant::now),
-        };
-        m.operation_done(metrics, &inst.common(), None, false);
+        let start = Instant::now()
+            .checked_sub(elapsed)
+            .unwrap_or_else(Instant::now);
+        let mut m = Measure::new(op, d, start);
+        m.extra = crate::metrics::consumer_attributes(receive.attributes);
+        m.operation_done(metrics, &inst.common(), None);
+        // Counted here once per delivery; the process spans of the batch do not count again
+        // (`Incoming::with_counted_at_receive`).
+        if let Ok(n) = u64::try_from(count)
+            && n > 0
+        {
+            m.consumed(metrics, &inst.common(), n);
+        }
     }
     let span_context = span.span_context().clone();
     span.end();

@@ -7,6 +7,7 @@ use crate::carrier::Injector;
 use crate::instrument::{Instrumentation, Outgoing, SpanFacts, span_name};
 use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
+use crate::pipeline::Pipeline;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Link, Span, SpanBuilder, SpanContext, SpanKind, Status};
 use opentelemetry::{Context, KeyValue};
@@ -44,14 +45,23 @@ pub(crate) fn start(
     inst.config()
         .propagation()
         .inject(span.span_context(), &parent, headers);
+    // The pipeline's origin travels on from the process span this message is sent in, where
+    // someone records it (metrics here, or a sampled span). A message sent outside any
+    // process span starts a pipeline: its consumer takes the broker's timestamp as the origin,
+    // so it needs no header.
+    if (start.is_some() || span.is_recording())
+        && let Some(pipeline) = parent.get::<Pipeline>()
+    {
+        pipeline.write(headers);
+    }
     let measure = start.map(|start| {
         (
             inst.clone(),
-            Measure {
-                op: msg.operation,
-                destination,
+            Measure::new(
+                msg.operation,
+                msg.metric_destination.unwrap_or(&destination),
                 start,
-            },
+            ),
         )
     });
     SendSpan::new(span, measure)
@@ -65,6 +75,7 @@ pub(crate) fn start_batch<'c>(
     created: impl IntoIterator<Item = &'c SpanContext>,
 ) -> SendSpan {
     debug_assert_eq!(operation.kind(), OperationType::Send);
+    let start = inst.metrics().is_some().then(Instant::now);
     let mut count: i64 = 0;
     let links: Vec<Link> = created
         .into_iter()
@@ -80,7 +91,13 @@ pub(crate) fn start_batch<'c>(
         .with_links(links);
     let facts = SpanFacts::new(operation, destination);
     let span = inst.start_span(builder, &Context::current(), &facts, |_| {});
-    SendSpan::new(span, None)
+    // The batch's duration; its messages are counted as sent by their own spans.
+    let measure = start.map(|start| {
+        let mut m = Measure::new(operation, destination, start);
+        m.sent = false;
+        (inst.clone(), m)
+    });
+    SendSpan::new(span, measure)
 }
 
 /// The span of a message being sent; end it when the broker has answered.
@@ -125,7 +142,7 @@ impl SendSpan {
         if let Some((inst, m)) = self.measure.take()
             && let Some(metrics) = inst.metrics()
         {
-            m.operation_done(metrics, &inst.common(), error_type, true);
+            m.operation_done(metrics, &inst.common(), error_type);
         }
     }
 

@@ -103,12 +103,7 @@ pub(crate) fn end_settle_span(
     error: Option<&SettleError>,
 ) {
     if let (Some(m), Some(metrics)) = (measure, inst.metrics()) {
-        m.operation_done(
-            metrics,
-            &inst.common(),
-            error.map(SettleError::error_type),
-            false,
-        );
+        m.operation_done(metrics, &inst.common(), error.map(SettleError::error_type));
     }
     if span.is_recording() {
         span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
