@@ -20,13 +20,13 @@ use crate::{ACK, NACK};
 use lapin::BasicProperties;
 use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use mqtrace::instrument::Processing;
 use mqtrace::retry::{
     self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
 };
 use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::SpanContext;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -318,20 +318,8 @@ impl RetryBroker for Retrying {
     /// A delay queue holds the copy until its expiration.
     const DELAYS_COPIES: bool = true;
 
-    fn attempt(&self) -> u32 {
-        self.delivery.attempt()
-    }
-
-    fn context(&self) -> &Context {
-        self.delivery.context()
-    }
-
-    fn span_context(&self) -> &SpanContext {
-        self.delivery.span_context()
-    }
-
-    fn origin(&self) -> Option<&SpanContext> {
-        self.delivery.origin()
+    fn processing(&self) -> &Processing {
+        self.delivery.processing()
     }
 
     fn destination(&self, to: &CopyTo<'_>) -> String {

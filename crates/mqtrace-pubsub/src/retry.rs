@@ -10,12 +10,13 @@ use google_cloud_pubsub::error::{AckError, PublishError};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use mqtrace::instrument::Processing;
 use mqtrace::retry::{
     self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
 };
 use mqtrace::{Outcome, Traced as _, instrument::Settle};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -395,20 +396,8 @@ impl RetryBroker for Retrying {
     /// Pub/Sub cannot hold a message back: the copy says when it is due.
     const DELAYS_COPIES: bool = false;
 
-    fn attempt(&self) -> u32 {
-        self.received.attempt()
-    }
-
-    fn context(&self) -> &Context {
-        self.received.handler.context()
-    }
-
-    fn span_context(&self) -> &SpanContext {
-        self.received.handler.span_context()
-    }
-
-    fn origin(&self) -> Option<&SpanContext> {
-        self.received.handler.origin()
+    fn processing(&self) -> &Processing {
+        self.received.handler.processing()
     }
 
     fn destination(&self, to: &CopyTo<'_>) -> String {

@@ -7,13 +7,12 @@ use crate::headers::{KafkaHeaders, OwnedHeadersWriter, copy_without};
 use crate::message::TracedMessage;
 use crate::producer::TracedFutureProducer;
 use mqtrace::Traced as _;
+use mqtrace::instrument::Processing;
 use mqtrace::retry::{
     self, CopyHeaders, CopyTo, Decision, HandlerError, OWNED_HEADERS, RetryBroker, RetryPolicy,
     Settlement,
 };
-use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::SpanContext;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -492,20 +491,8 @@ where
     /// Kafka cannot hold a message back: the copy says when it is due.
     const DELAYS_COPIES: bool = false;
 
-    fn attempt(&self) -> u32 {
-        self.message.attempt()
-    }
-
-    fn context(&self) -> &Context {
-        self.message.context()
-    }
-
-    fn span_context(&self) -> &SpanContext {
-        self.message.span_context()
-    }
-
-    fn origin(&self) -> Option<&SpanContext> {
-        self.message.origin()
+    fn processing(&self) -> &Processing {
+        self.message.processing()
     }
 
     fn destination(&self, to: &CopyTo<'_>) -> String {

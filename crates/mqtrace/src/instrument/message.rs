@@ -82,7 +82,7 @@ impl<'a> Outgoing<'a> {
         self
     }
 
-    /// The body size, recorded only when [`Config::with_body_size`] is on.
+    /// The body size, recorded only when [`crate::Config::with_body_size`] is on.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};
@@ -232,7 +232,7 @@ impl<'a> Incoming<'a> {
         self
     }
 
-    /// The body size, recorded only when [`Config::with_body_size`] is on.
+    /// The body size, recorded only when [`crate::Config::with_body_size`] is on.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};

@@ -7,6 +7,7 @@ use super::history::{CopyHeaders, CopyTo};
 use super::policy::{Decision, RetryPolicy};
 use crate::Outcome;
 use crate::attributes as attr;
+use crate::instrument::Processing;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
@@ -43,17 +44,14 @@ pub struct Settlement {
 /// crate's `RetryQueues::handle` / `RetryTopics::handle` instead.
 ///
 /// ```no_run
+/// use mqtrace::instrument::Processing;
 /// use mqtrace::retry::{CopyHeaders, CopyTo, RetryBroker, Settlement};
-/// use opentelemetry::{Context, trace::SpanContext};
-/// struct Delivery { cx: Context, sc: SpanContext }
+/// struct Delivery { processing: Processing }
 /// impl RetryBroker for Delivery {
 ///     type PublishError = std::io::Error;
 ///     type SettleError = std::io::Error;
 ///     const DELAYS_COPIES: bool = false;
-///     fn attempt(&self) -> u32 { 1 }
-///     fn context(&self) -> &Context { &self.cx }
-///     fn span_context(&self) -> &SpanContext { &self.sc }
-///     fn origin(&self) -> Option<&SpanContext> { None }
+///     fn processing(&self) -> &Processing { &self.processing }
 ///     fn destination(&self, to: &CopyTo<'_>) -> String {
 ///         match to { CopyTo::Retry { .. } => "orders.retry".into(), CopyTo::DeadLetter { .. } => "orders.dlq".into() }
 ///     }
@@ -73,17 +71,29 @@ pub trait RetryBroker: Sized {
     /// [`NOT_BEFORE_HEADER`](super::NOT_BEFORE_HEADER) and the consumer waits.
     const DELAYS_COPIES: bool;
 
+    /// The delivery's process span, held by its traced message ([`crate::Traced::processing`]):
+    /// where the delivery stands.
+    fn processing(&self) -> &Processing;
+
     /// The delivery attempt (1 = first delivery).
-    fn attempt(&self) -> u32;
+    fn attempt(&self) -> u32 {
+        self.processing().attempt().unwrap_or(1)
+    }
 
     /// The context holding the process span (the handler runs inside it).
-    fn context(&self) -> &Context;
+    fn context(&self) -> &Context {
+        self.processing().context()
+    }
 
     /// The process span's context, written into the copy as the previous attempt.
-    fn span_context(&self) -> &SpanContext;
+    fn span_context(&self) -> &SpanContext {
+        self.processing().span_context()
+    }
 
     /// The creation context of the message's first delivery, written into the copy.
-    fn origin(&self) -> Option<&SpanContext>;
+    fn origin(&self) -> Option<&SpanContext> {
+        self.processing().origin()
+    }
 
     /// The name of the destination a copy going `to` is published to (for reasons and
     /// errors).

@@ -102,7 +102,7 @@ pub(crate) fn start_batch<'c>(
 
 /// The span of a message being sent; end it when the broker has answered.
 ///
-/// Started by [`crate::Instrumentation::start_send`]. Dropping it unended ends it too,
+/// Started by [`crate::instrument::Instrumentation::start_send`]. Dropping it unended ends it too,
 /// recording that the send was abandoned before the broker answered (no span is left open).
 ///
 /// ```
