@@ -421,3 +421,306 @@ async fn rabbitmq_failed_ack_after_broker_kill_is_unsettled_with_error_type() {
     })
     .await;
 }
+
+// ----- trace exporter unreachable or black-holed -----
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts the spans the batch processor hands to the exporter (the rest were dropped by its
+/// queue).
+#[derive(Debug)]
+struct Handed<E> {
+    inner: E,
+    count: Arc<AtomicUsize>,
+}
+
+impl<E: SpanExporter> SpanExporter for Handed<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.count.fetch_add(batch.len(), Ordering::Relaxed);
+        self.inner.export(batch).await
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+}
+
+/// Counts the spans that ended.
+#[derive(Debug)]
+struct Ended(Arc<AtomicUsize>);
+
+impl SpanProcessor for Ended {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+    fn on_end(&self, _span: SpanData) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// An exporter that accepts every batch at once (the baseline).
+#[derive(Debug)]
+struct Accept;
+
+impl SpanExporter for Accept {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+/// Where the spans go.
+#[derive(Clone, Copy, Debug)]
+enum Collector {
+    /// An exporter that accepts at once.
+    Healthy,
+    /// OTLP/HTTP to a loopback port nothing listens on (connection refused).
+    Refused,
+    /// OTLP/HTTP to a loopback listener that accepts and never answers.
+    BlackHole,
+}
+
+/// A loopback port that refuses connections (bound, then closed).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    port
+}
+
+/// A loopback listener that accepts connections and never reads or answers; it lives until
+/// the test process ends.
+fn black_hole() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+fn otlp(port: u16) -> opentelemetry_otlp::SpanExporter {
+    use opentelemetry_otlp::WithExportConfig as _;
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("http://127.0.0.1:{port}/v1/traces"))
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .expect("OTLP exporter")
+}
+
+/// The process's resident set size in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Run {
+    messages: usize,
+    rate: f64,
+    slowest_call: Duration,
+    rss_growth_kib: i64,
+    ended: usize,
+    handed: usize,
+}
+
+/// `messages` messages through the shared RabbitMQ (publish, consume, ack, all traced) with
+/// spans going through a `BatchSpanProcessor` with `queue` / `batch` to `collector`.
+async fn flow(collector: Collector, messages: usize, queue: usize, batch: usize) -> Run {
+    let handed = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(queue)
+        .with_max_export_batch_size(batch)
+        .build();
+    let count = handed.clone();
+    let processor = tokio::task::spawn_blocking(move || match collector {
+        Collector::Healthy => BatchSpanProcessor::builder(Handed {
+            inner: Accept,
+            count,
+        })
+        .with_batch_config(config)
+        .build(),
+        Collector::Refused => BatchSpanProcessor::builder(Handed {
+            inner: otlp(closed_port()),
+            count,
+        })
+        .with_batch_config(config)
+        .build(),
+        Collector::BlackHole => BatchSpanProcessor::builder(Handed {
+            inner: otlp(black_hole()),
+            count,
+        })
+        .with_batch_config(config)
+        .build(),
+    })
+    .await
+    .expect("build the processor");
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_span_processor(Ended(ended.clone()))
+        .build();
+    let config = mqtrace::Config::new().with_tracer_provider(provider.clone());
+    let conn = mqtrace_integration_tests::rabbitmq(config).await;
+    let pch = conn.create_channel().await.expect("channel");
+    let cch = conn.create_channel().await.expect("channel");
+    let q = unique("fault-exporter");
+    cch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue_declare");
+    let mut consumer = consume_on(&cch, &q, 1000).await;
+
+    let warm = messages / 10;
+    let mut rss_warm = 0;
+    let start = Instant::now();
+    let publish = async {
+        let mut slowest = Duration::ZERO;
+        for i in 0..messages {
+            let t0 = Instant::now();
+            pch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b"payload",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic_publish")
+            .await
+            .expect("publish answer");
+            slowest = slowest.max(t0.elapsed());
+            if i % 2000 == 1999 {
+                // Let the consumer keep up, as a producer that watches its queue would.
+                tokio::task::yield_now().await;
+            }
+        }
+        slowest
+    };
+    let consume = async {
+        let mut slowest = Duration::ZERO;
+        for i in 0..messages {
+            let t0 = Instant::now();
+            let d = mqtrace_integration_tests::next_delivery(&mut consumer).await;
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+            slowest = slowest.max(t0.elapsed());
+            if i == warm {
+                rss_warm = rss_kib();
+            }
+        }
+        slowest
+    };
+    let (p, c) = tokio::join!(publish, consume);
+    let elapsed = start.elapsed();
+    let rss_end = rss_kib();
+    let run = Run {
+        messages,
+        rate: messages as f64 / elapsed.as_secs_f64(),
+        slowest_call: p.max(c),
+        rss_growth_kib: rss_end as i64 - rss_warm as i64,
+        ended: ended.load(Ordering::Relaxed),
+        handed: handed.load(Ordering::Relaxed),
+    };
+    drop(consumer);
+    // Shutting down exports what is queued, which a black hole holds for the export timeout:
+    // do it off the test's path.
+    std::thread::spawn(move || {
+        drop(conn);
+        let _ = provider.shutdown();
+    });
+    run
+}
+
+fn fault_messages() -> usize {
+    std::env::var("MQTRACE_FAULT_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// The exporter refused or black-holed: messages flow at the healthy rate, no call blocks,
+/// memory stays bounded, and the batch queue drops spans (by the SDK's design) instead.
+/// `MQTRACE_FAULT_MESSAGES` sets the messages per run (default 20 000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_or_black_holed_exporter_does_not_slow_or_grow_the_flow() {
+    let n = fault_messages();
+    let limit = Duration::from_secs(60) + Duration::from_millis(n as u64 * 2);
+    let body = async {
+        let healthy = flow(Collector::Healthy, n, 2048, 512).await;
+        eprintln!("healthy collector: {healthy:?}");
+        let mut runs = Vec::new();
+        for (collector, queue, batch) in [
+            (Collector::Refused, 2048, 512),
+            (Collector::BlackHole, 2048, 512),
+            (Collector::BlackHole, 65_536, 2048),
+        ] {
+            let run = flow(collector, n, queue, batch).await;
+            eprintln!("{collector:?}, queue {queue}, batch {batch}: {run:?}");
+            runs.push((collector, queue, run));
+        }
+        assert_eq!(healthy.ended, 3 * n, "publish, process and ack spans");
+        for (collector, queue, run) in &runs {
+            assert_eq!(
+                run.ended,
+                3 * run.messages,
+                "{collector:?}: every span ends"
+            );
+            assert!(
+                run.rate >= healthy.rate * 0.5,
+                "{collector:?}: {:.0} msg/s against {:.0} healthy",
+                run.rate,
+                healthy.rate
+            );
+            assert!(
+                run.slowest_call < Duration::from_secs(2),
+                "{collector:?}: a call waited {:?}",
+                run.slowest_call
+            );
+            // Bounded by the queue (a span here is well under 2 KiB), not by the messages.
+            let bound = 32 * 1024 + (*queue as i64 * 2);
+            assert!(
+                run.rss_growth_kib < bound,
+                "{collector:?}: RSS grew {} KiB over {} messages",
+                run.rss_growth_kib,
+                run.messages
+            );
+            if matches!(collector, Collector::BlackHole) && run.messages * 3 > *queue + 2048 * 4 {
+                assert!(
+                    run.handed < run.ended,
+                    "{collector:?}: a collector that never answers cannot take every span"
+                );
+            }
+        }
+    };
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the flow did not finish within {limit:?}: something blocked");
+    }
+}
