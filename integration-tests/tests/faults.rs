@@ -886,3 +886,148 @@ async fn kafka_broker_killed_ends_every_span_and_surfaces_rdkafka_errors() {
     })
     .await;
 }
+
+// ----- Pub/Sub (a private emulator, in memory) killed and restarted -----
+
+use google_cloud_pubsub::model::Message as PubSubMessage;
+use mqtrace_pubsub::{Emulator, TracedPublisher, TracedSubscriber};
+
+const FAULT_PUBSUB: &str = "127.0.0.1:18085";
+
+/// What a future gives within `limit`, as text, to compare the traced client with the raw one.
+async fn outcome<T, E: std::fmt::Debug>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> String {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error {e:?}"),
+        Err(_) => "no answer".to_owned(),
+    }
+}
+
+/// The emulator killed with a message in hand and a publish in flight: the traced publish
+/// answers as the raw client does, every span ends, and after the restart tracing works as
+/// before. The emulator keeps nothing across a restart, so nothing is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_emulator_killed_ends_every_span_and_answers_as_the_client_does() {
+    let mut broker = PrivateBroker::start("pubsub");
+    within(async {
+        let t = TestTelemetry::new();
+        let ps = mqtrace_integration_tests::pubsub::try_pubsub(Emulator::new(FAULT_PUBSUB))
+            .await
+            .expect("the private emulator");
+        let topic = ps.create_topic(&unique("fault-ps")).await;
+        let sub = ps
+            .create_subscription(&unique("fault-ps-sub"), &topic, |s| s)
+            .await;
+        let inst = ps.emulator.instrumentation(t.config());
+        let publisher = TracedPublisher::new(
+            ps.emulator
+                .publisher(&topic)
+                .build()
+                .await
+                .expect("publisher"),
+            &topic,
+            inst.clone(),
+        );
+        let raw = ps.emulator.publisher(&topic).build().await.expect("raw");
+        for i in 0..3 {
+            publisher
+                .publish(PubSubMessage::new().set_data(i.to_string()))
+                .await
+                .expect("publish");
+        }
+        let client = ps.emulator.subscriber().build().await.expect("subscriber");
+        let mut stream = TracedSubscriber::new(client, inst.clone())
+            .subscribe(&sub)
+            .build();
+        let (_, first) = mqtrace_integration_tests::pubsub::next_message(&mut stream).await;
+        first.ack();
+        let (_, held) = mqtrace_integration_tests::pubsub::next_message(&mut stream).await;
+
+        broker.kill();
+
+        let limit = Duration::from_secs(10);
+        let traced = outcome(
+            limit,
+            publisher.publish(PubSubMessage::new().set_data("during the outage")),
+        )
+        .await;
+        let untraced = outcome(
+            limit,
+            raw.publish(PubSubMessage::new().set_data("during the outage")),
+        )
+        .await;
+        // Errors carry no timings here; compare their kind (first word) if they differ.
+        let kind = |s: &str| {
+            s.split([' ', '(', '{'])
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(kind(&traced), kind(&untraced), "{traced} / {untraced}");
+        assert_ne!(traced, "ok", "a publish to a dead emulator cannot succeed");
+        eprintln!("pubsub publish during the outage: traced {traced}; raw {untraced}");
+        held.nack();
+        drop(stream);
+
+        let short_topic = mqtrace_pubsub::short_name(&topic).to_owned();
+        let short_sub = mqtrace_pubsub::short_name(&sub).to_owned();
+        let process = format!("subscribe {short_sub}");
+        let spans = wait(&t, &process, 2).await;
+        assert_eq!(spans.named(&process).len(), 2, "{}", spans.tree());
+
+        broker.restart();
+        // The publish dropped during the outage: its span ends when the client answers (the
+        // client retries until the emulator is back and then hears that the topic is gone).
+        let create = format!("create {short_topic}");
+        let spans = wait(&t, &create, 4).await;
+        let create_spans = spans.named(&create);
+        assert_eq!(
+            create_spans.len(),
+            4,
+            "every publish span ended: {}",
+            spans.tree()
+        );
+        assert_eq!(
+            create_spans.iter().filter(|s| s.is_error()).count(),
+            1,
+            "the publish during the outage is an error: {}",
+            spans.tree()
+        );
+        let t2 = TestTelemetry::new();
+        let ps = mqtrace_integration_tests::pubsub::try_pubsub(Emulator::new(FAULT_PUBSUB))
+            .await
+            .expect("the restarted emulator");
+        let topic = ps.create_topic(&unique("fault-ps-after")).await;
+        let sub = ps
+            .create_subscription(&unique("fault-ps-after-sub"), &topic, |s| s)
+            .await;
+        let inst = ps.emulator.instrumentation(t2.config());
+        let publisher = TracedPublisher::new(
+            ps.emulator
+                .publisher(&topic)
+                .build()
+                .await
+                .expect("publisher"),
+            &topic,
+            inst.clone(),
+        );
+        publisher
+            .publish(PubSubMessage::new().set_data("after"))
+            .await
+            .expect("publish after restart");
+        let client = ps.emulator.subscriber().build().await.expect("subscriber");
+        let mut stream = TracedSubscriber::new(client, inst).subscribe(&sub).build();
+        let (_, h) = mqtrace_integration_tests::pubsub::next_message(&mut stream).await;
+        h.ack();
+        let short_topic = mqtrace_pubsub::short_name(&topic).to_owned();
+        let short_sub = mqtrace_pubsub::short_name(&sub).to_owned();
+        let spans = wait(&t2, &format!("ack {short_sub}"), 1).await;
+        let c = spans.one(&format!("create {short_topic}"));
+        let p = spans.one(&format!("subscribe {short_sub}"));
+        assert_eq!(p.span_context.trace_id(), c.span_context.trace_id());
+    })
+    .await;
+}
