@@ -1031,3 +1031,105 @@ async fn pubsub_emulator_killed_ends_every_span_and_answers_as_the_client_does()
     })
     .await;
 }
+
+// ----- lapin's parser and deeply nested header tables (issue 14 item 11) -----
+
+/// Levels of nesting of the header table: 500 (3.5 KB on the wire) kill a debug build's
+/// consumer (lapin's own publish of 1000 levels overflows in its serializer first); about
+/// 3000 (21 KB) were reported for optimized builds.
+const NESTED_LEVELS: usize = if cfg!(debug_assertions) { 500 } else { 3000 };
+
+/// The reproducer for lapin's maintainers, run in a child process (it aborts): publish a header
+/// table nested `NESTED_LEVELS` deep and consume it with plain lapin.
+async fn nested_headers_reproducer() {
+    use lapin::types::AMQPValue;
+    let conn = Connection::connect(FAULT_AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = std::env::var("MQTRACE_NESTED_QUEUE").expect("queue name");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let levels = std::env::var("MQTRACE_NESTED_LEVELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NESTED_LEVELS);
+    let mut table = FieldTable::default();
+    for _ in 0..levels {
+        let mut outer = FieldTable::default();
+        outer.insert("a".into(), AMQPValue::FieldTable(table));
+        table = outer;
+    }
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default().with_headers(table),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    eprintln!("published a header table nested {levels} deep");
+    let mut consumer = ch
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let next = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await;
+    eprintln!(
+        "consumer survived: {:?}",
+        next.map(|n| n.map(|d| d.is_ok()))
+    );
+}
+
+/// Documents a limit outside mqtrace: plain lapin (no mqtrace in the process) dies of a stack
+/// overflow on a header table nested a few thousand levels deep. Runs the reproducer in a
+/// child process against the private node. Fails once lapin survives it, so the README's limit
+/// can be revisited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_dies_of_a_stack_overflow_on_deeply_nested_headers() {
+    if std::env::var_os("MQTRACE_NESTED_CHILD").is_some() {
+        nested_headers_reproducer().await;
+        return;
+    }
+    let _node = RABBITMQ_NODE.lock().await;
+    let _broker = PrivateBroker::start("rabbitmq");
+    let q = unique("nested");
+    let child = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "lapin_dies_of_a_stack_overflow_on_deeply_nested_headers",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("MQTRACE_NESTED_CHILD", "1")
+            .env("MQTRACE_NESTED_QUEUE", &q)
+            .output()
+            .expect("run the child")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("the child ends within 60 s")
+        .expect("child task");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("child: {:?}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("published a header table nested"),
+        "the publish went through: {stderr}"
+    );
+    assert!(
+        !out.status.success() && stderr.contains("overflowed its stack"),
+        "lapin's consumer died of a stack overflow: {stderr}"
+    );
+}
