@@ -97,7 +97,10 @@ pub use retry::{RetryError, RetryTopics};
 /// # }
 /// ```
 pub mod prelude {
-    pub use crate::{TracedFutureProducer, TracedMessage, TracedStreamConsumer};
+    pub use crate::{
+        OwnedTracedMessage, TracedBaseConsumer, TracedFutureProducer, TracedMessage,
+        TracedStreamConsumer,
+    };
     pub use mqtrace::Traced;
 }
 

@@ -76,6 +76,7 @@ impl<'a> TracedMessage<'a> {
     ///
     /// ```no_run
     /// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+    /// use mqtrace_rdkafka::prelude::*;
     /// let message = consumer.recv().await?.detach();
     /// let worker = consumer.clone();
     /// tokio::spawn(async move {
@@ -143,6 +144,7 @@ impl Traced for TracedMessage<'_> {
 ///
 /// ```no_run
 /// # async fn demo(consumer: std::sync::Arc<mqtrace_rdkafka::TracedStreamConsumer>) -> rdkafka::error::KafkaResult<()> {
+/// use mqtrace_rdkafka::prelude::*;
 /// use rdkafka::Message;
 /// let message: mqtrace_rdkafka::OwnedTracedMessage = consumer.recv().await?.detach();
 /// let consumer = consumer.clone();
