@@ -1679,3 +1679,74 @@ mod retries {
         .await;
     }
 }
+
+/// A handler that republishes a received message's header table while handling another
+/// context: the forwarded `traceparent`, `tracestate` and `baggage` are replaced whole by the
+/// current context's, never sent beside it (issue: stale context forwarded).
+#[tokio::test]
+async fn forwarded_headers_carry_one_context_the_current_one() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        let (q_in, q_out) = (unique("fwd-in"), unique("fwd-out"));
+        declare_queue(&ch, &q_in, FieldTable::default()).await;
+        declare_queue(&ch, &q_out, FieldTable::default()).await;
+        let stale = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut forwarded = FieldTable::default();
+        for (k, v) in [
+            ("traceparent", stale),
+            ("tracestate", "stale=1"),
+            ("baggage", "tenant=old"),
+            ("order-id", "o-7"),
+        ] {
+            forwarded.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+        }
+        // The headers of a message received earlier, republished inside a span of a new trace.
+        let root = t.provider().tracer("app").start("new work");
+        let cx = Context::current_with_span(root);
+        publish(
+            &ch,
+            "",
+            &q_out,
+            b"x",
+            BasicProperties::default().with_headers(forwarded),
+        )
+        .with_context(cx.clone())
+        .await;
+        cx.span().end();
+        let got = Channel::basic_get(
+            &ch,
+            q_out.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic_get")
+        .expect("a message");
+        let headers = got.properties.headers().clone().expect("headers");
+        let text = |k: &str| match headers.inner().get(k) {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            _ => None,
+        };
+        let spans = wait(&t, &format!("publish {q_out}"), 1).await;
+        let send = spans.one(&format!("publish {q_out}"));
+        let traceparent = text("traceparent").expect("a traceparent");
+        assert!(
+            traceparent.contains(&send.span_context.trace_id().to_string())
+                && traceparent.contains(&send.span_context.span_id().to_string()),
+            "{traceparent} is not the send span's"
+        );
+        assert_eq!(
+            text("tracestate"),
+            None,
+            "the forwarded tracestate was kept"
+        );
+        assert_eq!(text("baggage"), None, "the forwarded baggage was kept");
+        assert_eq!(
+            text("order-id").as_deref(),
+            Some("o-7"),
+            "a user header was lost"
+        );
+    })
+    .await;
+}

@@ -141,6 +141,8 @@ impl TracedChannel {
                     exchange.as_str()
                 });
             let mut table = headers.take().unwrap_or_default();
+            // A context forwarded with the user's headers is replaced whole, never mixed.
+            AmqpHeadersMut::remove_context(&mut table, self.inst.config().propagation());
             let span = self.inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
             stamped = crate::timestamp::stamp(&properties, &mut table);
             if properties.headers().is_some() || !table.inner().is_empty() {

@@ -25,6 +25,39 @@ impl Injector for AmqpHeadersMut<'_> {
     }
 }
 
+impl AmqpHeadersMut<'_> {
+    /// Takes out of `table` every header `propagation` writes (`traceparent`, `tracestate`,
+    /// `baggage` for W3C; any spelling of the name), so a context forwarded with the user's
+    /// headers (a handler republishing a received message's table) is replaced whole by the new
+    /// one, never mixed with it. Returns whether anything was taken out; the table is untouched
+    /// (no copy) when there was nothing to take.
+    ///
+    /// ```
+    /// use lapin::types::{AMQPValue, FieldTable, LongString};
+    /// let mut table = FieldTable::default();
+    /// table.insert("tracestate".into(), AMQPValue::LongString(LongString::from("a=1")));
+    /// table.insert("order".into(), AMQPValue::LongString(LongString::from("o-1")));
+    /// assert!(mqtrace_lapin::AmqpHeadersMut::remove_context(&mut table, &mqtrace::Propagation::W3c));
+    /// assert!(!table.contains_key("tracestate") && table.contains_key("order"));
+    /// ```
+    pub fn remove_context(table: &mut FieldTable, propagation: &mqtrace::Propagation) -> bool {
+        let is_field = |k: &str| {
+            if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                propagation.is_field(&k.to_ascii_lowercase())
+            } else {
+                propagation.is_field(k)
+            }
+        };
+        if !table.inner().keys().any(|k| is_field(k.as_str())) {
+            return false;
+        }
+        let mut inner = table.inner().clone();
+        inner.retain(|k, _| !is_field(k.as_str()));
+        *table = FieldTable::from(inner);
+        true
+    }
+}
+
 /// Reads trace context from an AMQP header table.
 ///
 /// `LongString`, `ShortString` and `ByteArray` values are read as UTF-8 text; a one-element
