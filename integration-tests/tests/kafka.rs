@@ -1313,9 +1313,8 @@ async fn python_confluent_kafka_instrumentation_and_mqtrace_continue_each_others
 
 mod retries {
     use super::*;
-    use mqtrace::carrier::HeaderExtractor;
-    use mqtrace::retry::{DEAD_LETTER_REASON_HEADER, Decision, HandlerError, RetryPolicy};
-    use mqtrace_rdkafka::{KafkaHeaders, RetryError, RetryTopics};
+    use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+    use mqtrace_rdkafka::{RetryError, RetryTopics};
     use rdkafka::topic_partition_list::TopicPartitionList;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -1364,13 +1363,6 @@ mod retries {
                     && !["traceparent", "tracestate", "baggage"].contains(&&**k)
             })
             .collect()
-    }
-
-    fn header(m: &BorrowedMessage<'_>, key: &str) -> Option<String> {
-        match KafkaHeaders(m.headers()).header(key) {
-            Some(Ok(v)) => Some(v.to_owned()),
-            _ => None,
-        }
     }
 
     fn id(m: &BorrowedMessage<'_>) -> u32 {
@@ -1572,123 +1564,6 @@ mod retries {
                     "{topic}/{partition}: its one message committed"
                 );
             }
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn poison_messages_are_dead_lettered_with_their_reason_and_keep_the_trace() {
-        within(async {
-            let t = TestTelemetry::new();
-            let (topic, producer, retries) = declared(&t, "poison", fast(3), 1).await;
-            send(&producer, &topic, "p", Some(b"permanent"), None).await;
-            send(&producer, &topic, "t", Some(b"always-transient"), None).await;
-            let consumer = subscribed(&t, &retries);
-            let mut dead = 0;
-            for _ in 0..4 {
-                let m = next_message(&consumer).await;
-                let decision = retries
-                    .handle(&consumer, m, async |m| {
-                        if m.payload() == Some(&b"permanent"[..]) {
-                            Err(HandlerError::permanent("order has no items")
-                                .with_error_type("invalid_order"))
-                        } else {
-                            Err(HandlerError::transient("db down"))
-                        }
-                    })
-                    .await
-                    .expect("carried out");
-                if matches!(decision, Decision::DeadLetter { .. }) {
-                    dead += 1;
-                }
-            }
-            assert_eq!(dead, 2);
-
-            let dlq_name = retries.dead_letter_topic();
-            let dlq = consumer_with(t.config(), consumer_config(&unique("dlq")), &[&dlq_name]);
-            let mut reasons = Vec::new();
-            for _ in 0..2 {
-                let m = next_message(&dlq).await;
-                reasons.push((
-                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    header(&m, DEAD_LETTER_REASON_HEADER).expect("a reason header"),
-                    m.attempt(),
-                ));
-                assert!(header(&m, mqtrace::retry::NOT_BEFORE_HEADER).is_none());
-                dlq.commit_message(&m, CommitMode::Sync).expect("commit");
-            }
-            reasons.sort();
-            assert_eq!(
-                reasons,
-                [
-                    (
-                        "always-transient".into(),
-                        "t".into(),
-                        "gave up after 3 of 3 attempts: db down".into(),
-                        3
-                    ),
-                    (
-                        "permanent".into(),
-                        "p".into(),
-                        "permanent failure: order has no items".into(),
-                        1
-                    ),
-                ]
-            );
-
-            let spans = wait(&t, &format!("commit {dlq_name}"), 2).await;
-            let dead_processes = spans.named(&format!("process {dlq_name}"));
-            assert_eq!(dead_processes.len(), 2);
-            for dead_process in dead_processes {
-                // The dead-letter consumer continues the trace of the message's producer.
-                let trace = dead_process.span_context.trace_id();
-                let original = spans
-                    .named(&format!("send {topic}"))
-                    .into_iter()
-                    .find(|p| p.span_context.trace_id() == trace)
-                    .expect("the original send is in the same trace");
-                let dl_send = spans
-                    .named(&format!("send {dlq_name}"))
-                    .into_iter()
-                    .find(|p| p.span_context.span_id() == dead_process.parent_span_id)
-                    .expect("the dead-letter send is the parent");
-                let last_attempt = spans
-                    .by_id(dl_send.parent_span_id)
-                    .expect("the last attempt");
-                last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
-                assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
-                let prev = dead_process
-                    .link_of_type("previous_attempt")
-                    .expect("previous");
-                assert_eq!(
-                    prev.span_context.span_id(),
-                    last_attempt.span_context.span_id()
-                );
-                let origin = dead_process.link_of_type("origin").expect("origin");
-                assert_eq!(
-                    origin.span_context.span_id(),
-                    original.span_context.span_id()
-                );
-                // The original's offset is committed with outcome dead_letter.
-                let commit = spans
-                    .children_of(last_attempt)
-                    .into_iter()
-                    .find(|s| s.name.starts_with("commit "))
-                    .expect("the last attempt's commit");
-                commit.assert_attr(attr::OUTCOME, "dead_letter");
-            }
-            let permanent = spans
-                .named(&format!("process {topic}"))
-                .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
-                .expect("the permanent failure's span");
-            permanent.assert_attr(attr::OUTCOME, "dead_letter");
-            permanent.assert_attr(
-                attr::OUTCOME_REASON,
-                "permanent failure: order has no items",
-            );
-            assert!(permanent.attr(attr::RETRY_DELAY).is_none(), "not retried");
         })
         .await;
     }

@@ -843,17 +843,14 @@ mod retries {
     use mqtrace_integration_tests::WAIT;
     use mqtrace_integration_tests::pubsub::topic as topic_name;
     use mqtrace_pubsub::{RetryError, RetryStream, RetryTopics, TracedHandler};
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A topic and its subscription, with the subscription's retry topic and subscription and a
-    /// dead-letter topic and subscription.
+    /// dead-letter topic (its subscription is read in tests/conformance.rs).
     struct Retrying {
         s: Setup,
         retry_topic: String,
         retry_sub: String,
         dlq_topic: String,
-        dlq_sub: String,
         topics: RetryTopics,
     }
 
@@ -864,9 +861,6 @@ mod retries {
             s.ps.create_subscription(&unique("billing-retry"), &retry_topic, |x| x)
                 .await;
         let dlq_topic = s.ps.create_topic(&unique("billing-dlq")).await;
-        let dlq_sub =
-            s.ps.create_subscription(&unique("billing-dlq"), &dlq_topic, |x| x)
-                .await;
         let topics = RetryTopics::declare(
             (
                 s.publisher_to(&retry_topic, |b| b).await,
@@ -882,7 +876,6 @@ mod retries {
             retry_topic,
             retry_sub,
             dlq_topic,
-            dlq_sub,
             topics,
         }
     }
@@ -920,13 +913,6 @@ mod retries {
             Ok(None) => panic!("the stream ended"),
             Err(_) => panic!("no message within {WAIT:?} ({stream:?})"),
         }
-    }
-
-    fn id_of(m: &Message) -> u32 {
-        std::str::from_utf8(&m.data)
-            .expect("utf8")
-            .parse()
-            .expect("id")
     }
 
     #[tokio::test]
@@ -1096,113 +1082,6 @@ mod retries {
     }
 
     #[tokio::test]
-    async fn poison_and_permanent_failures_are_dead_lettered_with_their_reason_and_keep_the_trace()
-    {
-        within(async {
-            let r = retrying(fast(3)).await;
-            let publisher = r.s.publisher().await;
-            publish(&publisher, Message::new().set_data("permanent")).await;
-            publish(&publisher, Message::new().set_data("always-transient")).await;
-            let mut stream = r.stream().await;
-            let mut dead = 0;
-            for _ in 0..4 {
-                let (m, handler) = next_of(&mut stream).await;
-                let decision = r
-                    .topics
-                    .handle((m, handler), async |m| {
-                        if &m.data[..] == b"permanent" {
-                            Err(HandlerError::permanent("order has no items")
-                                .with_error_type("invalid_order"))
-                        } else {
-                            Err(HandlerError::transient("db down"))
-                        }
-                    })
-                    .await
-                    .expect("carried out");
-                if matches!(decision, Decision::DeadLetter { .. }) {
-                    dead += 1;
-                }
-            }
-            assert_eq!(dead, 2);
-            stream.shutdown().await;
-
-            let mut dlq = r.s.stream(&r.dlq_sub).await;
-            let mut reasons = Vec::new();
-            for _ in 0..2 {
-                let (m, handler) = next_message(&mut dlq).await;
-                reasons.push((
-                    String::from_utf8_lossy(&m.data).into_owned(),
-                    m.attributes
-                        .get("mqtrace-dead-letter-reason")
-                        .cloned()
-                        .expect("reason attribute"),
-                    handler.attempt(),
-                ));
-                handler.ack();
-            }
-            reasons.sort();
-            assert_eq!(
-                reasons,
-                [
-                    (
-                        "always-transient".into(),
-                        "gave up after 3 of 3 attempts: db down".into(),
-                        3
-                    ),
-                    (
-                        "permanent".into(),
-                        "permanent failure: order has no items".into(),
-                        1
-                    ),
-                ]
-            );
-
-            let dlq_sub = short(&r.dlq_sub);
-            let spans = r.s.wait(&format!("ack {dlq_sub}"), 2).await;
-            let creates = spans.named(&format!("create {}", short(&r.s.topic)));
-            for dead_process in spans.named(&format!("subscribe {dlq_sub}")) {
-                // The dead-letter consumer continues the trace of the message's producer.
-                let create = creates
-                    .iter()
-                    .find(|c| c.span_context.trace_id() == dead_process.span_context.trace_id())
-                    .unwrap_or_else(|| panic!("not in a producer's trace:\n{}", spans.tree()));
-                let dl_create = spans
-                    .named(&format!("create {}", short(&r.dlq_topic)))
-                    .into_iter()
-                    .find(|p| p.span_context.span_id() == dead_process.parent_span_id)
-                    .expect("the dead-letter copy's create span is the parent");
-                let last_attempt = spans
-                    .by_id(dl_create.parent_span_id)
-                    .expect("the last attempt made the copy");
-                last_attempt.assert_attr(attr::OUTCOME, "dead_letter");
-                assert!(last_attempt.attr_str(attr::OUTCOME_REASON).is_some());
-                assert!(last_attempt.is_error());
-                let prev = dead_process
-                    .link_of_type("previous_attempt")
-                    .expect("previous");
-                assert_eq!(
-                    prev.span_context.span_id(),
-                    last_attempt.span_context.span_id()
-                );
-                let origin = dead_process.link_of_type("origin").expect("origin");
-                assert_eq!(origin.span_context.span_id(), create.span_context.span_id());
-            }
-            let permanent = r
-                .attempts(&spans)
-                .into_iter()
-                .find(|s| s.attr_str(attr::ERROR_TYPE) == Some("invalid_order"))
-                .expect("permanent failure span");
-            permanent.assert_attr(attr::OUTCOME, "dead_letter");
-            permanent.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
-            permanent.assert_attr(
-                attr::OUTCOME_REASON,
-                "permanent failure: order has no items",
-            );
-        })
-        .await;
-    }
-
-    #[tokio::test]
     async fn a_panicking_or_hanging_handler_is_a_failure_and_the_message_is_not_lost() {
         within(async {
             let r = retrying(fast(5)).await;
@@ -1337,93 +1216,6 @@ mod retries {
                 "{:?}",
                 second.events
             );
-        })
-        .await;
-    }
-
-    /// Messages in = messages acked + messages dead-lettered, over a couple hundred messages
-    /// with deterministic pseudo-random transient and permanent failures.
-    ///
-    /// Pub/Sub delivers at least once, so identities are counted, not deliveries: each message
-    /// carries its id as its data; a redelivered attempt (same id and attempt) rolls the same
-    /// failure, so it reaches the same decision, and is counted once in the sets.
-    #[tokio::test]
-    async fn messages_in_equal_messages_acked_plus_dead_lettered_under_random_failures() {
-        within(async {
-            let r = retrying(fast(3).with_initial_delay(Duration::from_millis(20))).await;
-            let total = 200_u32;
-            let publisher = r.s.publisher().await;
-            let published = futures_util::future::join_all(
-                (0..total).map(|i| publisher.publish(Message::new().set_data(i.to_string()))),
-            );
-            for p in tokio::time::timeout(WAIT, published)
-                .await
-                .expect("published within the wait")
-            {
-                p.expect("publish");
-            }
-            // 30 % transient, 5 % permanent failures, per attempt.
-            let roll = |id: u32, attempt: u32| {
-                (id.wrapping_mul(2_654_435_761) ^ attempt.wrapping_mul(40_503)) % 100
-            };
-            let mut stream = r.stream().await;
-            let mut acked = HashSet::new();
-            let mut finished = HashSet::new();
-            let handled = AtomicU32::new(0);
-            let mut duplicates = 0;
-            while finished.len() < total as usize {
-                let (m, handler) = next_of(&mut stream).await;
-                let id = id_of(&m);
-                let decision = r
-                    .topics
-                    .handle((m, handler), async |m| {
-                        handled.fetch_add(1, Ordering::Relaxed);
-                        match roll(id, m.attempt()) {
-                            0..5 => Err(HandlerError::permanent("bad input")),
-                            5..35 => Err(HandlerError::transient("flaky dependency")),
-                            _ => Ok(()),
-                        }
-                    })
-                    .await
-                    .expect("carried out");
-                match decision {
-                    Decision::Retry { .. } => {}
-                    Decision::Ack => {
-                        acked.insert(id);
-                        duplicates += usize::from(!finished.insert(id));
-                    }
-                    Decision::DeadLetter { .. } => {
-                        duplicates += usize::from(!finished.insert(id));
-                    }
-                }
-            }
-            assert_eq!(stream.held(), 0, "no copy left waiting");
-            stream.shutdown().await;
-
-            let mut dlq = r.s.stream(&r.dlq_sub).await;
-            let mut dead = HashSet::new();
-            while dead.len() + acked.len() < total as usize {
-                let (m, handler) = next_message(&mut dlq).await;
-                let id = id_of(&m);
-                // A redelivered dead letter is the same message again: counted once.
-                duplicates += usize::from(!dead.insert(id));
-                handler.ack();
-            }
-            assert!(acked.is_disjoint(&dead), "{:?}", acked.intersection(&dead));
-            let all: HashSet<u32> = (0..total).collect();
-            assert_eq!(&acked | &dead, all, "messages in = acked + dead-lettered");
-            assert!(
-                !dead.is_empty() && acked.len() > 150,
-                "acked {} dead {}",
-                acked.len(),
-                dead.len()
-            );
-            assert!(
-                handled.load(Ordering::Relaxed) > total,
-                "some messages were retried"
-            );
-            // At-least-once: duplicates are allowed, counted once; there should be few.
-            assert!(duplicates < 10, "{duplicates} duplicate deliveries");
         })
         .await;
     }
