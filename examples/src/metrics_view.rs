@@ -71,7 +71,7 @@ impl Buckets {
     /// use mqtrace_examples::metrics_view::Buckets;
     /// // 10 values in (0.01, 0.025], min 0.012, max 0.02
     /// let b = Buckets { bounds: vec![0.01, 0.025], counts: vec![0, 10, 0], min: Some(0.012), max: Some(0.02) };
-    /// let p50 = b.quantile(0.5).unwrap();
+    /// let p50 = b.quantile(0.5).expect("values");
     /// assert!(p50 >= 0.012 && p50 <= 0.02);
     /// assert_eq!(b.quantile(1.0), Some(0.02));
     /// ```
@@ -411,21 +411,21 @@ mod tests {
     fn quantiles_interpolate_inside_the_bucket_and_respect_min_max() {
         // 100 values: 50 in (0, 5 ms], 49 in (5, 10 ms], 1 in (25, 50 ms]
         let mut b = hist(&[50, 49, 0, 1, 0]);
-        assert!((b.quantile(0.5).unwrap() - 0.005).abs() < 1e-12);
-        let p99 = b.quantile(0.99).unwrap();
+        assert!((b.quantile(0.5).expect("values") - 0.005).abs() < 1e-12);
+        let p99 = b.quantile(0.99).expect("values");
         assert!((p99 - 0.01).abs() < 1e-12, "{p99}");
-        assert!((b.quantile(1.0).unwrap() - 0.05).abs() < 1e-12);
+        assert!((b.quantile(1.0).expect("values") - 0.05).abs() < 1e-12);
         b.max = Some(0.03);
-        assert!((b.quantile(1.0).unwrap() - 0.03).abs() < 1e-12);
+        assert!((b.quantile(1.0).expect("values") - 0.03).abs() < 1e-12);
         b.min = Some(0.004);
-        assert!(b.quantile(0.0).unwrap() >= 0.004);
+        assert!(b.quantile(0.0).expect("values") >= 0.004);
         assert_eq!(hist(&[0; 5]).quantile(0.5), None);
         // the overflow bucket ends at the max
         let over = Buckets {
             max: Some(12.0),
             ..hist(&[0, 0, 0, 0, 2])
         };
-        assert!((over.quantile(1.0).unwrap() - 12.0).abs() < 1e-12);
+        assert!((over.quantile(1.0).expect("values") - 12.0).abs() < 1e-12);
     }
 
     #[test]
