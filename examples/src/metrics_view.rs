@@ -303,6 +303,7 @@ pub fn render(stages: &[Stage]) -> String {
             }
             let _ = write!(out, "{c:<w$}");
         }
+        out.truncate(out.trim_end().len());
         out.push('\n');
     };
     line(&mut out, &header);
