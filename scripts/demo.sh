@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # The one-command demo: an order's trace from an HTTP request through RabbitMQ, Kafka and
-# Pub/Sub, printed as a waterfall per order.
-#   scripts/demo.sh            # run it and print the traces
+# Pub/Sub, printed as a waterfall per order, then a table of each stage's metrics.
+#   scripts/demo.sh            # run it and print the traces and the table
 #   scripts/demo.sh --check    # also verify them; exits non-zero if a trace is not as expected
+#                              # or the table's counts do not add up
 #
 # It builds the examples (crate mqtrace-examples), starts the brokers that are not running
 # (scripts/start-brokers.sh; they are left running afterwards, as scripts/test.sh does),
 # creates the queues, topic and subscription, runs each stage as its own process, sends five
 # orders (one with the caller's own traceparent, one that fails transiently twice, one poison
 # order), waits until all are acked by the notifier or dead-lettered, stops the workers and
-# prints the traces. Workers are stopped on every exit path.
+# prints the traces, then the table read from the metrics the workers exported (JSON lines in
+# $dir/metrics, written every OTEL_METRIC_EXPORT_INTERVAL ms, default 5000 here, and at exit).
+# Workers are stopped on every exit path.
 #
 # Variables: AMQP_URL, KAFKA_BOOTSTRAP_SERVERS, PUBSUB_EMULATOR_HOST (brokers, loopback by
 # default); ORDER_API_ADDR (default 127.0.0.1:18080); OTEL_EXPORTER_OTLP_ENDPOINT (e.g.
 # http://127.0.0.1:4318: the workers also send their spans there, e.g. to Jaeger);
 # PUBSUB_PROJECT_ID (default: a new project per run, see below); MQTRACE_DEMO_DIR (where
-# spans and logs go; default a new temporary directory); MQTRACE_DEMO_TIMEOUT (seconds to
+# spans, metrics and logs go; default a new temporary directory); MQTRACE_DEMO_TIMEOUT (seconds to
 # wait for the orders, default 90); CARGO_TARGET_DIR.
 #
 # Each run uses its own Pub/Sub project on the emulator (topic and subscription deleted at the
@@ -29,7 +32,7 @@ check=()
 for arg in "$@"; do
   case "$arg" in
     --check) check=(--check) ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "usage: scripts/demo.sh [--check]" >&2; exit 2 ;;
   esac
 done
@@ -48,8 +51,10 @@ built=$(date +%s)
 scripts/start-brokers.sh rabbitmq kafka pubsub
 
 dir="${MQTRACE_DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/mqtrace-demo.XXXXXX")}"
-mkdir -p "$dir/spans" "$dir/logs"
+mkdir -p "$dir/spans" "$dir/metrics" "$dir/logs"
 export MQTRACE_DEMO_SPANS="$dir/spans"
+export MQTRACE_DEMO_METRICS="$dir/metrics"
+export OTEL_METRIC_EXPORT_INTERVAL="${OTEL_METRIC_EXPORT_INTERVAL:-5000}"
 export ORDER_API_ADDR="${ORDER_API_ADDR:-127.0.0.1:18080}"
 export PUBSUB_PROJECT_ID="${PUBSUB_PROJECT_ID:-mqtrace-demo-$(date +%s)}"
 if (exec 3<>"/dev/tcp/${ORDER_API_ADDR%:*}/${ORDER_API_ADDR##*:}") 2>/dev/null; then
@@ -119,11 +124,12 @@ if [ "$waited" -ne 0 ]; then
 fi
 
 finished=$(date +%s)
-log "spans and logs: $dir"
+log "spans, metrics and logs: $dir"
 log "took $((finished - started)) s ($((built - started)) s building, $((finished - built)) s running)"
 echo
 rc=0
-# Last, so a check's tally ("demo: N passed, N failed") closes the output.
+# Last, so a check's tally ("demo: N passed, N failed") closes the output; the metrics table
+# comes after the waterfalls.
 "$bin/demo" waterfall "${check[@]}" || rc=$?
 [ "$waited" -eq 0 ] || exit 1
 exit "$rc"

@@ -18,18 +18,20 @@
 //! | `enricher` | consumes `orders.validated`, publishes to Pub/Sub `orders.ready`, commits |
 //! | `notifier` | subscribes to `orders.ready` (subscription `orders.ready.notifier`) and acks |
 //! | `dead-letters` | consumes `orders.created.dlq` and acks, so dead letters stay in the trace |
-//! | `demo` | creates the topology, sends orders, waits, prints each trace as a waterfall, checks it |
+//! | `demo` | creates the topology, sends orders, waits, prints each trace as a waterfall and a table of the stages' metrics, checks them |
 //!
 //! This library holds what the programs share: addresses ([`mod@env`]), telemetry set-up with a
-//! JSON-lines span file and optional OTLP ([`telemetry`]), a minimal HTTP/1.1 server and client
-//! ([`http`]), the order rules ([`order`]), and the reading, printing and checking of the
-//! exported traces ([`trace_view`], [`check`]).
+//! JSON-lines span file, an optional JSON-lines metrics file and optional OTLP ([`telemetry`]),
+//! a minimal HTTP/1.1 server and client ([`http`]), the order rules ([`order`]), the reading,
+//! printing and checking of the exported traces ([`trace_view`], [`check`]) and metrics
+//! ([`metrics_view`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod check;
 pub mod env;
 pub mod http;
+pub mod metrics_view;
 pub mod order;
 pub mod telemetry;
 pub mod trace_view;

@@ -6,6 +6,9 @@
 //! - to a JSON-lines file, one line per ended span, when `MQTRACE_DEMO_SPANS` names a
 //!   directory (`{dir}/{service}-{pid}.jsonl`), through a `SimpleSpanProcessor` so that a span
 //!   is on disk as soon as it ends and nothing is lost when the process is stopped;
+//! - its messaging metrics to a JSON-lines file when `MQTRACE_DEMO_METRICS` names a directory
+//!   (`{dir}/{service}-{pid}.jsonl`): every `OTEL_METRIC_EXPORT_INTERVAL` ms and at shutdown,
+//!   one line with the cumulative state of every instrument ([`JsonLinesMetricExporter`]);
 //! - to an OTLP collector (Jaeger, the OpenTelemetry Collector, ...) when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, e.g.
 //!   `http://127.0.0.1:4318`, or `OTEL_TRACES_EXPORTER=otlp`: OTLP over HTTP/protobuf through
@@ -33,22 +36,26 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, Key, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::{Map, json};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The variable naming the directory the JSON-lines span files are written to.
 pub const SPANS_DIR_VAR: &str = "MQTRACE_DEMO_SPANS";
 
-/// Set when [`Telemetry::init`] installed a meter provider.
-static METRICS_ON: AtomicBool = AtomicBool::new(false);
+/// The variable naming the directory the JSON-lines metric files are written to.
+pub const METRICS_DIR_VAR: &str = "MQTRACE_DEMO_METRICS";
+
+/// The meter provider [`Telemetry::init`] installed, handed to mqtrace by [`mqtrace_config`].
+static METER_PROVIDER: OnceLock<SdkMeterProvider> = OnceLock::new();
 
 /// The installed tracer provider (and meter provider, with OTLP); [`Telemetry::shutdown`]
 /// flushes them.
@@ -153,19 +160,23 @@ pub fn propagators(list: &str) -> TextMapCompositePropagator {
 }
 
 /// mqtrace's configuration for the example programs: the defaults, with the messaging metrics
-/// on when [`Telemetry::init`] installed a meter provider (OTLP metrics).
+/// on (`Config::with_meter_provider`) when [`Telemetry::init`] installed a meter provider
+/// (OTLP metrics or a metrics file).
 ///
 /// ```
 /// let config = mqtrace_examples::telemetry::mqtrace_config();
-/// assert!(!config.metrics()); // no Telemetry::init with OTLP in this process
+/// assert!(!config.metrics()); // no Telemetry::init with metrics in this process
 /// ```
 pub fn mqtrace_config() -> mqtrace::Config {
-    mqtrace::Config::new().with_metrics(METRICS_ON.load(Ordering::Relaxed))
+    match METER_PROVIDER.get() {
+        Some(provider) => mqtrace::Config::new().with_meter_provider(provider.clone()),
+        None => mqtrace::Config::new(),
+    }
 }
 
 impl Telemetry {
     /// Installs the global tracer provider (service `service`, unless `OTEL_SERVICE_NAME` says
-    /// otherwise), the meter provider when OTLP metrics are on, and the propagators of
+    /// otherwise), the meter provider when OTLP metrics or the metrics file are on, and the propagators of
     /// `OTEL_PROPAGATORS`, all as described in the [module docs](self). Call it before starting
     /// a tokio runtime: the OTLP exporters' blocking HTTP client must live outside one.
     ///
@@ -193,18 +204,26 @@ impl Telemetry {
                 .build()?;
             builder = builder.with_batch_exporter(exporter);
         }
-        let meters = if otlp_on("metrics")? {
-            use opentelemetry_otlp::WithExportConfig as _;
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(otlp_protocol("metrics")?)
-                .build()?;
-            let meters = SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_periodic_exporter(exporter)
-                .build();
+        let metrics_dir = std::env::var_os(METRICS_DIR_VAR).filter(|d| !d.is_empty());
+        let meters = if otlp_on("metrics")? || metrics_dir.is_some() {
+            let mut meters = SdkMeterProvider::builder().with_resource(resource);
+            if let Some(dir) = metrics_dir {
+                // A periodic reader (interval from OTEL_METRIC_EXPORT_INTERVAL), which exports
+                // once more when the provider shuts down.
+                let exporter = JsonLinesMetricExporter::create(Path::new(&dir), &service_name)?;
+                meters = meters.with_periodic_exporter(exporter);
+            }
+            if otlp_on("metrics")? {
+                use opentelemetry_otlp::WithExportConfig as _;
+                let exporter = opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(otlp_protocol("metrics")?)
+                    .build()?;
+                meters = meters.with_periodic_exporter(exporter);
+            }
+            let meters = meters.build();
             opentelemetry::global::set_meter_provider(meters.clone());
-            METRICS_ON.store(true, Ordering::Relaxed);
+            let _ = METER_PROVIDER.set(meters.clone());
             Some(meters)
         } else {
             None
@@ -227,8 +246,8 @@ impl Telemetry {
         &self.provider
     }
 
-    /// Ends telemetry: exports what is buffered (OTLP spans and metrics) and closes the
-    /// exporters.
+    /// Ends telemetry: exports what is buffered (OTLP spans, metrics to OTLP and the metrics
+    /// file) and closes the exporters.
     ///
     /// ```no_run
     /// # fn demo(t: mqtrace_examples::telemetry::Telemetry) {
@@ -318,6 +337,152 @@ impl SpanExporter for JsonLinesExporter {
             self.service = name.to_string();
         }
     }
+}
+
+/// A metric exporter that appends, at each export, one JSON object per line to a file: the
+/// service, the time and the cumulative state of every instrument (sums: `value` per point;
+/// histograms: `count`, `sum`, `min`, `max`, `bounds`, `bucket_counts` per point, each point
+/// with its `attributes`). [`crate::metrics_view`] reads the last line of each file back.
+#[derive(Debug)]
+pub struct JsonLinesMetricExporter {
+    file: Mutex<File>,
+    path: PathBuf,
+    service: String,
+}
+
+impl JsonLinesMetricExporter {
+    /// Creates (or appends to) `{dir}/{service}-{pid}.jsonl`, creating `dir` if needed.
+    ///
+    /// ```no_run
+    /// let e = mqtrace_examples::telemetry::JsonLinesMetricExporter::create(std::path::Path::new("/tmp/metrics"), "api")?;
+    /// println!("{}", e.path().display());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn create(dir: &Path, service: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{service}-{}.jsonl", std::process::id()));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path,
+            service: service.to_owned(),
+        })
+    }
+
+    /// The file the metrics go to.
+    ///
+    /// ```no_run
+    /// # fn demo(e: mqtrace_examples::telemetry::JsonLinesMetricExporter) {
+    /// let _ = e.path();
+    /// # }
+    /// ```
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let service = metrics
+            .resource()
+            .get(&Key::new("service.name"))
+            .map_or_else(|| self.service.clone(), |v| v.to_string());
+        let line = metrics_json(metrics, &service, nanos(SystemTime::now()));
+        let mut out =
+            serde_json::to_vec(&line).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        out.push(b'\n');
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        file.write_all(&out)
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
+    }
+}
+
+impl PushMetricExporter for JsonLinesMetricExporter {
+    fn export(
+        &self,
+        metrics: &ResourceMetrics,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        std::future::ready(self.write(metrics))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> Temporality {
+        // Each line holds everything since the start: the last line of a file is the total.
+        Temporality::Cumulative
+    }
+}
+
+fn points_json<T: Copy + Into<serde_json::Value>>(
+    data: &MetricData<T>,
+) -> Option<serde_json::Value> {
+    match data {
+        MetricData::Sum(sum) => {
+            let points: Vec<_> = sum
+                .data_points()
+                .map(|p| {
+                    let value: serde_json::Value = p.value().into();
+                    json!({"attributes": attributes_json(p.attributes()), "value": value})
+                })
+                .collect();
+            Some(json!({"type": "sum", "points": points}))
+        }
+        MetricData::Histogram(h) => {
+            let points: Vec<_> = h
+                .data_points()
+                .map(|p| {
+                    let sum: serde_json::Value = p.sum().into();
+                    let min: Option<serde_json::Value> = p.min().map(Into::into);
+                    let max: Option<serde_json::Value> = p.max().map(Into::into);
+                    json!({
+                        "attributes": attributes_json(p.attributes()),
+                        "count": p.count(),
+                        "sum": sum,
+                        "min": min,
+                        "max": max,
+                        "bounds": p.bounds().collect::<Vec<f64>>(),
+                        "bucket_counts": p.bucket_counts().collect::<Vec<u64>>(),
+                    })
+                })
+                .collect();
+            Some(json!({"type": "histogram", "points": points}))
+        }
+        MetricData::Gauge(_) | MetricData::ExponentialHistogram(_) => None,
+    }
+}
+
+/// The JSON object written for one export of `metrics` by `service` at `time_unix_nano` (one
+/// line of a metrics file). Gauges and exponential histograms (which mqtrace does not record)
+/// are left out.
+pub fn metrics_json(
+    metrics: &ResourceMetrics,
+    service: &str,
+    time_unix_nano: u64,
+) -> serde_json::Value {
+    let mut out = Vec::new();
+    for scope in metrics.scope_metrics() {
+        for metric in scope.metrics() {
+            let data = match metric.data() {
+                AggregatedMetrics::F64(d) => points_json(d),
+                AggregatedMetrics::U64(d) => points_json(d),
+                AggregatedMetrics::I64(d) => points_json(d),
+            };
+            if let Some(mut data) = data {
+                data["name"] = json!(metric.name());
+                data["unit"] = json!(metric.unit());
+                data["scope"] = json!(scope.scope().name());
+                out.push(data);
+            }
+        }
+    }
+    json!({"service": service, "time_unix_nano": time_unix_nano, "metrics": out})
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -469,5 +634,48 @@ mod tests {
         assert_eq!(child.links[0].span_id, SpanId::from(9_u64).to_string());
         assert!(child.end_unix_nano >= child.start_unix_nano);
         assert_eq!(parent.parent_span_id, None);
+    }
+
+    #[test]
+    fn metrics_written_at_shutdown_read_back_per_stage() {
+        use opentelemetry::metrics::MeterProvider as _;
+        let dir = std::env::temp_dir().join(format!("mqtrace-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let exporter = JsonLinesMetricExporter::create(&dir, "unit").expect("exporter");
+        let provider = SdkMeterProvider::builder()
+            .with_resource(Resource::builder().with_service_name("enricher").build())
+            .with_periodic_exporter(exporter)
+            .build();
+        let meter = provider.meter("t");
+        let consumed = meter
+            .u64_counter("messaging.client.consumed.messages")
+            .build();
+        let outcomes = meter.u64_counter("mqtrace.message.outcomes").build();
+        let queue = meter
+            .f64_histogram("mqtrace.message.queue_time")
+            .with_boundaries(vec![0.01, 0.1])
+            .build();
+        consumed.add(3, &[KeyValue::new("messaging.destination.name", "a")]);
+        outcomes.add(2, &[KeyValue::new("mqtrace.outcome", "ack")]);
+        outcomes.add(1, &[KeyValue::new("mqtrace.outcome", "retry")]);
+        for v in [0.005, 0.05, 0.2] {
+            queue.record(v, &[]);
+        }
+        // Nothing exported yet (the interval is 60 s): the shutdown writes the line.
+        provider.shutdown().expect("shutdown");
+
+        let stages = crate::metrics_view::read_dir(&dir).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = stages
+            .iter()
+            .find(|s| s.service == "enricher")
+            .expect("enricher");
+        assert_eq!(s.consumed, 3);
+        assert_eq!(s.outcome("ack"), 2);
+        assert_eq!(s.outcome("retry"), 1);
+        assert_eq!(s.queue_time.bounds, vec![0.01, 0.1]);
+        assert_eq!(s.queue_time.counts, vec![1, 1, 1]);
+        assert_eq!(s.queue_time.max, Some(0.2));
+        assert_eq!(s.queue_time.quantile(1.0), Some(0.2));
     }
 }

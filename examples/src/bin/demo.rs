@@ -4,17 +4,21 @@
 //! demo setup                       create the queues, the Kafka topic, the Pub/Sub topic and subscription
 //! demo send [--url HOST:PORT]      send the demo's orders to the order API; writes {spans}/orders.json
 //! demo wait [--timeout SECS]       wait until every order was acked by the notifier or dead-lettered
-//! demo waterfall [--check]         print each order's trace as a waterfall; --check verifies them
+//! demo waterfall [--check]         print each order's trace as a waterfall, then the stages' metrics
+//!                                  table; --check verifies both
 //! demo teardown                    delete the Pub/Sub subscription and topic again
 //! ```
 //!
-//! `--spans DIR` (default `$MQTRACE_DEMO_SPANS`) is where the workers write their spans.
+//! `--spans DIR` (default `$MQTRACE_DEMO_SPANS`) is where the workers write their spans,
+//! `--metrics DIR` (default `$MQTRACE_DEMO_METRICS`) their metrics; without it `waterfall`
+//! prints no metrics table.
 //! `demo send` is itself traced as the service `checkout-web`: one order is sent from inside a
 //! CLIENT span whose `traceparent` the order API continues.
 #![forbid(unsafe_code)]
 
 use mqtrace_examples::check::{self, Expected, Kind};
-use mqtrace_examples::telemetry::SPANS_DIR_VAR;
+use mqtrace_examples::metrics_view;
+use mqtrace_examples::telemetry::{METRICS_DIR_VAR, SPANS_DIR_VAR};
 use mqtrace_examples::trace_view::{self, SpanRecord, Trace};
 use mqtrace_examples::{Error, ORDER_ID, env, http};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
@@ -25,11 +29,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: demo <setup|send|wait|waterfall|teardown> [--spans DIR] [--url HOST:PORT] [--timeout SECS] [--check]";
+const USAGE: &str = "usage: demo <setup|send|wait|waterfall|teardown> [--spans DIR] [--metrics DIR] [--url HOST:PORT] [--timeout SECS] [--check]";
 
 struct Args {
     command: String,
     spans: Option<PathBuf>,
+    metrics: Option<PathBuf>,
     url: String,
     timeout: Duration,
     check: bool,
@@ -43,6 +48,9 @@ fn parse_args() -> Result<Args, String> {
         spans: std::env::var_os(SPANS_DIR_VAR)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
+        metrics: std::env::var_os(METRICS_DIR_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         url: env::order_api_addr(),
         timeout: Duration::from_secs(90),
         check: false,
@@ -50,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--spans" => args.spans = Some(it.next().ok_or(USAGE)?.into()),
+            "--metrics" => args.metrics = Some(it.next().ok_or(USAGE)?.into()),
             "--url" => {
                 let u = it.next().ok_or(USAGE)?;
                 args.url = u
@@ -98,7 +107,7 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(teardown()))
             .map(|()| ExitCode::SUCCESS),
         "wait" => spans().and_then(|dir| wait(&dir, args.timeout)),
-        "waterfall" => spans().and_then(|dir| waterfall(&dir, args.check)),
+        "waterfall" => spans().and_then(|dir| waterfall(&dir, args.metrics.as_deref(), args.check)),
         _ => Err(USAGE.into()),
     };
     match result {
@@ -419,7 +428,7 @@ fn wait(spans: &Path, timeout: Duration) -> Result<ExitCode, Error> {
     }
 }
 
-fn waterfall(spans: &Path, check_mode: bool) -> Result<ExitCode, Error> {
+fn waterfall(spans: &Path, metrics: Option<&Path>, check_mode: bool) -> Result<ExitCode, Error> {
     let expected = read_expected(spans)?;
     let records: Vec<SpanRecord> = trace_view::read_dir(spans)?;
     let reports = check::check(&expected, &records);
@@ -460,14 +469,47 @@ fn waterfall(spans: &Path, check_mode: bool) -> Result<ExitCode, Error> {
             }
         }
     }
+    let mut checks = reports.len();
+    if let Some(dir) = metrics {
+        // The table is one more check: its counts add up and match the orders sent.
+        checks += 1;
+        let stages = metrics_view::read_dir(dir)
+            .map_err(|e| format!("metrics in {}: {e}", dir.display()))?;
+        println!("\n{}", metrics_view::render(&stages));
+        let count = |k: Kind| expected.iter().filter(|e| e.kind == k).count() as u64;
+        let problems = metrics_view::check(
+            &stages,
+            count(Kind::Valid),
+            count(Kind::Transient),
+            count(Kind::Poison),
+        );
+        if problems.is_empty() {
+            println!("✔ metrics: outcomes add up to the messages of every stage");
+        } else {
+            failed += 1;
+            println!("✘ metrics:");
+            for p in &problems {
+                println!("    - {p}");
+            }
+        }
+    }
     if check_mode {
         if failed == 0 && !reports.is_empty() {
-            println!("check passed: {} orders, one trace each", reports.len());
+            println!(
+                "check passed: {} orders, one trace each{}",
+                reports.len(),
+                if metrics.is_some() {
+                    "; metrics consistent"
+                } else {
+                    ""
+                }
+            );
         } else {
-            println!("check FAILED: {failed} of {} orders", reports.len());
+            println!("check FAILED: {failed} of {checks} checks");
         }
-        // One order's trace is one check: the plain tally test reports end with.
-        println!("demo: {} passed, {failed} failed", reports.len() - failed);
+        // One order's trace is one check, the metrics table another: the plain tally test
+        // reports end with.
+        println!("demo: {} passed, {failed} failed", checks - failed);
         if failed > 0 || reports.is_empty() {
             return Ok(ExitCode::FAILURE);
         }
