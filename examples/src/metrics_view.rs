@@ -196,13 +196,7 @@ impl Stage {
 /// ```
 pub fn read_dir(dir: &Path) -> std::io::Result<Vec<Stage>> {
     let mut by_service: BTreeMap<String, Stage> = BTreeMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in crate::telemetry::jsonl_files(dir)? {
         let text = std::fs::read_to_string(&file)?;
         let last = text
             .lines()

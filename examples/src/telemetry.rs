@@ -266,14 +266,56 @@ impl Telemetry {
     }
 }
 
+/// The file a JSON-lines exporter appends to: `{dir}/{service}-{pid}.jsonl`, opened in append
+/// mode so that each write of a whole batch lands as whole lines, whatever other processes
+/// write to the directory.
+#[derive(Debug)]
+struct JsonLinesFile {
+    file: Mutex<File>,
+    path: PathBuf,
+}
+
+impl JsonLinesFile {
+    fn create(dir: &Path, service: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{service}-{}.jsonl", std::process::id()));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path,
+        })
+    }
+
+    /// Appends `lines` (already newline-terminated) in one write.
+    fn append(&self, lines: &[u8]) -> OTelSdkResult {
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        file.write_all(lines)
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// The `*.jsonl` files of `dir`, sorted: what the exporters here wrote, for the readers in
+/// [`crate::trace_view`] and [`crate::metrics_view`].
+pub(crate) fn jsonl_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A span exporter that appends each span as one JSON object per line to a file.
 ///
 /// The line holds the ids, name, kind, service, times (Unix nanoseconds), status, attributes,
 /// links and events; [`crate::trace_view::SpanRecord`] reads it back.
 #[derive(Debug)]
 pub struct JsonLinesExporter {
-    file: Mutex<File>,
-    path: PathBuf,
+    file: JsonLinesFile,
     service: String,
 }
 
@@ -286,12 +328,8 @@ impl JsonLinesExporter {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn create(dir: &Path, service: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{service}-{}.jsonl", std::process::id()));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
-            file: Mutex::new(file),
-            path,
+            file: JsonLinesFile::create(dir, service)?,
             service: service.to_owned(),
         })
     }
@@ -304,7 +342,7 @@ impl JsonLinesExporter {
     /// # }
     /// ```
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     fn write(&self, batch: &[SpanData]) -> OTelSdkResult {
@@ -314,13 +352,8 @@ impl JsonLinesExporter {
                 .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
             out.push(b'\n');
         }
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // One write per batch on an O_APPEND file: lines of different processes never mix.
-        file.write_all(&out)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
+        self.file.append(&out)
     }
 }
 
@@ -345,8 +378,7 @@ impl SpanExporter for JsonLinesExporter {
 /// with its `attributes`). [`crate::metrics_view`] reads the last line of each file back.
 #[derive(Debug)]
 pub struct JsonLinesMetricExporter {
-    file: Mutex<File>,
-    path: PathBuf,
+    file: JsonLinesFile,
     service: String,
 }
 
@@ -359,12 +391,8 @@ impl JsonLinesMetricExporter {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn create(dir: &Path, service: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{service}-{}.jsonl", std::process::id()));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
-            file: Mutex::new(file),
-            path,
+            file: JsonLinesFile::create(dir, service)?,
             service: service.to_owned(),
         })
     }
@@ -377,7 +405,7 @@ impl JsonLinesMetricExporter {
     /// # }
     /// ```
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     fn write(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
@@ -389,12 +417,7 @@ impl JsonLinesMetricExporter {
         let mut out =
             serde_json::to_vec(&line).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
         out.push(b'\n');
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        file.write_all(&out)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
+        self.file.append(&out)
     }
 }
 

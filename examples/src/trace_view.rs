@@ -187,13 +187,7 @@ impl SpanRecord {
 /// ```
 pub fn read_dir(dir: &Path) -> std::io::Result<Vec<SpanRecord>> {
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in crate::telemetry::jsonl_files(dir)? {
         let text = std::fs::read_to_string(&file)?;
         for line in text.lines() {
             // A line being written right now may be incomplete: skip it, it is read next time.
