@@ -14,9 +14,82 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use mqtrace::Outcome;
 use mqtrace::attributes as attr;
-use mqtrace::instrument::{Answer, Instrumentation, OpenSpans, Outgoing, Settle, SettleError};
+use mqtrace::instrument::{
+    Answer, Instrumentation, OpenSpans, Outgoing, SendSpan, Settle, SettleError,
+};
 use opentelemetry::KeyValue;
 use std::ops::Deref;
+
+/// Starts the PRODUCER span of a publish and returns it with the properties to publish: the
+/// user's headers plus the span's context (a context forwarded with the user's headers is
+/// replaced whole, never mixed), and the timestamp when mqtrace stamps one. What
+/// [`TracedChannel::basic_publish`] does before it hands the message to lapin; use it to trace
+/// a publish made through another path (a pooled `lapin::Channel`, a batching layer). End the
+/// span with the broker's answer ([`SendSpan::end_ok`] / [`SendSpan::end_error`]).
+///
+/// ```
+/// use lapin::BasicProperties;
+/// let inst = mqtrace_lapin::instrumentation(mqtrace::Config::new(), Some(("127.0.0.1", 5672)));
+/// let (span, props) = mqtrace_lapin::start_publish(&inst, "", "orders", b"{}", BasicProperties::default());
+/// // channel.basic_publish("".into(), "orders".into(), options, b"{}", props).await? ...
+/// span.end_ok();
+/// # let _ = props;
+/// ```
+pub fn start_publish(
+    inst: &Instrumentation,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> (SendSpan, BasicProperties) {
+    let destination = publish_destination(exchange, routing_key);
+    let mut headers = properties.headers().clone();
+    let stamped;
+    let mut span = {
+        let before = AmqpHeaders(properties.headers().as_ref());
+        let msg = Outgoing::new(PUBLISH, &destination)
+            .with_message_id(properties.message_id().as_ref().map(ShortString::as_str))
+            .with_conversation_id(
+                properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(ShortString::as_str),
+            )
+            .with_body_size(payload.len())
+            .with_headers(&before)
+            .with_metric_destination(if exchange.is_empty() {
+                routing_key
+            } else {
+                exchange
+            });
+        let mut table = headers.take().unwrap_or_default();
+        // A context forwarded with the user's headers is replaced whole, never mixed.
+        AmqpHeadersMut::remove_context(&mut table, inst.config().propagation());
+        let span = inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
+        stamped = crate::timestamp::stamp(&properties, &mut table);
+        if properties.headers().is_some() || !table.inner().is_empty() {
+            headers = Some(table);
+        }
+        span
+    };
+    span.record(|| {
+        (!routing_key.is_empty()).then(|| {
+            KeyValue::new(
+                attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                routing_key.to_owned(),
+            )
+        })
+    });
+    let properties = match headers {
+        Some(h) => properties.with_headers(h),
+        None => properties,
+    };
+    let properties = match stamped {
+        Some(secs) => properties.with_timestamp(secs),
+        None => properties,
+    };
+    (span, properties)
+}
 
 /// A `lapin::Channel` that traces what it publishes and consumes.
 ///
@@ -120,52 +193,13 @@ impl TracedChannel {
         payload: &[u8],
         properties: BasicProperties,
     ) -> lapin::Result<TracedPublisherConfirm> {
-        let destination = publish_destination(exchange.as_str(), routing_key.as_str());
-        let mut headers = properties.headers().clone();
-        let stamped;
-        let mut span = {
-            let before = AmqpHeaders(properties.headers().as_ref());
-            let msg = Outgoing::new(PUBLISH, &destination)
-                .with_message_id(properties.message_id().as_ref().map(ShortString::as_str))
-                .with_conversation_id(
-                    properties
-                        .correlation_id()
-                        .as_ref()
-                        .map(ShortString::as_str),
-                )
-                .with_body_size(payload.len())
-                .with_headers(&before)
-                .with_metric_destination(if exchange.as_str().is_empty() {
-                    routing_key.as_str()
-                } else {
-                    exchange.as_str()
-                });
-            let mut table = headers.take().unwrap_or_default();
-            // A context forwarded with the user's headers is replaced whole, never mixed.
-            AmqpHeadersMut::remove_context(&mut table, self.inst.config().propagation());
-            let span = self.inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
-            stamped = crate::timestamp::stamp(&properties, &mut table);
-            if properties.headers().is_some() || !table.inner().is_empty() {
-                headers = Some(table);
-            }
-            span
-        };
-        span.record(|| {
-            (!routing_key.as_str().is_empty()).then(|| {
-                KeyValue::new(
-                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-                    routing_key.as_str().to_owned(),
-                )
-            })
-        });
-        let properties = match headers {
-            Some(h) => properties.with_headers(h),
-            None => properties,
-        };
-        let properties = match stamped {
-            Some(secs) => properties.with_timestamp(secs),
-            None => properties,
-        };
+        let (span, properties) = start_publish(
+            &self.inst,
+            exchange.as_str(),
+            routing_key.as_str(),
+            payload,
+            properties,
+        );
         let confirm_mode = self.channel.status().confirm();
         match self
             .channel

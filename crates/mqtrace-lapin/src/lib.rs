@@ -56,7 +56,7 @@ mod retry;
 mod timestamp;
 
 pub use attempt::{DeliveryHistory, MAX_X_DEATH_VALUE};
-pub use channel::{TracedChannel, TracedGetMessage};
+pub use channel::{TracedChannel, TracedGetMessage, start_publish};
 pub use confirm::{ConfirmAnswer, TracedPublisherConfirm};
 pub use connection::{TracedConnection, instrumentation};
 pub use consumer::TracedConsumer;

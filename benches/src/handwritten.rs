@@ -1,0 +1,140 @@
+//! Mode B: the instrumentation people write by hand from the OpenTelemetry API and the
+//! messaging conventions — a span built with its attributes, the global W3C propagator
+//! through a `HashMap`, a consumer span parented to the extracted context, and a CLIENT span
+//! around each settle (ack / commit), ended with the broker's answer.
+
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use std::collections::HashMap;
+use std::fmt::Display;
+
+/// Mode H's header value: a valid, constant `traceparent` (no OpenTelemetry call).
+pub(crate) const CONSTANT_TRACEPARENT: &str =
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn inject(cx: &Context) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut map));
+    map
+}
+
+fn extract(map: &HashMap<String, String>) -> Context {
+    global::get_text_map_propagator(|p| p.extract(map))
+}
+
+/// Ends a send span with the broker's answer.
+pub(crate) fn end_send(cx: &Context, error: Option<&dyn Display>) {
+    let span = cx.span();
+    if let Some(e) = error {
+        span.set_attribute(KeyValue::new("error.type", "publish_failed"));
+        span.set_status(Status::error(e.to_string()));
+    }
+    span.end();
+}
+
+/// A CLIENT settle span (`ack {queue}`, `commit {topic}`) as a child of the process span.
+pub(crate) fn settle_span(
+    tracer: &SdkTracer,
+    parent: &Context,
+    operation: &'static str,
+    system: &'static str,
+    destination: &str,
+) -> Span {
+    tracer
+        .span_builder(format!("{operation} {destination}"))
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("messaging.system", system),
+            KeyValue::new("messaging.operation.name", operation),
+            KeyValue::new("messaging.operation.type", "settle"),
+            KeyValue::new("messaging.destination.name", destination.to_owned()),
+        ])
+        .start_with_context(tracer, parent)
+}
+
+/// Ends a settle span with the broker's answer.
+pub(crate) fn end_settle(mut span: Span, error: Option<&dyn Display>) {
+    if let Some(e) = error {
+        span.set_attribute(KeyValue::new("error.type", "settle_failed"));
+        span.set_status(Status::error(e.to_string()));
+    }
+    span.end();
+}
+
+/// RabbitMQ publish: PRODUCER span with 8 attributes, context injected into a copy of the
+/// message's header table.
+pub(crate) fn rabbitmq_publish(
+    tracer: &SdkTracer,
+    queue: &str,
+    props: &lapin::BasicProperties,
+    body: &[u8],
+) -> (Context, lapin::types::FieldTable) {
+    use lapin::types::{AMQPValue, LongString};
+    let span = tracer
+        .span_builder(format!("publish {queue}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", queue.to_owned()),
+            KeyValue::new(
+                "messaging.rabbitmq.destination.routing_key",
+                queue.to_owned(),
+            ),
+            KeyValue::new("messaging.message.body.size", body.len() as i64),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 5672_i64),
+        ])
+        .start(tracer);
+    let cx = Context::current_with_span(span);
+    let mut table = props.headers().clone().unwrap_or_default();
+    for (k, v) in inject(&cx) {
+        table.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+    }
+    (cx, table)
+}
+
+/// RabbitMQ consume: CONSUMER span with 9 attributes, child of the extracted context.
+pub(crate) fn rabbitmq_process(
+    tracer: &SdkTracer,
+    queue: &str,
+    d: &lapin::message::Delivery,
+) -> Context {
+    use lapin::types::AMQPValue;
+    let mut map = HashMap::new();
+    if let Some(h) = d.properties.headers() {
+        for (k, v) in h.inner() {
+            if let AMQPValue::LongString(s) = v {
+                map.insert(
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                );
+            }
+        }
+    }
+    let parent = extract(&map);
+    let span = tracer
+        .span_builder(format!("process {queue}"))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", queue.to_owned()),
+            KeyValue::new(
+                "messaging.rabbitmq.destination.routing_key",
+                d.routing_key.as_str().to_owned(),
+            ),
+            KeyValue::new(
+                "messaging.rabbitmq.message.delivery_tag",
+                i64::try_from(d.delivery_tag).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new("messaging.message.body.size", d.data.len() as i64),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 5672_i64),
+        ])
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
+}
