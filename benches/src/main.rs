@@ -106,7 +106,7 @@ fn instructions(case: Case, who: Who, sampling: Sampling) -> Option<f64> {
     Some((run(large)? - run(small)?) / f64::from(large - small))
 }
 
-fn micro_section(quick: bool, rounds: usize) -> String {
+fn micro_section(quick: bool, rounds: usize, targets: &mut Targets) -> String {
     let iterations = if quick { 500 } else { 30_000 };
     let callgrind = !quick
         && Command::new("valgrind")
@@ -166,6 +166,7 @@ fn micro_section(quick: bool, rounds: usize) -> String {
                 );
             } else {
                 let (a, b, m) = (med(0), med(1), med(2));
+                targets.micro.push((case, sampling, m - a));
                 let _ = writeln!(
                     out,
                     "| {} | {} | {a:.0} | {b:.0} | {m:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {dropped} |",
@@ -213,6 +214,9 @@ fn machine() -> String {
 }
 
 fn main() {
+    // What applications install; hand-written instrumentation and mqtrace's default
+    // (`Propagation::Global`) both go through it.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let all: Vec<String> = std::env::args().skip(1).collect();
     if all.first().map(String::as_str) == Some("count") {
         if let Err(e) = count(&all[1..]) {
@@ -228,7 +232,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -236,52 +239,177 @@ fn main() {
         .expect("tokio runtime");
     let mut doc = String::new();
     let _ = writeln!(doc, "Machine: {}.", machine());
+    let mut targets = Targets::default();
     let n = |full: u32| if args.quick { 200 } else { full };
     for section in &args.sections {
         let body = match section.as_str() {
-            "micro" => micro_section(args.quick, args.rounds),
+            "micro" => micro_section(args.quick, args.rounds, &mut targets),
             "rabbitmq" => {
                 let n = n(20_000);
                 let runs = rt.block_on(rabbitmq::run(n, args.rounds));
-                format!(
+                let body = format!(
                     "RabbitMQ 127.0.0.1:5672, lapin, {n} messages of 128 bytes per mode and round, {} rounds; publish with confirms \
                      (1024 in flight), consume with prefetch 500 and one ack each.\n\n{}",
                     args.rounds,
                     runs.markdown("consume")
-                )
+                );
+                targets.brokers.push(("rabbitmq", runs));
+                body
             }
             "kafka" => {
                 let n = n(20_000);
                 let runs = rt.block_on(kafka::run(n, args.rounds));
-                format!(
+                let body = format!(
                     "Kafka protocol (Tansu) at {}, rdkafka, {n} messages of 128 bytes per mode and round, {} rounds; \
                      {}\n\n{}",
                     mqtrace_integration_tests::kafka::bootstrap_servers(),
                     args.rounds,
                     kafka::METHOD,
                     runs.markdown("consume")
-                )
+                );
+                targets.brokers.push(("kafka", runs));
+                body
             }
             "pubsub" => {
                 let n = n(4_000);
                 let runs = rt.block_on(pubsub::run(n, args.rounds));
-                format!(
+                let body = format!(
                     "Google's Pub/Sub emulator, google-cloud-pubsub, {n} messages of 128 bytes per mode and round, {} rounds; \
                      {}\n\n{}",
                     args.rounds,
                     pubsub::METHOD,
                     runs.markdown("consume")
-                )
+                );
+                targets.brokers.push(("pubsub", runs));
+                body
             }
             _ => continue,
         };
         println!("## {section}\n\n{body}");
         let _ = writeln!(doc, "\n## {section}\n\n{body}");
     }
+    let summary = targets.markdown();
+    println!("## targets\n\n{summary}");
+    doc = format!(
+        "{}\n## Targets\n\n{summary}{}",
+        &doc[..doc.find('\n').map_or(0, |i| i + 1)],
+        &doc[doc.find('\n').map_or(0, |i| i + 1)..]
+    );
     if let Some(path) = &args.write
         && let Err(e) = std::fs::write(path, &doc)
     {
         eprintln!("writing {path}: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The issue's targets, checked against this run's figures.
+#[derive(Default)]
+struct Targets {
+    /// Net mqtrace ns per message of each micro case.
+    micro: Vec<(Case, Sampling, f64)>,
+    brokers: Vec<(&'static str, stats::Runs)>,
+}
+
+impl Targets {
+    fn markdown(&self) -> String {
+        use stats::Mode::{Headers, Mqtrace, Mqtrace10, NoProvider, Raw};
+        let mut rows: Vec<(String, String, bool)> = Vec::new();
+        for (case, sampling, limit) in [
+            (Case::Publish, Sampling::Sampled, 700.0),
+            (Case::Consume, Sampling::Sampled, 1000.0),
+            (Case::Publish, Sampling::Unsampled, 150.0),
+            (Case::Consume, Sampling::Unsampled, 200.0),
+        ] {
+            if let Some((_, _, ns)) = self
+                .micro
+                .iter()
+                .find(|(c, s, _)| *c == case && *s == sampling)
+            {
+                rows.push((
+                    format!("{} {}, net ns ≤ {limit}", case.name(), sampling.name()),
+                    format!("{ns:.0}"),
+                    *ns <= limit,
+                ));
+            }
+        }
+        for (broker, runs) in &self.brokers {
+            let publish = |s: &stats::Sample| s.publish.rate;
+            let consume = |s: &stats::Sample| s.consume.rate;
+            let cpu = |s: &stats::Sample| s.consume.cpu_us;
+            let mut at_least = |what: String, v: f64, limit: f64| {
+                rows.push((
+                    format!("{broker} {what} ≥ {limit}"),
+                    format!("{v:.2}"),
+                    v >= limit,
+                ));
+            };
+            let (p, c) = match *broker {
+                "rabbitmq" => (0.97, 0.97),
+                "kafka" => (0.85, 0.97),
+                _ => (0.95, f64::NAN),
+            };
+            at_least(
+                "publish M/H".into(),
+                runs.ratio(Mqtrace, Headers, publish),
+                p,
+            );
+            if c.is_finite() {
+                at_least(
+                    "consume M/H".into(),
+                    runs.ratio(Mqtrace, Headers, consume),
+                    c,
+                );
+            } else {
+                at_least(
+                    "consume M/A".into(),
+                    runs.ratio(Mqtrace, Raw, consume),
+                    0.99,
+                );
+            }
+            at_least(
+                "publish M10/H".into(),
+                runs.ratio(Mqtrace10, Headers, publish),
+                0.97,
+            );
+            at_least(
+                "consume M10/H".into(),
+                runs.ratio(Mqtrace10, Headers, consume),
+                0.97,
+            );
+            at_least(
+                "publish N/A".into(),
+                runs.ratio(NoProvider, Raw, publish),
+                0.90,
+            );
+            at_least(
+                "consume N/A".into(),
+                runs.ratio(NoProvider, Raw, consume),
+                0.90,
+            );
+            if *broker == "pubsub" {
+                let v = runs.ratio(Mqtrace, Raw, cpu);
+                rows.push((
+                    "pubsub consume CPU per message M/A ≤ 1.5".into(),
+                    format!("{v:.2}"),
+                    v <= 1.5,
+                ));
+            }
+            let (ended, dropped) = runs.spans(Mqtrace);
+            rows.push((
+                format!("{broker} spans dropped (M, README batch queue)"),
+                format!("{dropped} of {ended}"),
+                dropped == 0,
+            ));
+        }
+        let mut out = String::from("| target | this run | met |\n| --- | --- | --- |\n");
+        for (what, value, met) in rows {
+            let _ = writeln!(
+                out,
+                "| {what} | {value} | {} |",
+                if met { "yes" } else { "**no**" }
+            );
+        }
+        out
     }
 }

@@ -176,6 +176,19 @@ impl Runs {
             .collect()
     }
 
+    /// The median of the per-round ratios `a / b` of `f`.
+    pub(crate) fn ratio(&self, a: Mode, b: Mode, f: impl Fn(&Sample) -> f64) -> f64 {
+        median(&self.ratios(a, b, f))
+    }
+
+    /// Spans ended and dropped by `mode` over every round.
+    pub(crate) fn spans(&self, mode: Mode) -> (u64, u64) {
+        self.rounds.iter().fold((0, 0), |(e, d), r| {
+            let s = r[index(mode)].spans;
+            (e + s.ended, d + s.dropped())
+        })
+    }
+
     /// The Markdown tables: one row per mode, then the ratios.
     pub(crate) fn markdown(&self, consume_label: &str) -> String {
         let mut out = String::new();

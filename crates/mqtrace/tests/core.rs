@@ -936,3 +936,73 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         .expect("a current-thread runtime")
         .block_on(fut)
 }
+
+/// A sampler that keeps every span except process spans, and remembers every span name it
+/// was asked about.
+#[derive(Debug, Clone, Default)]
+struct DropProcess(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl opentelemetry_sdk::trace::ShouldSample for DropProcess {
+    fn should_sample(
+        &self,
+        _parent: Option<&Context>,
+        _trace_id: TraceId,
+        name: &str,
+        _kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult};
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(name.to_owned());
+        SamplingResult {
+            decision: if name.starts_with("process") {
+                SamplingDecision::Drop
+            } else {
+                SamplingDecision::RecordAndSample
+            },
+            attributes: Vec::new(),
+            trace_state: Default::default(),
+        }
+    }
+}
+
+mod unsampled_settle {
+    use super::*;
+
+    /// A message whose process span was sampled out gets no settle span: the sampler is not
+    /// even asked (nothing is built on the unsampled path), and no orphan `ack` span (a child
+    /// of a dropped parent) reaches the exporter. The settle itself still runs and the
+    /// message is still settled.
+    #[tokio::test]
+    async fn a_sampled_out_process_span_builds_no_settle_span() {
+        let asked = DropProcess::default();
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_sampler(asked.clone())
+            .build();
+        let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "mqtrace-core-test")
+            .build(Config::new().with_tracer_provider(provider.clone()));
+        let processing = Processing::new(deliver(&inst, "orders", &Headers::new()));
+        let settled: Result<bool, std::io::Error> = processing
+            .settle(Settle::new(ACK, Outcome::Ack), async { Ok(true) }, |_| None)
+            .await;
+        assert!(settled.is_ok_and(|acked| acked) && processing.is_settled());
+        let names = asked.0.lock().map(|n| n.clone()).unwrap_or_default();
+        assert_eq!(
+            names,
+            ["process orders"],
+            "the sampler was asked about {names:?}"
+        );
+        let _ = provider.force_flush();
+        let exported = exporter.get_finished_spans().unwrap_or_default();
+        assert!(
+            exported.iter().all(|s| s.name != "ack orders"),
+            "an orphan settle span was exported: {:?}",
+            exported.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+    }
+}

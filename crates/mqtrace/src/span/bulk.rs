@@ -478,7 +478,7 @@ impl Started {
         let inst = first.inst.clone();
         end_settle_span(
             &inst,
-            self.span,
+            Some(self.span),
             self.measure,
             self.settle.outcome,
             error.as_ref(),

@@ -479,9 +479,7 @@ impl ProcessSpan {
         F: Future<Output = R>,
     {
         let measure = self.settle_measure(settle.operation);
-        let span = self
-            .inst
-            .start_settle(settle.operation, &self.destination, &self.cx);
+        let span = self.settle_span(settle.operation);
         let result = fut.await;
         let error = check(&result);
         end_settle_span(&self.inst, span, measure, settle.outcome, error.as_ref());
@@ -501,6 +499,18 @@ impl ProcessSpan {
     /// ```
     pub fn finish(mut self, outcome: Outcome) {
         self.end(outcome, None, None);
+    }
+
+    /// The CLIENT settle span of `op`, a child of this span; none when this span is not
+    /// recorded (sampled out), so an unsampled message builds no settle span at all (a
+    /// settle span is a child of its process span and shares its sampling decision under the
+    /// parent-based samplers people use; recording one under a dropped parent would leave an
+    /// orphan in the trace).
+    pub(super) fn settle_span(&self, op: Operation) -> Option<BoxedSpan> {
+        self.cx
+            .span()
+            .is_recording()
+            .then(|| self.inst.start_settle(op, &self.destination, &self.cx))
     }
 
     pub(super) fn end(

@@ -97,7 +97,7 @@ impl SettleError {
 /// ([`PendingSettle::finish`]).
 pub(crate) fn end_settle_span(
     inst: &Instrumentation,
-    mut span: BoxedSpan,
+    span: Option<BoxedSpan>,
     measure: Option<Measure>,
     outcome: Outcome,
     error: Option<&SettleError>,
@@ -105,6 +105,7 @@ pub(crate) fn end_settle_span(
     if let (Some(m), Some(metrics)) = (measure, inst.metrics()) {
         m.operation_done(metrics, &inst.common(), error.map(SettleError::error_type));
     }
+    let Some(mut span) = span else { return };
     if span.is_recording() {
         span.set_attribute(KeyValue::new(attr::OUTCOME, outcome.as_str()));
         if let Some(e) = error {
@@ -174,15 +175,15 @@ impl ProcessSpan {
     ///
     /// See the example on [`PendingSettle`].
     pub fn start_settle(self, settle: Settle) -> PendingSettle {
-        let span = self
-            .inst
-            .start_settle(settle.operation, self.destination(), &self.cx);
-        let span_context = span.span_context().clone();
+        let span = self.settle_span(settle.operation);
+        let span_context = span
+            .as_ref()
+            .map_or(SpanContext::NONE, |s| s.span_context().clone());
         let measure = self.settle_measure(settle.operation);
         PendingSettle {
             inst: self.inst.clone(),
             process: Some(self),
-            span: Some(span),
+            span,
             span_context,
             settle,
             measure,
@@ -253,15 +254,13 @@ impl PendingSettle {
     ///
     /// See the example on [`PendingSettle`].
     pub fn finish(mut self, error: Option<SettleError>) {
-        if let Some(span) = self.span.take() {
-            end_settle_span(
-                &self.inst,
-                span,
-                self.measure.take(),
-                self.settle.outcome,
-                error.as_ref(),
-            );
-        }
+        end_settle_span(
+            &self.inst,
+            self.span.take(),
+            self.measure.take(),
+            self.settle.outcome,
+            error.as_ref(),
+        );
         if let Some(mut process) = self.process.take() {
             process.end(self.settle.outcome, self.settle.reason.clone(), error);
         }
