@@ -4,7 +4,7 @@
 //! `--write BENCHMARKS.md`. By hand:
 //!
 //! ```text
-//! mqtrace-bench [--quick] [--rounds R] [--write FILE] [micro] [rabbitmq] [kafka] [pubsub]
+//! mqtrace-bench [--quick] [--rounds R] [--write FILE] [micro] [rabbitmq] [kafka] [pubsub] [memory]
 //! mqtrace-bench count CASE WHO SAMPLING ITERATIONS   # one micro case, for callgrind
 //! ```
 //!
@@ -14,6 +14,7 @@
 
 mod handwritten;
 mod kafka;
+mod memory;
 mod micro;
 mod pubsub;
 mod rabbitmq;
@@ -50,12 +51,12 @@ fn parse() -> Result<Args, String> {
                     .ok_or("--rounds needs a number")?;
             }
             "--write" => args.write = Some(it.next().ok_or("--write needs a file")?),
-            "micro" | "rabbitmq" | "kafka" | "pubsub" => args.sections.push(a),
+            "micro" | "rabbitmq" | "kafka" | "pubsub" | "memory" => args.sections.push(a),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if args.sections.is_empty() {
-        args.sections = ["micro", "rabbitmq", "kafka", "pubsub"]
+        args.sections = ["micro", "rabbitmq", "kafka", "pubsub", "memory"]
             .map(String::from)
             .to_vec();
     }
@@ -283,6 +284,7 @@ fn main() {
                 targets.brokers.push(("pubsub", runs));
                 body
             }
+            "memory" => rt.block_on(memory::run(n(1_000_000))),
             _ => continue,
         };
         println!("## {section}\n\n{body}");
