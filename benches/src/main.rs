@@ -12,6 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+/// With `--features mimalloc`, the whole process allocates through mimalloc (the allocator
+/// comparison of BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod handwritten;
 mod kafka;
 mod memory;
@@ -239,7 +245,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut doc = String::new();
-    let _ = writeln!(doc, "Machine: {}.", machine());
+    let allocator = if cfg!(feature = "mimalloc") { "mimalloc" } else { "the system allocator (glibc)" };
+    let _ = writeln!(doc, "Machine: {}. Allocator: {allocator}.", machine());
     let mut targets = Targets::default();
     let n = |full: u32| if args.quick { 200 } else { full };
     for section in &args.sections {
