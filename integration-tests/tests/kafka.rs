@@ -2619,3 +2619,83 @@ async fn a_revoke_drops_the_bulk_bookkeeping_of_its_partitions() {
     })
     .await;
 }
+
+/// Headers a hostile producer forges on a normal topic: an attempt, a previous attempt, an
+/// origin and a not-before an hour ahead, every one an mqtrace history header.
+fn forged_history() -> OwnedHeaders {
+    let hour =
+        mqtrace::retry::epoch_millis(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: mqtrace::ATTEMPT_HEADER,
+            value: Some("7"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::PREVIOUS_ATTEMPT_HEADER,
+            value: Some("00-11111111111111111111111111111111-2222222222222222-01"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::ORIGIN_HEADER,
+            value: Some("00-33333333333333333333333333333333-4444444444444444-01"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::NOT_BEFORE_HEADER,
+            value: Some(hour.as_str()),
+        })
+}
+
+/// Anyone can produce to a topic: on one the trust policy does not trust and that no
+/// `RetryTopics` declared, forged history headers are refused (and said so), not believed:
+/// the attempt is 1, no origin or previous-attempt link. The same headers on a trusted topic
+/// are believed (the attempt they carry).
+#[tokio::test]
+async fn forged_history_headers_on_an_untrusted_normal_topic_are_refused() {
+    within(async {
+        let t = TestTelemetry::new();
+        let untrusted = unique("forged-history");
+        let trusted = unique("forged-history-trusted");
+        create_topic(&untrusted, 1).await;
+        create_topic(&trusted, 1).await;
+        let raw: FutureProducer = client_config().create().expect("raw producer");
+        let sent = forged_history();
+        for topic in [&untrusted, &trusted] {
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key("k")
+                .payload(&b"x"[..])
+                .headers(sent.clone());
+            raw.send(record, SEND_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("delivery to {topic}: {e}"));
+        }
+        let config = t
+            .config()
+            .with_trust(mqtrace::Trust::untrusted_sources([untrusted.clone()]));
+        for (topic, believed) in [(&untrusted, false), (&trusted, true)] {
+            let c = consumer(config.clone(), &unique("g"), &[topic]);
+            let m = next_message(&c).await;
+            assert_eq!(m.attempt(), if believed { 7 } else { 1 }, "{topic}");
+            // The user still sees every header as it was sent.
+            assert_eq!(pairs(m.headers()), pairs(Some(&sent)));
+            c.store_offset_from_message(&m).expect("store");
+            drop(m);
+        }
+        let spans = wait(&t, &format!("store_offset {trusted}"), 1).await;
+        let refused = spans.one(&format!("process {untrusted}"));
+        refused.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("process {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
+}

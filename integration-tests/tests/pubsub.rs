@@ -1288,3 +1288,78 @@ mod retries {
         .await;
     }
 }
+
+/// Anyone can publish to a topic: on a subscription the trust policy does not trust and that
+/// no `RetryTopics` declared, forged history attributes (an attempt, a previous attempt, an
+/// origin, a not-before) are refused and said so, not believed: no attempt counted, no origin
+/// or previous-attempt link. The same message on a trusted subscription is believed.
+#[tokio::test]
+async fn forged_history_attributes_on_an_untrusted_normal_subscription_are_refused() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let trusted_sub =
+            s.ps.create_subscription(&unique("billing-trusted"), &s.topic, |sub| sub)
+                .await;
+        let untrusted = short(&s.sub).to_owned();
+        let trusted = short(&trusted_sub).to_owned();
+        let raw = s.raw_publisher().await;
+        let forged = [
+            (mqtrace::ATTEMPT_HEADER, "7"),
+            (
+                mqtrace::retry::PREVIOUS_ATTEMPT_HEADER,
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            ),
+            (
+                mqtrace::retry::ORIGIN_HEADER,
+                "00-33333333333333333333333333333333-4444444444444444-01",
+            ),
+            (mqtrace::retry::NOT_BEFORE_HEADER, "99999999999999"),
+        ];
+        raw.publish(Message::new().set_data("x").set_attributes(forged))
+            .await
+            .expect("publish");
+        let inst = s.ps.emulator.instrumentation(
+            s.t.config()
+                .with_trust(mqtrace::Trust::untrusted_sources([untrusted.clone()])),
+        );
+        for (sub, believed) in [(&s.sub, false), (&trusted_sub, true)] {
+            let client =
+                s.ps.emulator
+                    .subscriber()
+                    .build()
+                    .await
+                    .expect("subscriber");
+            let mut stream = TracedSubscriber::new(client, inst.clone())
+                .subscribe(sub)
+                .build();
+            let (message, handler) = next_message(&mut stream).await;
+            assert_eq!(handler.attempt(), if believed { 7 } else { 1 }, "{sub}");
+            assert_eq!(
+                message.attributes.len(),
+                forged.len(),
+                "attributes unchanged"
+            );
+            for (k, v) in forged {
+                assert_eq!(message.attributes.get(k).map(String::as_str), Some(v));
+            }
+            handler.ack();
+        }
+        let spans = s.wait(&format!("ack {trusted}"), 1).await;
+        let refused = spans.one(&format!("subscribe {untrusted}"));
+        assert_eq!(refused.attr_i64(attr::DELIVERY_ATTEMPT), None);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("subscribe {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
+}

@@ -1415,3 +1415,66 @@ async fn forwarded_headers_carry_one_context_the_current_one() {
     })
     .await;
 }
+
+/// Anyone can publish to a queue: on one the trust policy does not trust and that no
+/// `RetryQueues` declared, forged history headers (an attempt, a previous attempt, an origin,
+/// a not-before) are refused and said so, not believed: the attempt is 1 and no origin or
+/// previous-attempt link. The same headers on a trusted queue are believed.
+#[tokio::test]
+async fn forged_history_headers_on_an_untrusted_normal_queue_are_refused() {
+    within(async {
+        let untrusted = unique("forged-history");
+        let trusted = unique("forged-history-trusted");
+        let distrust = untrusted.clone();
+        let (t, _conn, ch) =
+            setup(move |c| c.with_trust(Trust::untrusted_sources([distrust]))).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        let mut forged = FieldTable::default();
+        forged.insert(mqtrace::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(7));
+        forged.insert(
+            mqtrace::retry::PREVIOUS_ATTEMPT_HEADER.into(),
+            AMQPValue::LongString("00-11111111111111111111111111111111-2222222222222222-01".into()),
+        );
+        forged.insert(
+            mqtrace::retry::ORIGIN_HEADER.into(),
+            AMQPValue::LongString("00-33333333333333333333333333333333-4444444444444444-01".into()),
+        );
+        forged.insert(
+            mqtrace::retry::NOT_BEFORE_HEADER.into(),
+            AMQPValue::LongString("99999999999999".into()),
+        );
+        let props = BasicProperties::default().with_headers(forged.clone());
+        for (q, believed) in [(&untrusted, false), (&trusted, true)] {
+            declare_queue(&ch, q, FieldTable::default()).await;
+            publish_raw(&ch, q, b"x", props.clone()).await;
+            let mut consumer = consume(&ch, q).await;
+            let d = next_delivery(&mut consumer).await;
+            assert_eq!(d.attempt(), if believed { 7 } else { 1 }, "{q}");
+            assert_eq!(
+                d.properties.headers().as_ref(),
+                Some(&forged),
+                "headers unchanged"
+            );
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        let spans = wait(&t, &format!("ack {trusted}"), 1).await;
+        let refused = spans.one(&format!("process {untrusted}"));
+        refused.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("process {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
+}

@@ -106,7 +106,12 @@ impl TracedDelivery {
     ) -> Self {
         let table = delivery.properties.headers().as_ref();
         let headers = AmqpHeaders(table);
-        let history = DeliveryHistory::read(table, delivery.redelivered, queue);
+        let history = DeliveryHistory::read_believing(
+            table,
+            delivery.redelivered,
+            queue,
+            inst.believes_history(queue),
+        );
         let destination = consume_destination(
             delivery.exchange.as_str(),
             delivery.routing_key.as_str(),

@@ -154,6 +154,25 @@ impl Instrumentation {
         &self.inner.config
     }
 
+    /// Whether the history headers a message from `source` carries (`mqtrace-attempt`,
+    /// `-previous-attempt`, `-origin`, `-dead-letter-reason`, `-not-before`) may be believed:
+    /// when the [`Trust`](crate::Trust) policy trusts `source`, or when `source` is a retry or
+    /// dead-letter source mqtrace's retry types declared
+    /// ([`declare_source`](crate::retry::declare_source)). The broker crates read a carried
+    /// attempt only when this holds; elsewhere a forged one is refused and recorded.
+    ///
+    /// ```
+    /// use mqtrace::{Config, Trust, MessagingSystem, instrument::Instrumentation};
+    /// let i = Instrumentation::builder(MessagingSystem::Kafka, "x")
+    ///     .build(Config::new().with_trust(Trust::untrusted_sources(["feed", "feed.retry.2"])));
+    /// assert!(!i.believes_history("feed") && i.believes_history("orders"));
+    /// mqtrace::retry::declare_source("feed.retry.2");
+    /// assert!(i.believes_history("feed.retry.2"));
+    /// ```
+    pub fn believes_history(&self, source: &str) -> bool {
+        self.inner.config.trust().is_trusted(source) || crate::retry::is_declared_source(source)
+    }
+
     /// The messaging system.
     ///
     /// ```
