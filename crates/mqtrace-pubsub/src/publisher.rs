@@ -178,14 +178,27 @@ impl TracedPublisher {
     /// ```
     pub fn publish(&self, mut msg: Message) -> TracedPublishFuture {
         let mut staged = Staged::default();
+        // A context already in the attributes is kept or replaced whole, never mixed.
+        let existing = self.inst.existing_context(&msg.attributes);
         let mut span = self.inst.start_send(
             Outgoing::new(CREATE, &self.destination)
                 .with_body_size(msg.data.len())
-                .with_headers(&msg.attributes),
+                .with_headers(&msg.attributes)
+                .with_existing_context(&existing),
             &mut staged,
         );
+        if !existing.keeps() {
+            let propagation = self.inst.config().propagation();
+            if msg.attributes.keys().any(|k| {
+                propagation.is_field(&k.to_ascii_lowercase()) || googclient::is_field(k)
+            }) {
+                msg.attributes.retain(|k, _| {
+                    !propagation.is_field(&k.to_ascii_lowercase()) && !googclient::is_field(k)
+                });
+            }
+        }
         staged.into_attributes(&mut msg.attributes);
-        if self.google.writes() {
+        if self.google.writes() && !existing.keeps() {
             googclient::inject(span.span_context(), &mut msg.attributes);
         }
         span.record(|| {
