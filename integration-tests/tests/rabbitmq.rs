@@ -1351,6 +1351,64 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
     .await;
 }
 
+/// Baggage with `%`, `,`, `;`, non-ASCII and properties between mqtrace and Python's OTel SDK
+/// (pika instrumentation) through RabbitMQ, both ways, asserting the decoded values.
+#[tokio::test]
+async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_through_rabbitmq() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+
+        // Rust publishes, Python's SDK decodes.
+        let to_py = unique("bag-to-python");
+        declare_queue(&ch, &to_py, FieldTable::default()).await;
+        let cx = Context::current().with_baggage(support::interop_baggage().iter().map(|(k, (v, m))| {
+            opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+        }));
+        publish(&ch, "", &to_py, b"from rust", BasicProperties::default())
+            .with_context(cx)
+            .await;
+        let peer = python_peer("consume", &to_py).await;
+        assert_eq!(peer["body"], "from rust");
+        assert_eq!(peer["baggage"], support::interop_baggage_as_python_reads_it(), "{peer}");
+
+        // Python's SDK encodes, Rust decodes.
+        let from_py = unique("bag-from-python");
+        declare_queue(&ch, &from_py, FieldTable::default()).await;
+        let peer = python_peer("publish-baggage", &from_py).await;
+        let mut consumer = consume(&ch, &from_py).await;
+        let d = next_delivery(&mut consumer).await;
+        let got = d.context().baggage();
+        for (k, v) in [
+            ("pct", "10%"),
+            ("esc", "%41"),
+            ("sep", "a,b;c=d"),
+            ("uni", "héllo€"),
+        ] {
+            assert_eq!(
+                got.get(k).map(|v| v.as_str().into_owned()).as_deref(),
+                Some(v),
+                "{k}: python wrote {}",
+                peer["headers"]
+            );
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        let py_send = python_span(&peer, "PRODUCER", "");
+        assert_eq!(d.span_context().trace_id(), python_context(py_send).trace_id());
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+        let spans = wait(&t, &format!("ack {from_py}"), 1).await;
+        assert!(
+            spans
+                .one(&format!("process {from_py}"))
+                .attr(attr::CONTEXT_ERROR)
+                .is_none()
+        );
+    })
+    .await;
+}
+
 mod retries {
     use super::*;
     use mqtrace_lapin::RetryQueues;

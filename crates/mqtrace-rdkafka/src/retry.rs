@@ -371,7 +371,10 @@ where
         topic: &str,
         headers: &CopyHeaders,
     ) -> KafkaResult<()> {
-        let mut out = OwnedHeadersWriter(copy_without(message.headers(), &OWNED_HEADERS));
+        let propagation = self.producer.instrumentation().config().propagation();
+        let mut out = OwnedHeadersWriter(copy_without(message.headers(), |k| {
+            retry::left_out_of_copy(k, propagation)
+        }));
         headers.write(&mut out);
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
         record.key = message.key();
