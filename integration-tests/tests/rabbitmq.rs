@@ -1388,7 +1388,7 @@ async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_t
             ("uni", "héllo€"),
         ] {
             assert_eq!(
-                got.get(k).map(|v| v.as_str().into_owned()).as_deref(),
+                got.get(k).map(|v| v.as_str().to_owned()).as_deref(),
                 Some(v),
                 "{k}: python wrote {}",
                 peer["headers"]
