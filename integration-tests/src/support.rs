@@ -223,7 +223,11 @@ pub fn interop_baggage() -> opentelemetry::baggage::Baggage {
     ] {
         b.insert(k, v);
     }
-    b.insert_with_metadata("prop", "v", opentelemetry::baggage::BaggageMetadata::from("p=a,b"));
+    b.insert_with_metadata(
+        "prop",
+        "v",
+        opentelemetry::baggage::BaggageMetadata::from("p=a,b"),
+    );
     b
 }
 

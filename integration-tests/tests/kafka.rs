@@ -235,8 +235,10 @@ async fn user_headers_arrive_byte_for_byte_as_the_raw_client_delivers_them() {
         let topic = unique("headers");
         create_topic(&topic, 1).await;
         let raw: FutureProducer = client_config().create().expect("raw producer");
-        let traced =
-            kafka::producer(t.config().with_existing_context(mqtrace::ExistingContext::Replace));
+        let traced = kafka::producer(
+            t.config()
+                .with_existing_context(mqtrace::ExistingContext::Replace),
+        );
 
         // 1. The raw client, 2. the traced producer, 3. the traced producer forwarding a
         // context copied from another message (replaced, not duplicated, under
@@ -2195,8 +2197,10 @@ async fn header_keys_that_are_not_utf8_skip_only_their_header_and_forwarding_the
         raw_send(&topic, b"without-context", &hostile_headers(false));
 
         let c = consumer(t.config(), &unique("g"), &[&topic]);
-        let producer =
-            kafka::producer(t.config().with_existing_context(mqtrace::ExistingContext::Replace));
+        let producer = kafka::producer(
+            t.config()
+                .with_existing_context(mqtrace::ExistingContext::Replace),
+        );
         let first = next_message(&c).await;
         let second = next_message(&c).await;
         // The valid context is used although other keys are not UTF-8.
@@ -2765,7 +2769,10 @@ async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_kafka
             header_str(&headers, "traceparent"),
             vec![traceparent_of(&first.span_context)]
         );
-        assert_eq!(header_str(&headers, "baggage"), vec!["tenant=acme".to_owned()]);
+        assert_eq!(
+            header_str(&headers, "baggage"),
+            vec!["tenant=acme".to_owned()]
+        );
         assert_eq!(header_str(&headers, "order-id"), vec!["o-7".to_owned()]);
     })
     .await;
@@ -2794,12 +2801,17 @@ async fn the_replace_rule_writes_the_relays_context_through_kafka() {
                 .as_deref(),
             Some("replaced")
         );
-        spans.one(&format!("process {t_out}")).assert_child_of(forward);
+        spans
+            .one(&format!("process {t_out}"))
+            .assert_child_of(forward);
         assert_eq!(
             header_str(&headers, "traceparent"),
             vec![traceparent_of(&forward.span_context)]
         );
-        assert_eq!(header_str(&headers, "baggage"), vec!["tenant=acme".to_owned()]);
+        assert_eq!(
+            header_str(&headers, "baggage"),
+            vec!["tenant=acme".to_owned()]
+        );
         assert_eq!(header_str(&headers, "order-id"), vec!["o-7".to_owned()]);
     })
     .await;

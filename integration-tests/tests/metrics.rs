@@ -226,7 +226,10 @@ async fn a_temporary_reply_queue_is_one_unnamed_series_in_the_metrics() {
         let mut seen: Vec<String> = spans
             .named("publish")
             .iter()
-            .filter_map(|s| s.attr_str(attr::MESSAGING_DESTINATION_NAME).map(str::to_owned))
+            .filter_map(|s| {
+                s.attr_str(attr::MESSAGING_DESTINATION_NAME)
+                    .map(str::to_owned)
+            })
             .collect();
         seen.sort();
         names.sort();

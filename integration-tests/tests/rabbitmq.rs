@@ -1364,15 +1364,21 @@ async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_t
         // Rust publishes, Python's SDK decodes.
         let to_py = unique("bag-to-python");
         declare_queue(&ch, &to_py, FieldTable::default()).await;
-        let cx = Context::current().with_baggage(support::interop_baggage().iter().map(|(k, (v, m))| {
-            opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
-        }));
+        let cx = Context::current().with_baggage(support::interop_baggage().iter().map(
+            |(k, (v, m))| {
+                opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+            },
+        ));
         publish(&ch, "", &to_py, b"from rust", BasicProperties::default())
             .with_context(cx)
             .await;
         let peer = python_peer("consume", &to_py).await;
         assert_eq!(peer["body"], "from rust");
-        assert_eq!(peer["baggage"], support::interop_baggage_as_python_reads_it(), "{peer}");
+        assert_eq!(
+            peer["baggage"],
+            support::interop_baggage_as_python_reads_it(),
+            "{peer}"
+        );
 
         // Python's SDK encodes, Rust decodes.
         let from_py = unique("bag-from-python");
@@ -1396,7 +1402,10 @@ async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_t
         }
         assert_eq!(got.len(), 4, "{got:?}");
         let py_send = python_span(&peer, "PRODUCER", "");
-        assert_eq!(d.span_context().trace_id(), python_context(py_send).trace_id());
+        assert_eq!(
+            d.span_context().trace_id(),
+            python_context(py_send).trace_id()
+        );
         d.ack(BasicAckOptions::default()).await.expect("ack");
         let spans = wait(&t, &format!("ack {from_py}"), 1).await;
         assert!(
@@ -1526,9 +1535,15 @@ async fn relay(rule: ExistingContext) -> (TestTelemetry, String, String, FieldTa
     let mut user = FieldTable::default();
     user.insert("order-id".into(), AMQPValue::LongString("o-7".into()));
     let cx = Context::current().with_baggage([KeyValue::new("tenant", "acme")]);
-    publish(&ch, "", &q_in, b"x", BasicProperties::default().with_headers(user))
-        .with_context(cx)
-        .await;
+    publish(
+        &ch,
+        "",
+        &q_in,
+        b"x",
+        BasicProperties::default().with_headers(user),
+    )
+    .with_context(cx)
+    .await;
     let mut c_in = consume(&ch, &q_in).await;
     let d = next_delivery(&mut c_in).await;
     d.in_span(publish(&ch, "", &q_out, &d.data, d.properties.clone()))
@@ -1581,7 +1596,10 @@ async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_the_p
             )),
             "the first producer's traceparent, unchanged"
         );
-        assert_eq!(table_text(&headers, "baggage").as_deref(), Some("tenant=acme"));
+        assert_eq!(
+            table_text(&headers, "baggage").as_deref(),
+            Some("tenant=acme")
+        );
         assert_eq!(table_text(&headers, "order-id").as_deref(), Some("o-7"));
     })
     .await;
@@ -1621,7 +1639,10 @@ async fn the_replace_rule_writes_the_relays_context_and_links_the_forwarded_one(
             ))
         );
         // The relay's context carries the baggage it received, written anew.
-        assert_eq!(table_text(&headers, "baggage").as_deref(), Some("tenant=acme"));
+        assert_eq!(
+            table_text(&headers, "baggage").as_deref(),
+            Some("tenant=acme")
+        );
         assert_eq!(table_text(&headers, "order-id").as_deref(), Some("o-7"));
     })
     .await;

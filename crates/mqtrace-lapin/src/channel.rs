@@ -295,12 +295,16 @@ impl TracedChannel {
         arguments: FieldTable,
     ) -> lapin::Result<lapin::Queue> {
         let anonymous = queue.as_str().is_empty();
-        let declared = self.channel.queue_declare(queue, options, arguments).await?;
+        let declared = self
+            .channel
+            .queue_declare(queue, options, arguments)
+            .await?;
         let kind = mqtrace::instrument::DestinationKind::NAMED
             .with_anonymous(anonymous)
             .with_temporary(options.exclusive || options.auto_delete);
         if !kind.is_named() {
-            self.inst.declare_destination(declared.name().as_str(), kind);
+            self.inst
+                .declare_destination(declared.name().as_str(), kind);
         }
         Ok(declared)
     }

@@ -9,8 +9,7 @@ use crate::producer::TracedFutureProducer;
 use mqtrace::Traced as _;
 use mqtrace::instrument::Processing;
 use mqtrace::retry::{
-    self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy,
-    Settlement,
+    self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
 };
 use opentelemetry::context::FutureExt as _;
 use rdkafka::Message;

@@ -442,7 +442,8 @@ mod tests {
     }
 
     #[test]
-    fn temporary_destinations_have_no_name_on_metrics_and_batches_record_duration_without_counting() {
+    fn temporary_destinations_have_no_name_on_metrics_and_batches_record_duration_without_counting()
+    {
         let t = TestTelemetry::new();
         let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test").build(t.config());
         let send = Operation::new("publish", OperationType::Send);

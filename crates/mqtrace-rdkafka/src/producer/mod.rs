@@ -70,7 +70,8 @@ impl Producing {
         // A context already on the record is kept or replaced whole, never mixed: when it is
         // not kept, every context header is taken out first, so the receiver sees one context.
         let existing = self.inst.existing_context(&KafkaHeaders(headers.as_ref()));
-        let injectable = existing.keeps() || KafkaHeadersMut(&mut headers).remove_fields(propagation);
+        let injectable =
+            existing.keeps() || KafkaHeadersMut(&mut headers).remove_fields(propagation);
         let mut span = {
             let before = KafkaHeaders(hooked.as_ref());
             let partition;

@@ -409,10 +409,7 @@ impl Instrumentation {
     /// let existing = inst.existing_context(&forwarded);
     /// assert!(!existing.keeps()); // replaced: the old fields go, the send span links them
     /// ```
-    pub fn existing_context(
-        &self,
-        before: &dyn HeaderExtractor,
-    ) -> crate::span::ExistingOnMessage {
+    pub fn existing_context(&self, before: &dyn HeaderExtractor) -> crate::span::ExistingOnMessage {
         crate::span::send::existing(self, before)
     }
 

@@ -171,7 +171,10 @@ impl<'a> Outgoing<'a> {
     /// let existing = inst.existing_context(&before);
     /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_existing_context(&existing);
     /// ```
-    pub fn with_existing_context(mut self, existing: &'a crate::instrument::ExistingOnMessage) -> Self {
+    pub fn with_existing_context(
+        mut self,
+        existing: &'a crate::instrument::ExistingOnMessage,
+    ) -> Self {
         self.existing = Some(existing);
         self
     }

@@ -64,11 +64,14 @@ pub(crate) fn start(
     let mut attributes =
         inst.creation_attributes_with(msg.operation, destination.clone(), msg.attributes);
     attributes.extend(msg.kind.attributes());
-    let builder =
-        SpanBuilder::from_name(span_name_for(msg.operation.name(), msg.destination, msg.kind))
-            .with_kind(msg.operation.kind().span_kind())
-            .with_attributes(attributes)
-            .with_links(links);
+    let builder = SpanBuilder::from_name(span_name_for(
+        msg.operation.name(),
+        msg.destination,
+        msg.kind,
+    ))
+    .with_kind(msg.operation.kind().span_kind())
+    .with_attributes(attributes)
+    .with_links(links);
     let facts = SpanFacts {
         message_id: msg.message_id,
         conversation_id: msg.conversation_id,

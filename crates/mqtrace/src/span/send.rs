@@ -3,10 +3,12 @@
 //! both return.
 
 use crate::attributes as attr;
-use crate::carrier::Injector;
 use crate::carrier::HeaderExtractor;
+use crate::carrier::Injector;
 use crate::config::ExistingContext;
-use crate::instrument::{DestinationKind, Instrumentation, Outgoing, SpanFacts, span_name, span_name_for};
+use crate::instrument::{
+    DestinationKind, Instrumentation, Outgoing, SpanFacts, span_name, span_name_for,
+};
 use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
 use crate::pipeline::Pipeline;
@@ -104,10 +106,13 @@ pub(crate) fn start(
     let mut attributes =
         inst.creation_attributes_with(msg.operation, destination.clone(), msg.attributes);
     attributes.extend(msg.kind.attributes());
-    let mut builder =
-        SpanBuilder::from_name(span_name_for(msg.operation.name(), msg.destination, msg.kind))
-            .with_kind(kind)
-            .with_attributes(attributes);
+    let mut builder = SpanBuilder::from_name(span_name_for(
+        msg.operation.name(),
+        msg.destination,
+        msg.kind,
+    ))
+    .with_kind(kind)
+    .with_attributes(attributes);
     match msg.existing {
         Some(e) if e.keep => {
             builder = builder.with_links(vec![Link::with_context(e.span_context.clone())]);
@@ -396,7 +401,11 @@ mod existing_context_tests {
 
     /// Sends `headers` as a broker crate does, inside an application span; returns the headers
     /// as sent.
-    fn send(t: &TestTelemetry, rule: ExistingContext, mut headers: HashMap<String, String>) -> HashMap<String, String> {
+    fn send(
+        t: &TestTelemetry,
+        rule: ExistingContext,
+        mut headers: HashMap<String, String>,
+    ) -> HashMap<String, String> {
         let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test")
             .build(t.config().with_existing_context(rule));
         let app = t.provider().tracer("app").start("handler");
@@ -424,7 +433,11 @@ mod existing_context_tests {
     fn keep_sends_the_existing_context_unchanged_from_a_client_span_linking_it() {
         let t = TestTelemetry::new();
         let sent = send(&t, ExistingContext::Keep, forwarded());
-        assert_eq!(sent, forwarded(), "all three fields as they were, nothing added");
+        assert_eq!(
+            sent,
+            forwarded(),
+            "all three fields as they were, nothing added"
+        );
         let spans = t.spans();
         let span = spans.one("publish orders");
         span.assert_kind(SpanKind::Client);
@@ -479,7 +492,11 @@ mod existing_context_tests {
             let span = spans.one("publish orders");
             span.assert_kind(SpanKind::Producer);
             assert!(sent.contains_key("traceparent"), "{rule:?}");
-            assert_eq!(sent.get("tracestate"), None, "{rule:?}: no stale tracestate");
+            assert_eq!(
+                sent.get("tracestate"),
+                None,
+                "{rule:?}: no stale tracestate"
+            );
             assert!(span.links.links.is_empty(), "{rule:?}");
         }
     }
@@ -488,7 +505,9 @@ mod existing_context_tests {
     fn temporary_and_anonymous_destinations_are_left_out_of_span_names() {
         let t = TestTelemetry::new();
         let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test").build(t.config());
-        let reply = DestinationKind::NAMED.with_temporary(true).with_anonymous(true);
+        let reply = DestinationKind::NAMED
+            .with_temporary(true)
+            .with_anonymous(true);
         let mut h: HashMap<String, String> = HashMap::new();
         inst.start_send(
             Outgoing::new(PUBLISH, "amq.gen-X").with_destination_kind(reply),
