@@ -1301,3 +1301,53 @@ mod retries {
         .await;
     }
 }
+
+/// The default `ExistingContext::Keep` through Pub/Sub: a relay that republishes a received
+/// message's attributes sends its context unchanged (a CLIENT send span, child of the relay's
+/// subscribe span, linking it), so the last subscriber continues the first publish: one trace.
+#[tokio::test]
+async fn a_relay_that_forwards_attributes_keeps_the_context_one_trace_through_pubsub() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let out_topic = s.ps.create_topic(&unique("relay-out")).await;
+        let out_sub =
+            s.ps.create_subscription(&unique("relay-last"), &out_topic, |sub| sub)
+                .await;
+        let publisher = s.publisher().await;
+        let forwarder = s.publisher_to(&out_topic, |b| b).await;
+        publish(&publisher, Message::new().set_data("x")).await;
+        let mut stream = s.stream(&s.sub).await;
+        let (m, handler) = next_message(&mut stream).await;
+        let forwarded = Message::new()
+            .set_data(m.data.clone())
+            .set_attributes(m.attributes.clone());
+        handler.in_span(publish(&forwarder, forwarded)).await;
+        handler.ack();
+        let mut last_stream = s.stream(&out_sub).await;
+        let (last_m, last) = next_message(&mut last_stream).await;
+        last.ack();
+        let (t_in, t_out) = (short(&s.topic), short(&out_topic));
+        let spans = s.wait(&format!("ack {}", short(&out_sub)), 1).await;
+        let first = spans.one(&format!("send {t_in}"));
+        let relay = spans.one(&format!("subscribe {}", short(&s.sub)));
+        let forward = spans.one(&format!("send {t_out}"));
+        forward.assert_kind(SpanKind::Client);
+        forward.assert_child_of(relay);
+        forward.assert_links_to(&first.span_context);
+        let last_span = spans.one(&format!("subscribe {}", short(&out_sub)));
+        last_span.assert_parent_context(&first.span_context);
+        assert_eq!(
+            last_m.attributes.get("traceparent").map(String::as_str),
+            Some(
+                format!(
+                    "00-{}-{}-01",
+                    first.span_context.trace_id(),
+                    first.span_context.span_id()
+                )
+                .as_str()
+            ),
+            "the first publish's traceparent, unchanged"
+        );
+    })
+    .await;
+}
