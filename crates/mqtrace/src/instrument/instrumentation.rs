@@ -34,11 +34,14 @@ struct Inner {
 struct Declared {
     /// Whether anything was ever declared: the look-up on every message skips the lock until then.
     any: std::sync::atomic::AtomicBool,
-    map: std::sync::RwLock<(
-        std::collections::HashMap<Box<str>, DestinationKind>,
-        std::collections::VecDeque<Box<str>>,
-    )>,
+    map: std::sync::RwLock<DeclaredMap>,
 }
+
+/// The declared kinds by name, and the names in declaration order (oldest first).
+type DeclaredMap = (
+    std::collections::HashMap<Box<str>, DestinationKind>,
+    std::collections::VecDeque<Box<str>>,
+);
 
 /// How many declared destinations an instrumentation remembers.
 const DECLARED_MAX: usize = 4096;
