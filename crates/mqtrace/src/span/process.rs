@@ -515,13 +515,10 @@ impl ProcessSpan {
     /// parent-based samplers people use; recording one under a dropped parent would leave an
     /// orphan in the trace).
     pub(super) fn settle_span(&self, op: Operation) -> Option<BoxedSpan> {
-        self.cx
-            .span()
-            .is_recording()
-            .then(|| {
-                self.inst
-                    .start_settle(op, &self.destination, self.kind, &self.cx)
-            })
+        self.cx.span().is_recording().then(|| {
+            self.inst
+                .start_settle(op, &self.destination, self.kind, &self.cx)
+        })
     }
 
     pub(super) fn end(
