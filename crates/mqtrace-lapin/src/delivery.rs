@@ -93,13 +93,14 @@ impl TracedDelivery {
     /// # let _ = traced; }
     /// ```
     pub fn new(delivery: Delivery, inst: &Instrumentation, queue: &str, no_ack: bool) -> Self {
-        Self::new_in(delivery, inst, queue, no_ack, None)
+        Self::new_in(delivery, inst, PROCESS, queue, no_ack, None)
     }
 
     /// As [`Self::new`], registered among the deliveries in flight of its channel, `open`.
     pub(crate) fn new_in(
         delivery: Delivery,
         inst: &Instrumentation,
+        operation: mqtrace::Operation,
         queue: &str,
         no_ack: bool,
         open: Option<&OpenSpans>,
@@ -117,7 +118,8 @@ impl TracedDelivery {
             delivery.routing_key.as_str(),
             queue,
         );
-        let msg = Incoming::new(PROCESS, &destination, queue)
+        let msg = Incoming::new(operation, &destination, queue)
+            .with_destination_kind(crate::destination_kind(inst, queue))
             .with_message_id(
                 delivery
                     .properties

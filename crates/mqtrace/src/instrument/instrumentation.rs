@@ -5,7 +5,7 @@
 use crate::attributes as attr;
 use crate::carrier::{HeaderExtractor, Injector};
 use crate::config::{Config, ConfiguredTracer, SpanInfo};
-use crate::instrument::{Incoming, Outgoing};
+use crate::instrument::{DestinationKind, Incoming, Outgoing};
 use crate::metrics::{Common, Metrics};
 use crate::operation::{MessagingSystem, Operation, OperationType};
 use crate::propagation::Extracted;
@@ -24,7 +24,27 @@ struct Inner {
     server_address: Option<StringValue>,
     server_port: Option<i64>,
     metrics: Option<Metrics>,
+    declared: Declared,
 }
+
+/// Destinations declared temporary or anonymous through a traced client (bounded: the oldest
+/// are forgotten first, so an application declaring a reply queue per request cannot grow it
+/// without end).
+#[derive(Default)]
+struct Declared {
+    /// Whether anything was ever declared: the look-up on every message skips the lock until then.
+    any: std::sync::atomic::AtomicBool,
+    map: std::sync::RwLock<DeclaredMap>,
+}
+
+/// The declared kinds by name, and the names in declaration order (oldest first).
+type DeclaredMap = (
+    std::collections::HashMap<Box<str>, DestinationKind>,
+    std::collections::VecDeque<Box<str>>,
+);
+
+/// How many declared destinations an instrumentation remembers.
+const DECLARED_MAX: usize = 4096;
 
 /// The per-client instrumentation: a tracer, the configuration and the broker's identity.
 ///
@@ -108,6 +128,7 @@ impl InstrumentationBuilder {
                 tracer,
                 metrics,
                 config,
+                declared: Declared::default(),
                 system: self.system,
                 server_address: self
                     .server_address
@@ -119,6 +140,21 @@ impl InstrumentationBuilder {
 }
 
 /// Formats a span name `{operation} {destination}`.
+/// The span name for a destination of `kind`: `{operation} {destination}` for a named
+/// destination, the operation alone for a temporary or anonymous one (the conventions keep
+/// such names, which are not low-cardinality, out of span names).
+pub(crate) fn span_name_for(
+    op: &'static str,
+    destination: &str,
+    kind: DestinationKind,
+) -> Cow<'static, str> {
+    if kind.is_named() {
+        span_name(op, destination)
+    } else {
+        Cow::Borrowed(op)
+    }
+}
+
 pub(crate) fn span_name(op: &str, destination: &str) -> Cow<'static, str> {
     let mut s = String::with_capacity(op.len() + 1 + destination.len());
     s.push_str(op);
@@ -316,6 +352,89 @@ impl Instrumentation {
         crate::span::send::start(self, msg, headers)
     }
 
+    /// Records that `name` was declared through a traced client as a temporary or anonymous
+    /// destination (e.g. RabbitMQ's `queue_declare` with an empty name, `exclusive` or
+    /// `auto_delete`), so that the spans and metrics of its messages treat it as such
+    /// ([`DestinationKind`]). A named kind forgets the name. At most 4096 names are kept (the
+    /// oldest go first).
+    ///
+    /// ```
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// inst.declare_destination("replies-7", DestinationKind::NAMED.with_temporary(true));
+    /// assert!(inst.declared_kind("replies-7").is_temporary());
+    /// assert!(inst.declared_kind("orders").is_named());
+    /// ```
+    pub fn declare_destination(&self, name: &str, kind: DestinationKind) {
+        use std::sync::atomic::Ordering;
+        let d = &self.inner.declared;
+        let mut guard = match d.map.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (map, order) = &mut *guard;
+        if kind.is_named() {
+            if map.remove(name).is_some() {
+                order.retain(|n| &**n != name);
+            }
+            return;
+        }
+        if map.insert(Box::from(name), kind).is_none() {
+            order.push_back(Box::from(name));
+            if order.len() > DECLARED_MAX
+                && let Some(old) = order.pop_front()
+            {
+                map.remove(&old);
+            }
+        }
+        d.any.store(true, Ordering::Release);
+    }
+
+    /// The kind `name` was declared with ([`Self::declare_destination`]), or
+    /// [`DestinationKind::NAMED`].
+    ///
+    /// ```
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// assert!(inst.declared_kind("orders").is_named());
+    /// ```
+    pub fn declared_kind(&self, name: &str) -> DestinationKind {
+        use std::sync::atomic::Ordering;
+        let d = &self.inner.declared;
+        if !d.any.load(Ordering::Acquire) {
+            return DestinationKind::NAMED;
+        }
+        let guard = match d.map.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.0.get(name).copied().unwrap_or_default()
+    }
+
+    /// Reads the creation context already on an outgoing message, from its headers as the
+    /// user gave them (before any removal or injection), and decides per
+    /// [`crate::ExistingContext`] what [`Self::start_send`] does with it: pass the result
+    /// with [`Outgoing::with_existing_context`]. When [`ExistingOnMessage::keeps`] is `false`
+    /// the broker crate removes every context field from the headers first.
+    ///
+    /// [`ExistingOnMessage::keeps`]: crate::instrument::ExistingOnMessage::keeps
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::{*, instrument::*};
+    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc")
+    ///     .build(Config::new().with_existing_context(ExistingContext::Replace));
+    /// let forwarded: HashMap<String, String> = [(
+    ///     "traceparent".to_owned(),
+    ///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+    /// )].into();
+    /// let existing = inst.existing_context(&forwarded);
+    /// assert!(!existing.keeps()); // replaced: the old fields go, the send span links them
+    /// ```
+    pub fn existing_context(&self, before: &dyn HeaderExtractor) -> crate::span::ExistingOnMessage {
+        crate::span::send::existing(self, before)
+    }
+
     /// Starts the send span of a batch whose messages were each given a create span (see
     /// [`OperationType::Create`]) carrying their creation context: the span is a child of the
     /// current context, links every valid context in `created` and records
@@ -418,12 +537,15 @@ impl Instrumentation {
         &self,
         op: Operation,
         destination: &Arc<str>,
+        kind: DestinationKind,
         parent: &Context,
     ) -> BoxedSpan {
         debug_assert_eq!(op.kind(), OperationType::Settle);
-        let builder = SpanBuilder::from_name(span_name(op.name(), destination))
+        let mut attributes = self.creation_attributes(op, destination.clone());
+        attributes.extend(kind.attributes());
+        let builder = SpanBuilder::from_name(span_name_for(op.name(), destination, kind))
             .with_kind(op.kind().span_kind())
-            .with_attributes(self.creation_attributes(op, destination.clone()));
+            .with_attributes(attributes);
         self.start_span(builder, parent, &SpanFacts::new(op, destination), |_| {})
     }
 }

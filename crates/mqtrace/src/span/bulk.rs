@@ -441,9 +441,12 @@ impl Covered {
         let settling = self.spans.len() - 1;
         let parent = &self.spans[settling];
         let measure = parent.settle_measure(settle.operation);
-        let mut span = parent
-            .inst
-            .start_settle(settle.operation, parent.destination(), &parent.cx);
+        let mut span = parent.inst.start_settle(
+            settle.operation,
+            parent.destination(),
+            parent.kind,
+            &parent.cx,
+        );
         if span.is_recording() {
             span.set_attribute(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
             let settle_sc = span.span_context().clone();

@@ -3,7 +3,7 @@
 use super::parent::{self, Contexts, Parent};
 use super::settle::{Settle, SettleError, end_settle_span};
 use crate::attributes as attr;
-use crate::instrument::{Incoming, Instrumentation, SpanFacts, span_name};
+use crate::instrument::{DestinationKind, Incoming, Instrumentation, SpanFacts, span_name_for};
 use crate::metrics::Measure;
 use crate::metrics::since;
 use crate::operation::Operation;
@@ -61,14 +61,17 @@ pub(crate) fn start(
     };
 
     let destination: Arc<str> = Arc::from(msg.destination);
-    let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
-        .with_kind(msg.operation.kind().span_kind())
-        .with_attributes(inst.creation_attributes_with(
-            msg.operation,
-            destination.clone(),
-            msg.attributes,
-        ))
-        .with_links(links);
+    let mut attributes =
+        inst.creation_attributes_with(msg.operation, destination.clone(), msg.attributes);
+    attributes.extend(msg.kind.attributes());
+    let builder = SpanBuilder::from_name(span_name_for(
+        msg.operation.name(),
+        msg.destination,
+        msg.kind,
+    ))
+    .with_kind(msg.operation.kind().span_kind())
+    .with_attributes(attributes)
+    .with_links(links);
     let facts = SpanFacts {
         message_id: msg.message_id,
         conversation_id: msg.conversation_id,
@@ -96,7 +99,7 @@ pub(crate) fn start(
         timing = Some(Timing::now(&msg, sent_pipeline, retried));
     }
     let measure = start.map(|start| {
-        let mut m = Measure::new(msg.operation, msg.source, start);
+        let mut m = Measure::new(msg.operation, msg.source, msg.kind, start);
         m.extra = crate::metrics::consumer_attributes(msg.attributes);
         if let Some(sub) = msg.subscription
             && !m
@@ -124,7 +127,9 @@ pub(crate) fn start(
     if let Some(t) = timing {
         cx = cx.with_value(t.pipeline);
     }
-    ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin)
+    let mut span = ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin);
+    span.kind = msg.kind;
+    span
 }
 
 /// A delivery's time in queue and its place in the pipeline, as of the start of processing.
@@ -277,6 +282,8 @@ pub struct ProcessSpan {
     pub(super) cx: Context,
     span_context: SpanContext,
     destination: Arc<str>,
+    /// Whether the destination is temporary or anonymous (settle spans are named alike).
+    pub(super) kind: DestinationKind,
     /// Present only when metrics are recorded (no clock read otherwise).
     measure: Option<Measure>,
     attempt: Option<u32>,
@@ -313,6 +320,7 @@ impl ProcessSpan {
             cx,
             span_context,
             destination,
+            kind: DestinationKind::NAMED,
             measure,
             attempt,
             origin,
@@ -507,10 +515,10 @@ impl ProcessSpan {
     /// parent-based samplers people use; recording one under a dropped parent would leave an
     /// orphan in the trace).
     pub(super) fn settle_span(&self, op: Operation) -> Option<BoxedSpan> {
-        self.cx
-            .span()
-            .is_recording()
-            .then(|| self.inst.start_settle(op, &self.destination, &self.cx))
+        self.cx.span().is_recording().then(|| {
+            self.inst
+                .start_settle(op, &self.destination, self.kind, &self.cx)
+        })
     }
 
     pub(super) fn end(
