@@ -152,15 +152,14 @@ fn micro_section(quick: bool, rounds: usize, targets: &mut Targets) -> String {
                 }
             }
             let med = |k: usize| stats::median(&times[k]);
-            let ir = |who: Who| {
+            let count = |who: Who| {
                 if callgrind {
                     instructions(case, who, sampling)
-                        .map(|x| format!("{x:.0}"))
-                        .unwrap_or_else(|| "—".into())
                 } else {
-                    "—".into()
+                    None
                 }
             };
+            let show = |x: Option<f64>| x.map_or_else(|| "—".to_owned(), |x| format!("{x:.0}"));
             let dropped = setup.dropped();
             if case == Case::SdkSpan {
                 let _ = writeln!(
@@ -169,11 +168,17 @@ fn micro_section(quick: bool, rounds: usize, targets: &mut Targets) -> String {
                     case.name(),
                     sampling.name(),
                     med(0),
-                    ir(Who::HandWritten),
+                    show(count(Who::HandWritten)),
                 );
             } else {
                 let (a, b, m) = (med(0), med(1), med(2));
-                targets.micro.push((case, sampling, m - a));
+                let (raw_ir, hand_ir, ours_ir) = (
+                    count(Who::Raw),
+                    count(Who::HandWritten),
+                    count(Who::Mqtrace),
+                );
+                let net_ir = raw_ir.zip(ours_ir).map(|(r, o)| o - r);
+                targets.micro.push((case, sampling, m - a, net_ir));
                 let _ = writeln!(
                     out,
                     "| {} | {} | {a:.0} | {b:.0} | {m:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {dropped} |",
@@ -182,9 +187,9 @@ fn micro_section(quick: bool, rounds: usize, targets: &mut Targets) -> String {
                     m - a,
                     b - a,
                     (m - a) / (b - a),
-                    ir(Who::Raw),
-                    ir(Who::HandWritten),
-                    ir(Who::Mqtrace),
+                    show(raw_ir),
+                    show(hand_ir),
+                    show(ours_ir),
                 );
             }
             eprintln!("micro: {} {} done", case.name(), sampling.name());
@@ -295,7 +300,11 @@ fn main() {
                 targets.brokers.push(("pubsub", runs));
                 body
             }
-            "memory" => rt.block_on(memory::run(n(1_000_000))),
+            "memory" => {
+                let (body, growth) = rt.block_on(memory::run(n(1_000_000)));
+                targets.memory = Some(growth);
+                body
+            }
             _ => continue,
         };
         println!("## {section}\n\n{body}");
@@ -319,8 +328,10 @@ fn main() {
 /// The targets, checked against this run's figures.
 #[derive(Default)]
 struct Targets {
-    /// Net mqtrace ns per message of each micro case.
-    micro: Vec<(Case, Sampling, f64)>,
+    /// Net mqtrace ns (and instructions, when counted) per message of each micro case.
+    micro: Vec<(Case, Sampling, f64, Option<f64>)>,
+    /// RSS growth over the memory run, MiB.
+    memory: Option<f64>,
     brokers: Vec<(&'static str, stats::Runs)>,
 }
 
@@ -334,14 +345,17 @@ impl Targets {
             (Case::Publish, Sampling::Unsampled, 150.0),
             (Case::Consume, Sampling::Unsampled, 200.0),
         ] {
-            if let Some((_, _, ns)) = self
+            if let Some((_, _, ns, ir)) = self
                 .micro
                 .iter()
-                .find(|(c, s, _)| *c == case && *s == sampling)
+                .find(|(c, s, _, _)| *c == case && *s == sampling)
             {
+                let ir = ir.map_or_else(String::new, |ir| {
+                    format!(" ({ir:.0} instructions on top of the raw client)")
+                });
                 rows.push((
                     format!("{} {}, net ns ≤ {limit}", case.name(), sampling.name()),
-                    format!("{ns:.0}"),
+                    format!("{ns:.0}{ir}"),
                     *ns <= limit,
                 ));
             }
@@ -413,6 +427,13 @@ impl Targets {
                 format!("{broker} spans dropped (M, README batch queue)"),
                 format!("{dropped} of {ended}"),
                 dropped == 0,
+            ));
+        }
+        if let Some(growth) = self.memory {
+            rows.push((
+                "memory growth over 1M messages, exporter unreachable ≤ 20 MiB".into(),
+                format!("{growth:.1} MiB"),
+                growth <= 20.0,
             ));
         }
         let mut out = String::from("| target | this run | met |\n| --- | --- | --- |\n");

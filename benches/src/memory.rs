@@ -36,7 +36,7 @@ fn closed_port() -> u16 {
 }
 
 /// Publishes and consumes `total` messages in chunks, reporting RSS after each tenth.
-pub(crate) async fn run(total: u32) -> String {
+pub(crate) async fn run(total: u32) -> (String, f64) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -148,5 +148,6 @@ pub(crate) async fn run(total: u32) -> String {
             t.as_secs_f64()
         );
     }
-    out
+    let last = rows.last().map_or(first, |r| r.1);
+    (out, (last as f64 - first as f64) / 1024.0)
 }

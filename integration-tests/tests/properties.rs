@@ -395,12 +395,18 @@ async fn pubsub_user_attribute_maps_survive_unchanged_except_owned_keys() {
 /// included) inside its process span: the `tracestate` and `baggage` mqtrace writes are the
 /// same at every hop (nothing grows, nothing more is dropped), from a first hop with escapes
 /// and a member of raw characters another producer wrote (dropped once, at the first hop, as
-/// malformed: before issue 14 it was kept and its re-encoding grew at every hop).
+/// malformed: before issue 14 it was kept and its re-encoding grew at every hop). Run with
+/// `ExistingContext::Replace`, the rule that re-encodes the context at every hop; the default
+/// `Keep` forwards the received bytes unchanged, which cannot grow.
 #[tokio::test]
 async fn the_context_does_not_grow_across_ten_hops_through_rabbitmq() {
     within(async {
         let t = TestTelemetry::new();
-        let conn = rabbitmq(t.config()).await;
+        let conn = rabbitmq(
+            t.config()
+                .with_existing_context(mqtrace::ExistingContext::Replace),
+        )
+        .await;
         let ch = conn.create_channel().await.expect("create_channel");
         ch.confirm_select(Default::default())
             .await
