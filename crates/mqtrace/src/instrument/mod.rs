@@ -65,6 +65,6 @@ pub use crate::span::{
     PolledAfterCompletion, ProcessSpan, Processing, Receive, Registration, SendSpan, Settle,
     SettleError,
 };
-pub use instrumentation::{Instrumentation, InstrumentationBuilder};
+pub use instrumentation::{Instrumentation, InstrumentationBuilder, unique_client_id};
 pub(crate) use instrumentation::{SpanFacts, span_name};
-pub use message::{Incoming, Outgoing};
+pub use message::{Incoming, Outgoing, Record};

@@ -61,12 +61,23 @@ pub(crate) fn start(
     };
 
     let destination: Arc<str> = Arc::from(msg.destination);
+    // What samplers see, and what every settle span of the message starts with too.
+    let mut start_attributes: Vec<KeyValue> = msg.attributes.to_vec();
+    if let Some(sub) = msg.subscription
+        && !has(&start_attributes, attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
+    {
+        start_attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+            sub.to_owned(),
+        ));
+    }
     let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
         .with_kind(msg.operation.kind().span_kind())
         .with_attributes(inst.creation_attributes_with(
             msg.operation,
-            destination.clone(),
-            msg.attributes,
+            Some(destination.clone().into()),
+            &start_attributes,
+            0,
         ))
         .with_links(links);
     let facts = SpanFacts {
@@ -86,10 +97,20 @@ pub(crate) fn start(
         None
     };
     let mut timing: Option<Timing> = None;
+    let mut settle_recorded: Vec<KeyValue> = Vec::new();
     let span = inst.start_span(builder, &parent, &facts, |span| {
         let t = Timing::now(&msg, sent_pipeline, retried);
-        record_delivery(span, &msg, trusted, duplicate, &history, &issues);
-        t.record(span);
+        let mut kv = Vec::with_capacity(12);
+        record_delivery(&mut kv, &msg, trusted, duplicate, &history, &issues);
+        t.record(&mut kv);
+        if let Some(record) = msg.recorded {
+            record(&mut kv);
+        }
+        if let Some(record) = msg.settled {
+            record(&mut settle_recorded);
+            kv.extend_from_slice(&settle_recorded);
+        }
+        span.set_attributes(kv);
         timing = Some(t);
     });
     if metered && timing.is_none() {
@@ -97,18 +118,7 @@ pub(crate) fn start(
     }
     let measure = start.map(|start| {
         let mut m = Measure::new(msg.operation, msg.source, start);
-        m.extra = crate::metrics::consumer_attributes(msg.attributes);
-        if let Some(sub) = msg.subscription
-            && !m
-                .extra
-                .iter()
-                .any(|kv| kv.key.as_str() == attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
-        {
-            m.extra.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-                sub.to_owned(),
-            ));
-        }
+        m.extra = crate::metrics::consumer_attributes(&start_attributes);
         m
     });
     if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
@@ -124,7 +134,24 @@ pub(crate) fn start(
     if let Some(t) = timing {
         cx = cx.with_value(t.pipeline);
     }
-    ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin)
+    let mut span = ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin);
+    span.settle_attributes = SettleAttributes {
+        start: start_attributes,
+        recorded: settle_recorded,
+    };
+    span
+}
+
+fn has(kv: &[KeyValue], key: &str) -> bool {
+    kv.iter().any(|kv| kv.key.as_str() == key)
+}
+
+/// What every settle span of a message carries: its process span's start attributes (given
+/// to the sampler) and, when the process span was sampled, the message's recorded ones.
+#[derive(Default)]
+pub(super) struct SettleAttributes {
+    start: Vec<KeyValue>,
+    recorded: Vec<KeyValue>,
 }
 
 /// A delivery's time in queue and its place in the pipeline, as of the start of processing.
@@ -147,12 +174,12 @@ impl Timing {
         }
     }
 
-    fn record(&self, span: &mut BoxedSpan) {
+    fn record(&self, kv: &mut Vec<KeyValue>) {
         if let Some((q, _)) = self.queue_time {
-            span.set_attribute(KeyValue::new(attr::MESSAGE_QUEUE_TIME, q));
+            kv.push(KeyValue::new(attr::MESSAGE_QUEUE_TIME, q));
         }
-        span.set_attribute(KeyValue::new(attr::PIPELINE_LATENCY, self.latency.0));
-        span.set_attribute(KeyValue::new(
+        kv.push(KeyValue::new(attr::PIPELINE_LATENCY, self.latency.0));
+        kv.push(KeyValue::new(
             attr::PIPELINE_STAGE,
             i64::from(self.pipeline.stage),
         ));
@@ -215,7 +242,7 @@ fn with_baggage_of(ambient: Context, creation: &Context) -> Context {
 /// The delivery's own attributes of a sampled process span: attempt, trust, dead-letter
 /// reason, several `traceparent`s, refused mqtrace headers, what was wrong with its context.
 fn record_delivery(
-    span: &mut BoxedSpan,
+    kv: &mut Vec<KeyValue>,
     msg: &Incoming<'_>,
     trusted: bool,
     duplicate: bool,
@@ -223,19 +250,19 @@ fn record_delivery(
     issues: &[ContextIssue],
 ) {
     if let Some(a) = msg.attempt {
-        span.set_attribute(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(a)));
+        kv.push(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(a)));
     }
     if !trusted {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+        kv.push(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
     }
     if duplicate {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
+        kv.push(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
     }
     if let Some(reason) = &history.dead_letter_reason {
-        span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
+        kv.push(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
     }
     if let Some(refused) = &history.refused {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_REFUSED, refused.clone()));
+        kv.push(KeyValue::new(attr::CONTEXT_REFUSED, refused.clone()));
     }
     if !issues.is_empty() {
         let text = issues
@@ -243,7 +270,7 @@ fn record_delivery(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        span.set_attribute(KeyValue::new(attr::CONTEXT_ERROR, text));
+        kv.push(KeyValue::new(attr::CONTEXT_ERROR, text));
     }
 }
 
@@ -285,6 +312,7 @@ pub struct ProcessSpan {
     /// The handler's `error.type`, when [`ProcessSpan::record_error`] was called: a failed
     /// outcome reports it (on the span and the metric) rather than the outcome's name.
     handler_error: std::sync::OnceLock<Cow<'static, str>>,
+    pub(super) settle_attributes: SettleAttributes,
     done: bool,
 }
 
@@ -318,6 +346,7 @@ impl ProcessSpan {
             origin,
             drop_outcome: Outcome::Unsettled,
             handler_error: std::sync::OnceLock::new(),
+            settle_attributes: SettleAttributes::default(),
             done: false,
         }
     }
@@ -348,9 +377,17 @@ impl ProcessSpan {
         &self.span_context
     }
 
-    /// The destination settle spans are named after.
-    pub(crate) fn destination(&self) -> &Arc<str> {
-        &self.destination
+    /// Starts the CLIENT settle span of `op` on this message (a child of the process span),
+    /// with the message's attributes, and `extra` when sampled.
+    pub(crate) fn start_settle_span(&self, op: Operation, extra: &[KeyValue]) -> BoxedSpan {
+        self.inst.start_settle(
+            op,
+            &self.destination,
+            &self.cx,
+            &self.settle_attributes.start,
+            &self.settle_attributes.recorded,
+            extra,
+        )
     }
 
     /// The metric measure of a settle operation starting now, when metrics are recorded.
@@ -510,7 +547,7 @@ impl ProcessSpan {
         self.cx
             .span()
             .is_recording()
-            .then(|| self.inst.start_settle(op, &self.destination, &self.cx))
+            .then(|| self.start_settle_span(op, &[]))
     }
 
     pub(super) fn end(
@@ -537,10 +574,13 @@ impl ProcessSpan {
             None => (outcome, reason),
         };
         let handler_error = self.handler_error.get().map(|t| &**t);
+        // A handler error makes the processing a failure whatever the settle was (e.g. a
+        // message acked to drop it after `record_error`): the span (which `record_error`
+        // marked) and the process-duration metric both carry its `error.type`.
         let error_type: Option<&str> = match &error {
             Some(e) => Some(e.error_type()),
             None if outcome.is_failure() => handler_error.or(Some(outcome.as_str())),
-            None => None,
+            None => handler_error,
         };
         if let (Some(metrics), Some(m)) = (self.inst.metrics(), &self.measure) {
             m.processed(metrics, &self.inst.common(), outcome.as_str(), error_type);

@@ -16,6 +16,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The `error.type` of a send abandoned before the broker answered.
+const ABANDONED: &str = "abandoned";
+
 /// Starts the PRODUCER span of `msg` under the current context and injects its context into
 /// `headers` (see [`Instrumentation::start_send`]).
 pub(crate) fn start(
@@ -31,8 +34,9 @@ pub(crate) fn start(
         .with_kind(msg.operation.kind().span_kind())
         .with_attributes(inst.creation_attributes_with(
             msg.operation,
-            destination.clone(),
+            Some(destination.clone().into()),
             msg.attributes,
+            0,
         ));
     let facts = SpanFacts {
         message_id: msg.message_id,
@@ -41,7 +45,13 @@ pub(crate) fn start(
         headers: msg.headers,
         ..SpanFacts::new(msg.operation, msg.destination)
     };
-    let span = inst.start_span(builder, &parent, &facts, |_| {});
+    let span = inst.start_span(builder, &parent, &facts, |span| {
+        if let Some(record) = msg.recorded {
+            let mut kv = Vec::with_capacity(4);
+            record(&mut kv);
+            span.set_attributes(kv);
+        }
+    });
     inst.config()
         .propagation()
         .inject(span.span_context(), &parent, headers);
@@ -83,7 +93,8 @@ pub(crate) fn start_batch<'c>(
         .filter(|sc| sc.is_valid())
         .map(|sc| Link::with_context(sc.clone()))
         .collect();
-    let mut attributes = inst.creation_attributes(operation, destination.to_owned());
+    let mut attributes =
+        inst.creation_attributes_with(operation, Some(destination.to_owned().into()), &[], 1);
     attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
     let builder = SpanBuilder::from_name(span_name(operation.name(), destination))
         .with_kind(SpanKind::Client)
@@ -103,7 +114,9 @@ pub(crate) fn start_batch<'c>(
 /// The span of a message being sent; end it when the broker has answered.
 ///
 /// Started by [`crate::instrument::Instrumentation::start_send`]. Dropping it unended ends it too,
-/// recording that the send was abandoned before the broker answered (no span is left open).
+/// recording that the send was abandoned before the broker answered (no span is left open):
+/// `error.type` `abandoned` and an error status on the span, as on the duration metric, and
+/// the event `mqtrace.send.abandoned`.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -233,9 +246,13 @@ impl SendSpan {
 
 impl Drop for SendSpan {
     fn drop(&mut self) {
-        self.measure(Some("abandoned"));
+        self.measure(Some(ABANDONED));
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, ABANDONED));
+                span.set_status(Status::error(
+                    "the send was abandoned before the broker answered",
+                ));
                 span.add_event("mqtrace.send.abandoned", Vec::new());
             }
             span.end();
