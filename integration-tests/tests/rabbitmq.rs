@@ -1415,3 +1415,52 @@ async fn forwarded_headers_carry_one_context_the_current_one() {
     })
     .await;
 }
+
+#[test]
+fn a_confirm_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
+    let t = TestTelemetry::new();
+    let queue = unique("abandoned");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (conn, confirm) = runtime.block_on(async {
+        let conn = rabbitmq(t.config().with_metrics(true)).await;
+        let ch = conn.create_channel().await.expect("create_channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue_declare");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic_publish");
+        (conn, confirm)
+    });
+    // No runtime here: nothing can wait for the confirm, so the span ends at the drop.
+    drop(confirm);
+    let spans = t.spans();
+    let send = spans.one(&format!("publish {queue}"));
+    send.assert_attr_str(attr::ERROR_TYPE, "abandoned");
+    assert!(send.is_error());
+    let points = t.metric("messaging.client.operation.duration");
+    let ours: Vec<_> = points
+        .iter()
+        .filter(|p| p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(queue.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{points:?}");
+    assert_eq!(ours[0].attr_str(attr::ERROR_TYPE), Some("abandoned"));
+    drop(conn);
+}

@@ -178,20 +178,28 @@ impl TracedPublisher {
     /// ```
     pub fn publish(&self, mut msg: Message) -> TracedPublishFuture {
         let mut staged = Staged::default();
-        let mut span = self.inst.start_send(
+        let record = |kv: &mut Vec<KeyValue>| {
+            if !msg.ordering_key.is_empty() {
+                kv.push(KeyValue::new(
+                    attributes::ORDERING_KEY,
+                    msg.ordering_key.clone(),
+                ));
+            }
+            if self.topic.contains('/') {
+                kv.push(KeyValue::new(attributes::TOPIC, self.topic.clone()));
+            }
+        };
+        let span = self.inst.start_send(
             Outgoing::new(CREATE, &self.destination)
                 .with_body_size(msg.data.len())
-                .with_headers(&msg.attributes),
+                .with_headers(&msg.attributes)
+                .with_recorded(&record),
             &mut staged,
         );
         staged.into_attributes(&mut msg.attributes);
         if self.google.writes() {
             googclient::inject(span.span_context(), &mut msg.attributes);
         }
-        span.record(|| {
-            (!msg.ordering_key.is_empty())
-                .then(|| KeyValue::new(attributes::ORDERING_KEY, msg.ordering_key.clone()))
-        });
         let key = {
             let mut o = lock(&self.outstanding);
             let key = o.next;

@@ -28,8 +28,16 @@ struct Inner {
     /// What every sampled span records about the client (`messaging.client.id`,
     /// `network.peer.*`, ...), set before the span is shared, never on unsampled spans.
     client_attributes: Vec<KeyValue>,
+    /// Client attributes the broker reports later (see [`Instrumentation::learn`]).
+    learned: std::sync::OnceLock<Vec<KeyValue>>,
+    /// How many more times [`Instrumentation::learn`] asks.
+    learn_tries: std::sync::atomic::AtomicU32,
     metrics: Option<Metrics>,
 }
+
+/// How many spans [`Instrumentation::learn`] asks about before it gives up (a broker that
+/// never reports what is asked).
+const LEARN_TRIES: u32 = 1024;
 
 /// The per-client instrumentation: a tracer, the configuration and the broker's identity.
 ///
@@ -163,6 +171,8 @@ impl InstrumentationBuilder {
                 server_port,
                 start_attributes,
                 client_attributes: self.client_attributes,
+                learned: std::sync::OnceLock::new(),
+                learn_tries: std::sync::atomic::AtomicU32::new(LEARN_TRIES),
             }),
         }
     }
@@ -252,6 +262,36 @@ impl Instrumentation {
         &self.inner.tracer
     }
 
+    /// Client attributes the broker reports only once connected (e.g. Kafka's
+    /// `messaging.kafka.cluster.id`, in its metadata): until they are known, `ask` is called
+    /// (call `learn` before starting a span); the first `Some` is recorded on every sampled
+    /// span from then on. After 1024 answers of `None` it is no longer called.
+    ///
+    /// ```
+    /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// i.learn(|| Some(vec![opentelemetry::KeyValue::new("messaging.kafka.cluster.id", "c1")]));
+    /// i.learn(|| unreachable!("known already"));
+    /// ```
+    pub fn learn(&self, ask: impl FnOnce() -> Option<Vec<KeyValue>>) {
+        use std::sync::atomic::Ordering;
+        if self.inner.learned.get().is_some() {
+            return;
+        }
+        let tries = &self.inner.learn_tries;
+        if tries.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        match ask() {
+            Some(kv) => {
+                let _ = self.inner.learned.set(kv);
+            }
+            None => {
+                let _ =
+                    tries.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
+    }
+
     pub(crate) fn metrics(&self) -> Option<&Metrics> {
         self.inner.metrics.as_ref()
     }
@@ -274,8 +314,7 @@ impl Instrumentation {
         extra: &[KeyValue],
         more: usize,
     ) -> Vec<KeyValue> {
-        let mut kv =
-            Vec::with_capacity(4 + self.inner.start_attributes.len() + extra.len() + more);
+        let mut kv = Vec::with_capacity(4 + self.inner.start_attributes.len() + extra.len() + more);
         kv.push(KeyValue::new(
             attr::MESSAGING_SYSTEM,
             self.inner.system.as_str(),
@@ -305,6 +344,9 @@ impl Instrumentation {
         body_size: Option<usize>,
     ) {
         for kv in &self.inner.client_attributes {
+            span.put(kv.clone());
+        }
+        for kv in self.inner.learned.get().into_iter().flatten() {
             span.put(kv.clone());
         }
         if let Some(id) = message_id {

@@ -64,7 +64,10 @@ pub(crate) fn start(
     // What samplers see, and what every settle span of the message starts with too.
     let mut start_attributes: Vec<KeyValue> = msg.attributes.to_vec();
     if let Some(sub) = msg.subscription
-        && !has(&start_attributes, attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
+        && !has(
+            &start_attributes,
+            attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+        )
     {
         start_attributes.push(KeyValue::new(
             attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
