@@ -196,8 +196,8 @@ impl<'a> Incoming<'a> {
     }
 
     /// The subscription the message was delivered through: `messaging.destination.subscription.name`
-    /// on the process span and every settle span (given to samplers) and on the consumer
-    /// metrics.
+    /// on the process span (given to samplers), the settle spans of a sampled process span,
+    /// and the consumer metrics.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};
@@ -295,7 +295,7 @@ impl<'a> Incoming<'a> {
 
     /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
     /// `messaging.destination.partition.id`, `messaging.consumer.group.name`): the process
-    /// span and every settle span of the message start with them.
+    /// span starts with them, and so do the settle spans of a sampled process span.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};

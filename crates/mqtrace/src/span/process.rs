@@ -61,27 +61,26 @@ pub(crate) fn start(
     };
 
     let destination: Arc<str> = Arc::from(msg.destination);
-    // What samplers see, and what every settle span of the message starts with too.
-    let mut start_attributes: Vec<KeyValue> = msg.attributes.to_vec();
-    if let Some(sub) = msg.subscription
-        && !has(
-            &start_attributes,
-            attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-        )
-    {
-        start_attributes.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-            sub.to_owned(),
-        ));
-    }
+    // What samplers see (the settle spans of a sampled process span start with it too).
+    let subscription = msg
+        .subscription
+        .filter(|_| !has(msg.attributes, attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME))
+        .map(|sub| {
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                sub.to_owned(),
+            )
+        });
+    let mut attributes = inst.creation_attributes_with(
+        msg.operation,
+        Some(destination.clone().into()),
+        msg.attributes,
+        1,
+    );
+    attributes.extend(subscription.iter().cloned());
     let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
         .with_kind(msg.operation.kind().span_kind())
-        .with_attributes(inst.creation_attributes_with(
-            msg.operation,
-            Some(destination.clone().into()),
-            &start_attributes,
-            0,
-        ))
+        .with_attributes(attributes)
         .with_links(links);
     let facts = SpanFacts {
         message_id: msg.message_id,
@@ -101,7 +100,11 @@ pub(crate) fn start(
     };
     let mut timing: Option<Timing> = None;
     let mut settle_recorded: Vec<KeyValue> = Vec::new();
+    let mut settle_start: Vec<KeyValue> = Vec::new();
     let span = inst.start_span(builder, &parent, &facts, |span| {
+        settle_start.reserve_exact(msg.attributes.len() + 1);
+        settle_start.extend_from_slice(msg.attributes);
+        settle_start.extend(subscription.iter().cloned());
         let t = Timing::now(&msg, sent_pipeline, retried);
         let mut kv = Vec::with_capacity(12);
         record_delivery(&mut kv, &msg, trusted, duplicate, &history, &issues);
@@ -121,7 +124,8 @@ pub(crate) fn start(
     }
     let measure = start.map(|start| {
         let mut m = Measure::new(msg.operation, msg.source, start);
-        m.extra = crate::metrics::consumer_attributes(&start_attributes);
+        m.extra = crate::metrics::consumer_attributes(msg.attributes);
+        m.extra.extend(subscription.iter().cloned());
         m
     });
     if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
@@ -139,7 +143,7 @@ pub(crate) fn start(
     }
     let mut span = ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin);
     span.settle_attributes = SettleAttributes {
-        start: start_attributes,
+        start: settle_start,
         recorded: settle_recorded,
     };
     span
@@ -149,8 +153,9 @@ fn has(kv: &[KeyValue], key: &str) -> bool {
     kv.iter().any(|kv| kv.key.as_str() == key)
 }
 
-/// What every settle span of a message carries: its process span's start attributes (given
-/// to the sampler) and, when the process span was sampled, the message's recorded ones.
+/// What every settle span of a sampled process span carries beyond its own: the message's
+/// start attributes (given to the settle span's sampler) and its recorded ones. Empty for an
+/// unsampled process span, so the unsampled path builds and keeps none of them.
 #[derive(Default)]
 pub(super) struct SettleAttributes {
     start: Vec<KeyValue>,
