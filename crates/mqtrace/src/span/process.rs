@@ -64,7 +64,12 @@ pub(crate) fn start(
     // What samplers see (the settle spans of a sampled process span start with it too).
     let subscription = msg
         .subscription
-        .filter(|_| !has(msg.attributes, attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME))
+        .filter(|_| {
+            !has(
+                msg.attributes,
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+            )
+        })
         .map(|sub| {
             KeyValue::new(
                 attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
