@@ -245,7 +245,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let mut doc = String::new();
-    let allocator = if cfg!(feature = "mimalloc") { "mimalloc" } else { "the system allocator (glibc)" };
+    let allocator = if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else {
+        "the system allocator (glibc)"
+    };
     let _ = writeln!(doc, "Machine: {}. Allocator: {allocator}.", machine());
     let mut targets = Targets::default();
     let n = |full: u32| if args.quick { 200 } else { full };
