@@ -507,7 +507,7 @@ mod tests {
             Some("e"),
             ENRICHER,
             "producer",
-            "create orders.ready",
+            "send orders.ready",
             &[],
         );
         b.add(

@@ -6,6 +6,9 @@ spans it exported (with their links) as one JSON object on stdout.
 
     python kafka_peer.py produce TOPIC          # produce one message (user header x-origin) and flush
     python kafka_peer.py consume TOPIC GROUP    # consume one message as GROUP (20 s at most)
+    python kafka_peer.py produce-baggage TOPIC  # produce one message with peer_common.BAGGAGE
+
+`consume` also reports the baggage the SDK's propagator decodes from the record's headers.
 
 KAFKA_BOOTSTRAP_SERVERS names the broker (default 127.0.0.1:9092).
 """
@@ -17,7 +20,9 @@ import time
 from confluent_kafka import Consumer, Producer
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
 
-from peer_common import WAIT_S, fail, in_memory_tracing, spans_json
+from opentelemetry import context
+
+from peer_common import BAGGAGE, WAIT_S, attach_baggage, fail, in_memory_tracing, sdk_baggage, spans_json
 
 
 def header_json(headers):
@@ -39,13 +44,14 @@ def main():
     instrumentor = ConfluentKafkaInstrumentor()
 
     extra = {}
-    if mode == "produce":
+    if mode in ("produce", "produce-baggage"):
         producer = instrumentor.instrument_producer(
             Producer({"bootstrap.servers": servers, "message.timeout.ms": WAIT_S * 1000}),
             tracer_provider=provider,
         )
         reports = []
         headers = [("x-origin", b"python")]
+        token = attach_baggage(BAGGAGE) if mode == "produce-baggage" else None
         producer.produce(
             topic,
             b"from python",
@@ -53,6 +59,8 @@ def main():
             headers=headers,
             on_delivery=lambda err, msg: reports.append(err),
         )
+        if token is not None:
+            context.detach(token)
         # What the instrumentation wrote into the header list the record was sent with.
         extra["headers"] = header_json(headers)
         if producer.flush(WAIT_S) != 0 or not reports:
@@ -91,6 +99,14 @@ def main():
             fail(f"no message on {topic} within {WAIT_S} s")
         extra["body"] = message.value().decode("utf-8", "replace")
         extra["headers"] = header_json(message.headers())
+        text = {}
+        for key, value in message.headers() or []:
+            if isinstance(value, bytes):
+                try:
+                    text.setdefault(key, value.decode("utf-8"))
+                except UnicodeDecodeError:
+                    pass
+        extra["baggage"] = sdk_baggage(text)
     else:
         sys.exit(f"unknown mode {mode}")
     print(spans_json(exporter, extra))

@@ -7,7 +7,7 @@ The peers run as scripts from this folder, so `import peer_common` finds this fi
 import json
 import sys
 
-from opentelemetry import trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,6 +23,26 @@ def in_memory_tracing():
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider, exporter
+
+
+# The baggage the `*-baggage` modes send, through the SDK's own W3C baggage propagator:
+# values with `%`, an escape-like `%41`, `,`, `;`, `=` and non-ASCII text (no spaces: the
+# SDK's encoder writes a space as `+`, which W3C decoders read as a plus sign).
+BAGGAGE = {"pct": "10%", "esc": "%41", "sep": "a,b;c=d", "uni": "héllo€"}
+
+
+def attach_baggage(entries):
+    """Attaches a context holding `entries` as baggage; returns the token to detach."""
+    ctx = context.get_current()
+    for key, value in entries.items():
+        ctx = baggage.set_baggage(key, value, ctx)
+    return context.attach(ctx)
+
+
+def sdk_baggage(carrier):
+    """The baggage the SDK's global propagator (tracecontext + baggage) reads from `carrier`
+    (a dict of text headers), as {key: value}."""
+    return {k: str(v) for k, v in baggage.get_all(propagate.extract(carrier)).items()}
 
 
 def context_json(ctx):

@@ -5,6 +5,9 @@ the way a Python service would, and prints the spans it exported as one JSON obj
 
     python rabbitmq_peer.py publish QUEUE     # publish one message to QUEUE
     python rabbitmq_peer.py consume QUEUE     # consume and ack one message from QUEUE
+    python rabbitmq_peer.py publish-baggage QUEUE   # publish one message with peer_common.BAGGAGE
+
+`consume` also reports the baggage the SDK's propagator decodes from the message's headers.
 """
 
 import os
@@ -13,7 +16,9 @@ import sys
 import pika
 from opentelemetry.instrumentation.pika import PikaInstrumentor
 
-from peer_common import WAIT_S, fail, in_memory_tracing, spans_json
+from opentelemetry import context
+
+from peer_common import BAGGAGE, WAIT_S, attach_baggage, fail, in_memory_tracing, sdk_baggage, spans_json
 
 
 def main():
@@ -28,11 +33,19 @@ def main():
     extra = {}
     if mode == "publish":
         channel.basic_publish("", queue, b"from python", pika.BasicProperties(headers={"x-origin": "python"}))
+    elif mode == "publish-baggage":
+        token = attach_baggage(BAGGAGE)
+        headers = {"x-origin": "python"}
+        channel.basic_publish("", queue, b"from python", pika.BasicProperties(headers=headers))
+        context.detach(token)
+        extra["headers"] = dict(headers)
     elif mode == "consume":
 
         def on_message(ch, method, properties, body):
             extra["body"] = body.decode("utf-8", "replace")
             extra["headers"] = {k: (v if isinstance(v, str) else repr(v)) for k, v in (properties.headers or {}).items()}
+            text = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in (properties.headers or {}).items()}
+            extra["baggage"] = sdk_baggage({k: v for k, v in text.items() if isinstance(v, str)})
             ch.basic_ack(method.delivery_tag)
             ch.stop_consuming()
 

@@ -205,3 +205,41 @@ pub fn python_context(span: &serde_json::Value) -> SpanContext {
         Default::default(),
     )
 }
+
+/// The baggage mqtrace sends in the interop tests: `%`, an escape-like `%41`, `,` `;` `=`,
+/// non-ASCII, and a member with properties whose value holds a comma (`prop=v;p=a%2Cb`).
+///
+/// ```
+/// let b = mqtrace_integration_tests::support::interop_baggage();
+/// assert_eq!(b.len(), 5);
+/// ```
+pub fn interop_baggage() -> opentelemetry::baggage::Baggage {
+    let mut b = opentelemetry::baggage::Baggage::new();
+    for (k, v) in [
+        ("pct", "10%"),
+        ("esc", "%41"),
+        ("sep", "a,b;c=d"),
+        ("uni", "héllo€"),
+    ] {
+        b.insert(k, v);
+    }
+    b.insert_with_metadata(
+        "prop",
+        "v",
+        opentelemetry::baggage::BaggageMetadata::from("p=a,b"),
+    );
+    b
+}
+
+/// What Python's SDK decodes from it: every value exactly; the SDK has no properties, so the
+/// member with properties reads as its value followed by the decoded properties.
+///
+/// ```
+/// let v = mqtrace_integration_tests::support::interop_baggage_as_python_reads_it();
+/// assert_eq!(v["pct"], "10%");
+/// ```
+pub fn interop_baggage_as_python_reads_it() -> serde_json::Value {
+    serde_json::json!({
+        "pct": "10%", "esc": "%41", "sep": "a,b;c=d", "uni": "héllo€", "prop": "v;p=a,b",
+    })
+}

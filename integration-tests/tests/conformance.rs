@@ -1154,7 +1154,7 @@ mod adapters {
                 short(&self.dlq_sub),
             );
             Names {
-                send: format!("create {}", short(&self.topic)),
+                send: format!("send {}", short(&self.topic)),
                 attempts: vec![format!("subscribe {sub}"), format!("subscribe {retry_sub}")],
                 settles: vec![format!("ack {sub}"), format!("ack {retry_sub}")],
                 dead_letter_process: format!("subscribe {dlq}"),

@@ -743,7 +743,7 @@ async fn pubsub_consumer_loop_in_a_tracing_or_otel_span_keeps_every_message_in_i
             let loop_span = spans.one(ambient.name()).span_context.clone();
             assert_each_message_in_its_producers_trace(
                 &spans,
-                &format!("create {}", s.short_topic()),
+                &format!("send {}", s.short_topic()),
                 &format!("subscribe {}", s.short_sub()),
                 N,
                 &loop_span,
@@ -804,7 +804,7 @@ async fn pubsub_handlers_acked_out_of_order_and_nacked_while_leased_are_each_rec
         })
         .await;
         assert_eq!(spans.named(&process).len(), N + N / 5);
-        let producer = format!("create {}", s.short_topic());
+        let producer = format!("send {}", s.short_topic());
         for root in spans.named("produce") {
             let msg = root.attr_i64("msg").expect("msg");
             let trace = spans.in_trace(root.span_context.trace_id());
@@ -907,7 +907,7 @@ async fn pubsub_handlers_under_their_process_spans(n: usize, workers: Option<usi
     let spans = wait_until(&t, name, |sp| sp.named(&ack).len() == n).await;
     assert_handlers_under_their_own_process_span(
         &spans,
-        &format!("create {}", s.short_topic()),
+        &format!("send {}", s.short_topic()),
         &format!("subscribe {}", s.short_sub()),
         &ack,
         "ack",

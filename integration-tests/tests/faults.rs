@@ -984,7 +984,7 @@ async fn pubsub_emulator_killed_ends_every_span_and_answers_as_the_client_does()
 
         let short_topic = mqtrace_pubsub::short_name(&topic).to_owned();
         let short_sub = mqtrace_pubsub::short_name(&sub).to_owned();
-        let create = format!("create {short_topic}");
+        let create = format!("send {short_topic}");
         let spans = wait(&t, &create, 4).await;
         let create_spans = spans.named(&create);
         assert_eq!(
@@ -1032,7 +1032,7 @@ async fn pubsub_emulator_killed_ends_every_span_and_answers_as_the_client_does()
         let short_topic = mqtrace_pubsub::short_name(&topic).to_owned();
         let short_sub = mqtrace_pubsub::short_name(&sub).to_owned();
         let spans = wait(&t2, &format!("ack {short_sub}"), 1).await;
-        let c = spans.one(&format!("create {short_topic}"));
+        let c = spans.one(&format!("send {short_topic}"));
         let p = spans.one(&format!("subscribe {short_sub}"));
         assert_eq!(p.span_context.trace_id(), c.span_context.trace_id());
     };

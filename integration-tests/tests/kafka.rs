@@ -242,10 +242,14 @@ async fn user_headers_arrive_byte_for_byte_as_the_raw_client_delivers_them() {
         let topic = unique("headers");
         create_topic(&topic, 1).await;
         let raw: FutureProducer = client_config().create().expect("raw producer");
-        let traced = kafka::producer(t.config());
+        let traced = kafka::producer(
+            t.config()
+                .with_existing_context(mqtrace::ExistingContext::Replace),
+        );
 
         // 1. The raw client, 2. the traced producer, 3. the traced producer forwarding a
-        // context copied from another message (replaced, not duplicated).
+        // context copied from another message (replaced, not duplicated, under
+        // `ExistingContext::Replace`).
         let record = |payload: &'static [u8], headers| {
             FutureRecord::<str, [u8]>::to(&topic)
                 .key("k")
@@ -1318,6 +1322,73 @@ async fn python_confluent_kafka_instrumentation_and_mqtrace_continue_each_others
     .await;
 }
 
+/// Baggage with `%`, `,`, `;`, non-ASCII and properties between mqtrace and Python's OTel SDK
+/// (confluent-kafka instrumentation) through Kafka, both ways, asserting the decoded values.
+#[tokio::test]
+async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_through_kafka() {
+    use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
+    within(async {
+        let t = TestTelemetry::new();
+
+        // Rust sends, Python's SDK decodes.
+        let to_py = unique("bag-to-python");
+        create_topic(&to_py, 1).await;
+        let producer = kafka::producer(t.config());
+        let cx = Context::current().with_baggage(
+            support::interop_baggage()
+                .iter()
+                .map(|(k, (v, m))| KeyValueMetadata::new(k.clone(), v.clone(), m.clone())),
+        );
+        send(&producer, &to_py, "k", Some(b"from rust"), None)
+            .with_context(cx)
+            .await;
+        let peer = python_peer(&["consume", &to_py, &unique("python")]).await;
+        assert_eq!(peer["body"], "from rust", "{peer}");
+        assert_eq!(
+            peer["baggage"],
+            support::interop_baggage_as_python_reads_it(),
+            "{peer}"
+        );
+
+        // Python's SDK encodes, Rust decodes.
+        let from_py = unique("bag-from-python");
+        create_topic(&from_py, 1).await;
+        let peer = python_peer(&["produce-baggage", &from_py]).await;
+        let consumer = consumer(t.config(), &unique("from-python"), &[&from_py]);
+        let message = next_message(&consumer).await;
+        let got = message.context().baggage();
+        for (k, v) in [
+            ("pct", "10%"),
+            ("esc", "%41"),
+            ("sep", "a,b;c=d"),
+            ("uni", "héllo€"),
+        ] {
+            assert_eq!(
+                got.get(k).map(|v| v.as_str().to_owned()).as_deref(),
+                Some(v),
+                "{k}: python wrote {}",
+                peer["headers"]
+            );
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        let py_send = python_span(&peer, "PRODUCER", &format!("{from_py} send"));
+        assert_eq!(
+            message.span_context().trace_id(),
+            python_context(py_send).trace_id()
+        );
+        message.finish(Outcome::Ack);
+        drop(message);
+        let spans = wait(&t, &format!("process {from_py}"), 1).await;
+        assert!(
+            spans
+                .one(&format!("process {from_py}"))
+                .attr(attr::CONTEXT_ERROR)
+                .is_none()
+        );
+    })
+    .await;
+}
+
 mod retries {
     use super::*;
     use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
@@ -2133,7 +2204,10 @@ async fn header_keys_that_are_not_utf8_skip_only_their_header_and_forwarding_the
         raw_send(&topic, b"without-context", &hostile_headers(false));
 
         let c = consumer(t.config(), &unique("g"), &[&topic]);
-        let producer = kafka::producer(t.config());
+        let producer = kafka::producer(
+            t.config()
+                .with_existing_context(mqtrace::ExistingContext::Replace),
+        );
         let first = next_message(&c).await;
         let second = next_message(&c).await;
         // The valid context is used although other keys are not UTF-8.
@@ -2677,6 +2751,86 @@ async fn spans_carry_the_cluster_id_the_broker_reports_once_it_is_known() {
     .await;
 }
 
+/// Headers a hostile producer forges on a normal topic: an attempt, a previous attempt, an
+/// origin and a not-before an hour ahead, every one an mqtrace history header.
+fn forged_history() -> OwnedHeaders {
+    let hour =
+        mqtrace::retry::epoch_millis(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: mqtrace::ATTEMPT_HEADER,
+            value: Some("7"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::PREVIOUS_ATTEMPT_HEADER,
+            value: Some("00-11111111111111111111111111111111-2222222222222222-01"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::ORIGIN_HEADER,
+            value: Some("00-33333333333333333333333333333333-4444444444444444-01"),
+        })
+        .insert(Header {
+            key: mqtrace::retry::NOT_BEFORE_HEADER,
+            value: Some(hour.as_str()),
+        })
+}
+
+/// Anyone can produce to a topic: on one the trust policy does not trust and that no
+/// `RetryTopics` declared, forged history headers are refused (and said so), not believed:
+/// the attempt is 1, no origin or previous-attempt link. The same headers on a trusted topic
+/// are believed (the attempt they carry).
+#[tokio::test]
+async fn forged_history_headers_on_an_untrusted_normal_topic_are_refused() {
+    within(async {
+        let t = TestTelemetry::new();
+        let untrusted = unique("forged-history");
+        let trusted = unique("forged-history-trusted");
+        create_topic(&untrusted, 1).await;
+        create_topic(&trusted, 1).await;
+        let raw: FutureProducer = client_config().create().expect("raw producer");
+        let sent = forged_history();
+        for topic in [&untrusted, &trusted] {
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key("k")
+                .payload(&b"x"[..])
+                .headers(sent.clone());
+            raw.send(record, SEND_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("delivery to {topic}: {e}"));
+        }
+        let config = t
+            .config()
+            .with_trust(mqtrace::Trust::untrusted_sources([untrusted.clone()]));
+        for (topic, believed) in [(&untrusted, false), (&trusted, true)] {
+            let c = consumer(config.clone(), &unique("g"), &[topic]);
+            let m = next_message(&c).await;
+            assert_eq!(m.attempt(), if believed { 7 } else { 1 }, "{topic}");
+            // The user still sees every header as it was sent.
+            assert_eq!(pairs(m.headers()), pairs(Some(&sent)));
+            c.store_offset_from_message(&m).expect("store");
+            drop(m);
+        }
+        let spans = wait(&t, &format!("store_offset {trusted}"), 1).await;
+        let refused = spans.one(&format!("process {untrusted}"));
+        refused.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("process {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
+}
+
 #[test]
 fn a_delivery_future_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
     let t = TestTelemetry::new();
@@ -2706,4 +2860,127 @@ fn a_delivery_future_dropped_outside_a_runtime_records_abandoned_on_span_and_met
         .collect();
     assert_eq!(ours.len(), 1, "{points:?}");
     assert_eq!(ours[0].attr_str(attr::ERROR_TYPE), Some("abandoned"));
+}
+
+/// A record sent, consumed by a relay stage that forwards it with the received headers
+/// (context included) to a second topic, and consumed there. Returns the spans' telemetry,
+/// both topics and the headers the last consumer saw.
+async fn relay(rule: mqtrace::ExistingContext) -> (TestTelemetry, String, String, Pairs) {
+    let t = TestTelemetry::new();
+    let (t_in, t_out) = (unique("relay-in"), unique("relay-out"));
+    create_topic(&t_in, 1).await;
+    create_topic(&t_out, 1).await;
+    let config = || t.config().with_existing_context(rule);
+    let producer = kafka::producer(config());
+    let user = OwnedHeaders::new().insert(Header {
+        key: "order-id",
+        value: Some(&b"o-7"[..]),
+    });
+    let cx = opentelemetry::baggage::BaggageExt::with_baggage(
+        &Context::current(),
+        [opentelemetry::KeyValue::new("tenant", "acme")],
+    );
+    send(&producer, &t_in, "k", Some(b"x"), Some(user))
+        .with_context(cx)
+        .await;
+    let c_in = consumer(config(), &unique("relay"), &[&t_in]);
+    let m = next_message(&c_in).await;
+    let forwarded = m.headers().map(rdkafka::message::BorrowedHeaders::detach);
+    m.in_span(send(&producer, &t_out, "k", Some(b"x"), forwarded))
+        .await;
+    c_in.commit_message(&m, CommitMode::Sync).expect("commit");
+    drop(m);
+    let c_out = consumer(config(), &unique("last"), &[&t_out]);
+    let m2 = next_message(&c_out).await;
+    let headers = pairs(m2.headers());
+    c_out.commit_message(&m2, CommitMode::Sync).expect("commit");
+    drop(m2);
+    wait(&t, &format!("commit {t_out}"), 1).await;
+    (t, t_in, t_out, headers)
+}
+
+fn header_str(headers: &Pairs, key: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// The default rule (`ExistingContext::Keep`) through Kafka: the forwarded context is sent
+/// unchanged (one `traceparent`, the first producer's), so the last consumer continues the
+/// first producer's span: one trace through the pipeline. The relay's send is a CLIENT span,
+/// child of its process span, linking the kept context.
+#[tokio::test]
+async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_kafka() {
+    within(async {
+        let (t, t_in, t_out, headers) = relay(mqtrace::ExistingContext::Keep).await;
+        let spans = t.spans();
+        let first = spans.one(&format!("send {t_in}"));
+        first.assert_kind(SpanKind::Producer);
+        let relay_process = spans.one(&format!("process {t_in}"));
+        let forward = spans.one(&format!("send {t_out}"));
+        forward.assert_kind(SpanKind::Client);
+        forward.assert_child_of(relay_process);
+        forward.assert_links_to(&first.span_context);
+        let last = spans.one(&format!("process {t_out}"));
+        last.assert_parent_context(&first.span_context);
+        for s in [relay_process, forward, last] {
+            assert_eq!(
+                s.span_context.trace_id(),
+                first.span_context.trace_id(),
+                "{}",
+                spans.tree()
+            );
+        }
+        assert_eq!(
+            header_str(&headers, "traceparent"),
+            vec![traceparent_of(&first.span_context)]
+        );
+        assert_eq!(
+            header_str(&headers, "baggage"),
+            vec!["tenant=acme".to_owned()]
+        );
+        assert_eq!(header_str(&headers, "order-id"), vec!["o-7".to_owned()]);
+    })
+    .await;
+}
+
+/// `ExistingContext::Replace` through Kafka: the relay's own context replaces every forwarded
+/// field (one `traceparent`, the relay's send span's), a PRODUCER span linking the replaced
+/// context as `replaced`; the last consumer continues the relay's send span.
+#[tokio::test]
+async fn the_replace_rule_writes_the_relays_context_through_kafka() {
+    within(async {
+        let (t, t_in, t_out, headers) = relay(mqtrace::ExistingContext::Replace).await;
+        let spans = t.spans();
+        let first = spans.one(&format!("send {t_in}"));
+        let relay_process = spans.one(&format!("process {t_in}"));
+        let forward = spans.one(&format!("send {t_out}"));
+        forward.assert_kind(SpanKind::Producer);
+        forward.assert_child_of(relay_process);
+        forward.assert_links_to(&first.span_context);
+        assert_eq!(
+            forward.links.links[0]
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == attr::LINK_TYPE)
+                .map(|kv| kv.value.to_string())
+                .as_deref(),
+            Some("replaced")
+        );
+        spans
+            .one(&format!("process {t_out}"))
+            .assert_child_of(forward);
+        assert_eq!(
+            header_str(&headers, "traceparent"),
+            vec![traceparent_of(&forward.span_context)]
+        );
+        assert_eq!(
+            header_str(&headers, "baggage"),
+            vec!["tenant=acme".to_owned()]
+        );
+        assert_eq!(header_str(&headers, "order-id"), vec!["o-7".to_owned()]);
+    })
+    .await;
 }

@@ -171,16 +171,13 @@ async fn rabbitmq_secrets_never_reach_spans_or_metrics() {
             .await
             .expect("confirm_select");
         let q = unique("privacy");
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue_declare");
+        // A named queue that expires (an auto-delete one would be temporary, and its name kept
+        // out of metrics, where this test looks for it).
+        let mut expires = FieldTable::default();
+        expires.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(60_000));
+        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), expires)
+            .await
+            .expect("queue_declare");
         let mut headers = FieldTable::default();
         for key in ["x-api-key", "authorization"] {
             headers.insert(

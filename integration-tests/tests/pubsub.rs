@@ -145,7 +145,7 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
 
         let spans = s.wait(&format!("ack {sub}"), 1).await;
         let checkout = spans.one("checkout");
-        let create = spans.one(&format!("create {topic}"));
+        let create = spans.one(&format!("send {topic}"));
         let process = spans.one(&format!("subscribe {sub}"));
         let ack = spans.one(&format!("ack {sub}"));
         let handle = spans.one("handle");
@@ -187,8 +187,8 @@ async fn publish_then_subscribe_is_one_trace_with_exact_parents_links_names_kind
             span.assert_attr_str(attr::SERVER_ADDRESS, host);
             span.assert_attr_i64(attr::SERVER_PORT, i64::from(port));
         }
-        create.assert_attr(attr::MESSAGING_OPERATION_NAME, "create");
-        create.assert_attr(attr::MESSAGING_OPERATION_TYPE, "create");
+        create.assert_attr(attr::MESSAGING_OPERATION_NAME, "send");
+        create.assert_attr(attr::MESSAGING_OPERATION_TYPE, "send");
         create.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, topic);
         create.assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         assert!(create.attr(ps::ORDERING_KEY).is_none());
@@ -247,8 +247,8 @@ async fn a_publish_future_polled_again_says_so_at_once_not_shutdown() {
             "{chain:?}"
         );
         let topic = short(&s.topic);
-        let spans = s.wait(&format!("create {topic}"), 1).await;
-        let creates = spans.named(&format!("create {topic}"));
+        let spans = s.wait(&format!("send {topic}"), 1).await;
+        let creates = spans.named(&format!("send {topic}"));
         assert_eq!(creates.len(), 1, "{}", spans.tree());
         creates[0].assert_attr_str(attr::MESSAGING_MESSAGE_ID, &id);
         assert!(!creates[0].is_error());
@@ -284,7 +284,7 @@ async fn user_attributes_are_kept_and_googclient_keys_can_be_turned_off() {
         let spans = s.wait(&format!("ack {}", short(&s.sub)), 1).await;
         spans
             .one(&format!("subscribe {}", short(&s.sub)))
-            .assert_child_of(spans.one(&format!("create {}", short(&s.topic))));
+            .assert_child_of(spans.one(&format!("send {}", short(&s.topic))));
     })
     .await;
 }
@@ -380,7 +380,7 @@ async fn nack_redelivers_and_every_delivery_has_its_own_span_in_the_trace() {
         handler.ack();
 
         let spans = s.wait(&format!("ack {sub}"), 1).await;
-        let create = spans.one(&format!("create {}", short(&s.topic)));
+        let create = spans.one(&format!("send {}", short(&s.topic)));
         let processes = spans.named(&format!("subscribe {sub}"));
         assert_eq!(processes.len(), 2, "{}", spans.tree());
         for p in &processes {
@@ -484,7 +484,7 @@ async fn dead_letter_policy_counts_attempts_and_the_dead_letter_stays_in_the_tra
 
         let (sub, dlq_sub) = (short(&sub), short(&dlq_sub));
         let spans = s.wait(&format!("ack {dlq_sub}"), 1).await;
-        let create = spans.one(&format!("create {}", short(&topic)));
+        let create = spans.one(&format!("send {}", short(&topic)));
         let mut attempts: Vec<i64> = spans
             .named(&format!("subscribe {sub}"))
             .into_iter()
@@ -554,7 +554,7 @@ async fn ordering_keys_are_recorded_and_delivered_in_order() {
         }
         let sub = short(&s.sub);
         let spans = s.wait(&format!("ack {sub}"), 3).await;
-        let creates = spans.named(&format!("create {}", short(&s.topic)));
+        let creates = spans.named(&format!("send {}", short(&s.topic)));
         assert_eq!(creates.len(), 3);
         for c in &creates {
             c.assert_attr(ps::ORDERING_KEY, "customer-7");
@@ -575,7 +575,7 @@ async fn ordering_keys_are_recorded_and_delivered_in_order() {
 }
 
 #[tokio::test]
-async fn a_flush_is_a_send_span_linking_the_create_spans_it_sends() {
+async fn each_publish_is_a_producer_send_span_and_a_flush_adds_none() {
     within(async {
         let s = setup(|sub| sub).await;
         // Thresholds high enough that only the flush sends the batch.
@@ -602,17 +602,30 @@ async fn a_flush_is_a_send_span_linking_the_create_spans_it_sends() {
                 .expect("publish");
         }
         let topic = short(&s.topic);
-        let spans = s.wait(&format!("create {topic}"), 3).await;
-        let send = spans.one(&format!("send {topic}"));
-        send.assert_kind(SpanKind::Client);
-        send.assert_attr(attr::MESSAGING_OPERATION_TYPE, "send");
-        send.assert_attr_i64(attr::MESSAGING_BATCH_MESSAGE_COUNT, 3);
-        for sc in &created {
-            send.assert_links_to(sc);
+        // One PRODUCER send span per message (the client's batches cannot be observed, so no
+        // create span is left without its send): each is the message's creation context.
+        let spans = s.wait(&format!("send {topic}"), 3).await;
+        let sends = spans.named(&format!("send {topic}"));
+        assert_eq!(sends.len(), 3, "{}", spans.tree());
+        for send in &sends {
+            send.assert_kind(SpanKind::Producer);
+            send.assert_attr(attr::MESSAGING_OPERATION_TYPE, "send");
+            send.assert_attr(attr::MESSAGING_OPERATION_NAME, "send");
+            send.assert_no_attr(attr::MESSAGING_BATCH_MESSAGE_COUNT);
+            assert!(send.links.links.is_empty());
         }
-        // A flush with nothing pending records nothing.
+        let mut ids: Vec<String> = sends
+            .iter()
+            .map(|s| s.span_context.span_id().to_string())
+            .collect();
+        let mut want: Vec<String> = created.iter().map(|c| c.span_id().to_string()).collect();
+        ids.sort();
+        want.sort();
+        assert_eq!(ids, want, "each publish's context is its send span's");
+        assert!(spans.named(&format!("create {topic}")).is_empty());
+        // The flush records nothing of its own.
         publisher.flush().await;
-        assert_eq!(s.t.spans().named(&format!("send {topic}")).len(), 1);
+        assert_eq!(s.t.spans().named(&format!("send {topic}")).len(), 3);
     })
     .await;
 }
@@ -676,7 +689,7 @@ async fn a_process_span_started_in_an_ambient_span_is_the_creations_child_and_li
         let sub = short(&s.sub);
         let spans = s.wait(&format!("ack {sub}"), 1).await;
         let process = spans.one(&format!("subscribe {sub}"));
-        let create = spans.one(&format!("create {}", short(&s.topic)));
+        let create = spans.one(&format!("send {}", short(&s.topic)));
         process.assert_child_of(create);
         process.assert_links_to(&create.span_context);
         process.assert_links_to(&spans.one("poll loop").span_context);
@@ -747,8 +760,8 @@ async fn our_publish_is_continued_by_the_python_google_client() {
         )
         .await;
         let topic = short(&s.topic);
-        let spans = s.wait(&format!("create {topic}"), 1).await;
-        let create = spans.one(&format!("create {topic}"));
+        let spans = s.wait(&format!("send {topic}"), 1).await;
+        let create = spans.one(&format!("send {topic}"));
 
         let peer =
             mqtrace_integration_tests::pubsub::python_peer(&s.ps.emulator, "subscribe", &s.sub)
@@ -1018,7 +1031,7 @@ mod retries {
                     )
                     .await
                     .unwrap_or_else(|e| panic!("settle spans: {e}"));
-            let create = spans.one(&format!("create {}", short(&r.s.topic)));
+            let create = spans.one(&format!("send {}", short(&r.s.topic)));
             let attempts = r.attempts(&spans);
             assert_eq!(attempts.len(), 3, "{}", spans.tree());
             for (i, a) in attempts.iter().enumerate() {
@@ -1054,7 +1067,7 @@ mod retries {
             }
             // Attempt n+1 is a child of the copy's create span, itself a child of attempt n,
             // and links to attempt n and to the original create span.
-            let republished = spans.named(&format!("create {}", short(&r.retry_topic)));
+            let republished = spans.named(&format!("send {}", short(&r.retry_topic)));
             assert_eq!(republished.len(), 2);
             for n in 1..3 {
                 let copy = republished
@@ -1186,7 +1199,7 @@ mod retries {
                 spans.tree()
             );
             spans.one(&format!("nack {sub}")).assert_child_of(requeued);
-            let failed = spans.one(&format!("create {}", short(&missing)));
+            let failed = spans.one(&format!("send {}", short(&missing)));
             assert!(failed.is_error());
             failed.assert_child_of(requeued);
             stream.shutdown().await;
@@ -1298,4 +1311,129 @@ mod retries {
         })
         .await;
     }
+}
+
+/// Anyone can publish to a topic: on a subscription the trust policy does not trust and that
+/// no `RetryTopics` declared, forged history attributes (an attempt, a previous attempt, an
+/// origin, a not-before) are refused and said so, not believed: no attempt counted, no origin
+/// or previous-attempt link. The same message on a trusted subscription is believed.
+#[tokio::test]
+async fn forged_history_attributes_on_an_untrusted_normal_subscription_are_refused() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let trusted_sub =
+            s.ps.create_subscription(&unique("billing-trusted"), &s.topic, |sub| sub)
+                .await;
+        let untrusted = short(&s.sub).to_owned();
+        let trusted = short(&trusted_sub).to_owned();
+        let raw = s.raw_publisher().await;
+        let forged = [
+            (mqtrace::ATTEMPT_HEADER, "7"),
+            (
+                mqtrace::retry::PREVIOUS_ATTEMPT_HEADER,
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            ),
+            (
+                mqtrace::retry::ORIGIN_HEADER,
+                "00-33333333333333333333333333333333-4444444444444444-01",
+            ),
+            (mqtrace::retry::NOT_BEFORE_HEADER, "99999999999999"),
+        ];
+        raw.publish(Message::new().set_data("x").set_attributes(forged))
+            .await
+            .expect("publish");
+        let inst = s.ps.emulator.instrumentation(
+            s.t.config()
+                .with_trust(mqtrace::Trust::untrusted_sources([untrusted.clone()])),
+        );
+        for (sub, believed) in [(&s.sub, false), (&trusted_sub, true)] {
+            let client =
+                s.ps.emulator
+                    .subscriber()
+                    .build()
+                    .await
+                    .expect("subscriber");
+            let mut stream = TracedSubscriber::new(client, inst.clone())
+                .subscribe(sub)
+                .build();
+            let (message, handler) = next_message(&mut stream).await;
+            assert_eq!(handler.attempt(), if believed { 7 } else { 1 }, "{sub}");
+            assert_eq!(
+                message.attributes.len(),
+                forged.len(),
+                "attributes unchanged"
+            );
+            for (k, v) in forged {
+                assert_eq!(message.attributes.get(k).map(String::as_str), Some(v));
+            }
+            handler.ack();
+        }
+        let spans = s.wait(&format!("ack {trusted}"), 1).await;
+        let refused = spans.one(&format!("subscribe {untrusted}"));
+        assert_eq!(refused.attr_i64(attr::DELIVERY_ATTEMPT), None);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("subscribe {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
+}
+
+/// The default `ExistingContext::Keep` through Pub/Sub: a relay that republishes a received
+/// message's attributes sends its context unchanged (a CLIENT send span, child of the relay's
+/// subscribe span, linking it), so the last subscriber continues the first publish: one trace.
+#[tokio::test]
+async fn a_relay_that_forwards_attributes_keeps_the_context_one_trace_through_pubsub() {
+    within(async {
+        let s = setup(|sub| sub).await;
+        let out_topic = s.ps.create_topic(&unique("relay-out")).await;
+        let out_sub =
+            s.ps.create_subscription(&unique("relay-last"), &out_topic, |sub| sub)
+                .await;
+        let publisher = s.publisher().await;
+        let forwarder = s.publisher_to(&out_topic, |b| b).await;
+        publish(&publisher, Message::new().set_data("x")).await;
+        let mut stream = s.stream(&s.sub).await;
+        let (m, handler) = next_message(&mut stream).await;
+        let forwarded = Message::new()
+            .set_data(m.data.clone())
+            .set_attributes(m.attributes.clone());
+        handler.in_span(publish(&forwarder, forwarded)).await;
+        handler.ack();
+        let mut last_stream = s.stream(&out_sub).await;
+        let (last_m, last) = next_message(&mut last_stream).await;
+        last.ack();
+        let (t_in, t_out) = (short(&s.topic), short(&out_topic));
+        let spans = s.wait(&format!("ack {}", short(&out_sub)), 1).await;
+        let first = spans.one(&format!("send {t_in}"));
+        let relay = spans.one(&format!("subscribe {}", short(&s.sub)));
+        let forward = spans.one(&format!("send {t_out}"));
+        forward.assert_kind(SpanKind::Client);
+        forward.assert_child_of(relay);
+        forward.assert_links_to(&first.span_context);
+        let last_span = spans.one(&format!("subscribe {}", short(&out_sub)));
+        last_span.assert_parent_context(&first.span_context);
+        assert_eq!(
+            last_m.attributes.get("traceparent").map(String::as_str),
+            Some(
+                format!(
+                    "00-{}-{}-01",
+                    first.span_context.trace_id(),
+                    first.span_context.span_id()
+                )
+                .as_str()
+            ),
+            "the first publish's traceparent, unchanged"
+        );
+    })
+    .await;
 }

@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, L
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, TestTelemetry};
-use mqtrace::{Config, Outcome, ParentPolicy, Propagation, Trust};
+use mqtrace::{Config, ExistingContext, Outcome, ParentPolicy, Propagation, Trust};
 use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
 use mqtrace_lapin::prelude::*;
@@ -1003,8 +1003,11 @@ async fn dropped_unsettled_and_auto_ack_deliveries_end_their_spans() {
     .await;
 }
 
+/// `basic_get` is a pull: a CLIENT `receive` span (semconv v1.44), not a CONSUMER process
+/// span, which still continues the trace (child of the publish span and linking it), is the
+/// parent of the handler's work and of the ack span, and carries the outcome.
 #[tokio::test]
-async fn basic_get_continues_the_trace_like_a_consumer() {
+async fn basic_get_is_a_client_receive_span_that_continues_the_trace() {
     within(async {
         let (t, _conn, ch) = setup(|c| c).await;
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -1021,19 +1024,125 @@ async fn basic_get_continues_the_trace_like_a_consumer() {
             .expect("a message");
         assert_eq!(got.data, b"one");
         assert_eq!(got.message_count, 1);
+        got.in_span(async {
+            t.provider().tracer("app").start("handle").end();
+        })
+        .await;
         got.delivery
             .ack(BasicAckOptions::default())
             .await
             .expect("ack");
         let spans = wait(&t, &format!("ack {q}"), 1).await;
-        let process = spans.one(&format!("process {q}"));
+        assert!(
+            spans.named(&format!("process {q}")).is_empty(),
+            "{}",
+            spans.tree()
+        );
+        let receive = spans.one(&format!("receive {q}"));
+        receive.assert_kind(SpanKind::Client);
+        receive.assert_attr(attr::MESSAGING_OPERATION_TYPE, "receive");
+        receive.assert_attr(attr::MESSAGING_OPERATION_NAME, "receive");
+        receive.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &q);
         let first_publish = spans
             .named(&format!("publish {q}"))
             .into_iter()
-            .find(|p| p.span_context.span_id() == process.parent_span_id)
-            .expect("the process span continues a publish span");
-        process.assert_links_to(&first_publish.span_context);
-        process.assert_attr(attr::OUTCOME, "ack");
+            .find(|p| p.span_context.span_id() == receive.parent_span_id)
+            .expect("the receive span continues a publish span");
+        assert_eq!(
+            receive.span_context.trace_id(),
+            first_publish.span_context.trace_id()
+        );
+        receive.assert_links_to(&first_publish.span_context);
+        receive.assert_attr(attr::OUTCOME, "ack");
+        spans.one("handle").assert_child_of(receive);
+        let ack = spans.one(&format!("ack {q}"));
+        ack.assert_kind(SpanKind::Client);
+        ack.assert_child_of(receive);
+    })
+    .await;
+}
+
+/// Queues declared through the traced channel as server-named (empty name) or exclusive /
+/// auto-delete, and `amq.gen-*` names: spans are named by their operation alone and say
+/// `messaging.destination.temporary` / `.anonymous` (typed booleans); the name stays an
+/// attribute; metric points carry no name.
+#[tokio::test]
+async fn temporary_and_anonymous_queues_are_left_out_of_span_names_and_metric_names() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        let server_named = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("server-named queue");
+        let server_named = server_named.name().as_str().to_owned();
+        let exclusive = unique("excl");
+        ch.queue_declare(
+            exclusive.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("auto-delete queue");
+        for q in [&server_named, &exclusive] {
+            publish(&ch, "", q, b"r", BasicProperties::default()).await;
+            let mut c = consume(&ch, q).await;
+            let d = next_delivery(&mut c).await;
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        let spans = wait(&t, "ack", 2).await;
+        for (name, op, kind) in [
+            ("publish", "publish", SpanKind::Producer),
+            ("process", "process", SpanKind::Consumer),
+            ("ack", "ack", SpanKind::Client),
+        ] {
+            let all = spans.named(name);
+            assert_eq!(all.len(), 2, "{name}: {}", spans.tree());
+            for s in all {
+                s.assert_kind(kind.clone());
+                s.assert_attr(attr::MESSAGING_OPERATION_NAME, op);
+                s.assert_attr_bool(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+                let dest = s.attr_str(attr::MESSAGING_DESTINATION_NAME).expect("name");
+                if dest == server_named {
+                    s.assert_attr_bool(attr::MESSAGING_DESTINATION_ANONYMOUS, true);
+                } else {
+                    assert_eq!(dest, exclusive);
+                    s.assert_no_attr(attr::MESSAGING_DESTINATION_ANONYMOUS);
+                }
+            }
+        }
+        assert!(spans.named(&format!("publish {server_named}")).is_empty());
+        assert!(spans.named(&format!("publish {exclusive}")).is_empty());
+        for metric in [
+            "messaging.client.sent.messages",
+            "messaging.client.consumed.messages",
+        ] {
+            let points = t.metric(metric);
+            assert!(!points.is_empty(), "{metric}");
+            for p in points {
+                assert_eq!(
+                    p.attr_str(attr::MESSAGING_DESTINATION_NAME),
+                    None,
+                    "{metric}: {p:?}"
+                );
+                assert_eq!(
+                    p.attr(attr::MESSAGING_DESTINATION_TEMPORARY),
+                    Some(&Value::Bool(true))
+                );
+            }
+        }
     })
     .await;
 }
@@ -1242,6 +1351,73 @@ async fn python_pika_instrumentation_and_mqtrace_continue_each_others_traces() {
     .await;
 }
 
+/// Baggage with `%`, `,`, `;`, non-ASCII and properties between mqtrace and Python's OTel SDK
+/// (pika instrumentation) through RabbitMQ, both ways, asserting the decoded values.
+#[tokio::test]
+async fn baggage_with_escapes_non_ascii_and_properties_round_trips_with_python_through_rabbitmq() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+
+        // Rust publishes, Python's SDK decodes.
+        let to_py = unique("bag-to-python");
+        declare_queue(&ch, &to_py, FieldTable::default()).await;
+        let cx = Context::current().with_baggage(support::interop_baggage().iter().map(
+            |(k, (v, m))| {
+                opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+            },
+        ));
+        publish(&ch, "", &to_py, b"from rust", BasicProperties::default())
+            .with_context(cx)
+            .await;
+        let peer = python_peer("consume", &to_py).await;
+        assert_eq!(peer["body"], "from rust");
+        assert_eq!(
+            peer["baggage"],
+            support::interop_baggage_as_python_reads_it(),
+            "{peer}"
+        );
+
+        // Python's SDK encodes, Rust decodes.
+        let from_py = unique("bag-from-python");
+        declare_queue(&ch, &from_py, FieldTable::default()).await;
+        let peer = python_peer("publish-baggage", &from_py).await;
+        let mut consumer = consume(&ch, &from_py).await;
+        let d = next_delivery(&mut consumer).await;
+        let got = d.context().baggage();
+        for (k, v) in [
+            ("pct", "10%"),
+            ("esc", "%41"),
+            ("sep", "a,b;c=d"),
+            ("uni", "héllo€"),
+        ] {
+            assert_eq!(
+                got.get(k).map(|v| v.as_str().to_owned()).as_deref(),
+                Some(v),
+                "{k}: python wrote {}",
+                peer["headers"]
+            );
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        let py_send = python_span(&peer, "PRODUCER", "");
+        assert_eq!(
+            d.span_context().trace_id(),
+            python_context(py_send).trace_id()
+        );
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+        let spans = wait(&t, &format!("ack {from_py}"), 1).await;
+        assert!(
+            spans
+                .one(&format!("process {from_py}"))
+                .attr(attr::CONTEXT_ERROR)
+                .is_none()
+        );
+    })
+    .await;
+}
+
 mod retries {
     use super::*;
     use mqtrace_lapin::RetryQueues;
@@ -1345,13 +1521,140 @@ mod retries {
     }
 }
 
-/// A handler that republishes a received message's header table while handling another
-/// context: the forwarded `traceparent`, `tracestate` and `baggage` are replaced whole by the
-/// current context's, never sent beside it (issue: stale context forwarded).
+/// A message published, consumed by a relay stage that forwards it with the received header
+/// table (context included) to a second queue, and consumed there; returns the spans and
+/// the headers the second consumer saw.
+async fn relay(rule: ExistingContext) -> (TestTelemetry, String, String, FieldTable) {
+    let (t, _conn, ch) = setup(|c| c.with_existing_context(rule)).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm_select");
+    let (q_in, q_out) = (unique("relay-in"), unique("relay-out"));
+    declare_queue(&ch, &q_in, FieldTable::default()).await;
+    declare_queue(&ch, &q_out, FieldTable::default()).await;
+    let mut user = FieldTable::default();
+    user.insert("order-id".into(), AMQPValue::LongString("o-7".into()));
+    let cx = Context::current().with_baggage([KeyValue::new("tenant", "acme")]);
+    publish(
+        &ch,
+        "",
+        &q_in,
+        b"x",
+        BasicProperties::default().with_headers(user),
+    )
+    .with_context(cx)
+    .await;
+    let mut c_in = consume(&ch, &q_in).await;
+    let d = next_delivery(&mut c_in).await;
+    d.in_span(publish(&ch, "", &q_out, &d.data, d.properties.clone()))
+        .await;
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+    let mut c_out = consume(&ch, &q_out).await;
+    let d2 = next_delivery(&mut c_out).await;
+    let headers = d2.properties.headers().clone().expect("headers");
+    d2.ack(BasicAckOptions::default()).await.expect("ack");
+    wait(&t, &format!("ack {q_out}"), 1).await;
+    (t, q_in, q_out, headers)
+}
+
+fn table_text(headers: &FieldTable, k: &str) -> Option<String> {
+    match headers.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// The default rule (`ExistingContext::Keep`): a relay stage that forwards the received
+/// headers sends the creation context unchanged (semconv: a creation context already on the
+/// message SHOULD NOT be modified), so one trace runs through the pipeline: the last
+/// consumer continues the first producer's span. The relay's send span is a CLIENT span, a
+/// child of the relay's process span, linking the kept context.
 #[tokio::test]
-async fn forwarded_headers_carry_one_context_the_current_one() {
+async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_the_pipeline() {
     within(async {
-        let (t, _conn, ch) = setup(|c| c).await;
+        let (t, q_in, q_out, headers) = relay(ExistingContext::Keep).await;
+        let spans = t.spans();
+        let first = spans.one(&format!("publish {q_in}"));
+        first.assert_kind(SpanKind::Producer);
+        let relay_process = spans.one(&format!("process {q_in}"));
+        let forward = spans.one(&format!("publish {q_out}"));
+        forward.assert_kind(SpanKind::Client);
+        forward.assert_child_of(relay_process);
+        forward.assert_links_to(&first.span_context);
+        let last = spans.one(&format!("process {q_out}"));
+        last.assert_parent_context(&first.span_context);
+        let trace = first.span_context.trace_id();
+        for s in [relay_process, forward, last] {
+            assert_eq!(s.span_context.trace_id(), trace, "{}", spans.tree());
+        }
+        assert_eq!(
+            table_text(&headers, "traceparent"),
+            Some(format!(
+                "00-{}-{}-01",
+                first.span_context.trace_id(),
+                first.span_context.span_id()
+            )),
+            "the first producer's traceparent, unchanged"
+        );
+        assert_eq!(
+            table_text(&headers, "baggage").as_deref(),
+            Some("tenant=acme")
+        );
+        assert_eq!(table_text(&headers, "order-id").as_deref(), Some("o-7"));
+    })
+    .await;
+}
+
+/// `ExistingContext::Replace`: the relay writes its own send span's context (all fields:
+/// the old ones are removed), a PRODUCER span linking the replaced context
+/// (`mqtrace.link.type = replaced`); the last consumer continues the relay's send span.
+#[tokio::test]
+async fn the_replace_rule_writes_the_relays_context_and_links_the_forwarded_one() {
+    within(async {
+        let (t, q_in, q_out, headers) = relay(ExistingContext::Replace).await;
+        let spans = t.spans();
+        let first = spans.one(&format!("publish {q_in}"));
+        let relay_process = spans.one(&format!("process {q_in}"));
+        let forward = spans.one(&format!("publish {q_out}"));
+        forward.assert_kind(SpanKind::Producer);
+        forward.assert_child_of(relay_process);
+        forward.assert_links_to(&first.span_context);
+        assert_eq!(
+            forward.links.links[0]
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == attr::LINK_TYPE)
+                .map(|kv| kv.value.to_string())
+                .as_deref(),
+            Some("replaced")
+        );
+        let last = spans.one(&format!("process {q_out}"));
+        last.assert_child_of(forward);
+        assert_eq!(
+            table_text(&headers, "traceparent"),
+            Some(format!(
+                "00-{}-{}-01",
+                forward.span_context.trace_id(),
+                forward.span_context.span_id()
+            ))
+        );
+        // The relay's context carries the baggage it received, written anew.
+        assert_eq!(
+            table_text(&headers, "baggage").as_deref(),
+            Some("tenant=acme")
+        );
+        assert_eq!(table_text(&headers, "order-id").as_deref(), Some("o-7"));
+    })
+    .await;
+}
+
+/// Under `ExistingContext::Replace`, a handler that republishes a received message's header
+/// table while handling another context: the forwarded `traceparent`, `tracestate` and
+/// `baggage` are replaced whole by the current context's, never sent beside it.
+#[tokio::test]
+async fn forwarded_headers_carry_one_context_the_current_one_under_replace() {
+    within(async {
+        let (t, _conn, ch) = setup(|c| c.with_existing_context(ExistingContext::Replace)).await;
         let (q_in, q_out) = (unique("fwd-in"), unique("fwd-out"));
         declare_queue(&ch, &q_in, FieldTable::default()).await;
         declare_queue(&ch, &q_out, FieldTable::default()).await;
@@ -1427,16 +1730,9 @@ fn a_confirm_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm_select");
-        ch.queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue_declare");
+        // A named, expiring queue: one declared `auto_delete` through the traced channel
+        // would be temporary, its publish span named `publish` and its name kept off metrics.
+        declare_queue(&ch, &queue, FieldTable::default()).await;
         let confirm = ch
             .basic_publish(
                 "".into(),
@@ -1463,4 +1759,67 @@ fn a_confirm_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
     assert_eq!(ours.len(), 1, "{points:?}");
     assert_eq!(ours[0].attr_str(attr::ERROR_TYPE), Some("abandoned"));
     drop(conn);
+}
+
+/// Anyone can publish to a queue: on one the trust policy does not trust and that no
+/// `RetryQueues` declared, forged history headers (an attempt, a previous attempt, an origin,
+/// a not-before) are refused and said so, not believed: the attempt is 1 and no origin or
+/// previous-attempt link. The same headers on a trusted queue are believed.
+#[tokio::test]
+async fn forged_history_headers_on_an_untrusted_normal_queue_are_refused() {
+    within(async {
+        let untrusted = unique("forged-history");
+        let trusted = unique("forged-history-trusted");
+        let distrust = untrusted.clone();
+        let (t, _conn, ch) =
+            setup(move |c| c.with_trust(Trust::untrusted_sources([distrust]))).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        let mut forged = FieldTable::default();
+        forged.insert(mqtrace::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(7));
+        forged.insert(
+            mqtrace::retry::PREVIOUS_ATTEMPT_HEADER.into(),
+            AMQPValue::LongString("00-11111111111111111111111111111111-2222222222222222-01".into()),
+        );
+        forged.insert(
+            mqtrace::retry::ORIGIN_HEADER.into(),
+            AMQPValue::LongString("00-33333333333333333333333333333333-4444444444444444-01".into()),
+        );
+        forged.insert(
+            mqtrace::retry::NOT_BEFORE_HEADER.into(),
+            AMQPValue::LongString("99999999999999".into()),
+        );
+        let props = BasicProperties::default().with_headers(forged.clone());
+        for (q, believed) in [(&untrusted, false), (&trusted, true)] {
+            declare_queue(&ch, q, FieldTable::default()).await;
+            publish_raw(&ch, q, b"x", props.clone()).await;
+            let mut consumer = consume(&ch, q).await;
+            let d = next_delivery(&mut consumer).await;
+            assert_eq!(d.attempt(), if believed { 7 } else { 1 }, "{q}");
+            assert_eq!(
+                d.properties.headers().as_ref(),
+                Some(&forged),
+                "headers unchanged"
+            );
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        let spans = wait(&t, &format!("ack {trusted}"), 1).await;
+        let refused = spans.one(&format!("process {untrusted}"));
+        refused.assert_attr_i64(attr::DELIVERY_ATTEMPT, 1);
+        assert!(refused.link_of_type("origin").is_none());
+        assert!(refused.link_of_type("previous_attempt").is_none());
+        assert_eq!(
+            refused.attr_str(attr::CONTEXT_REFUSED),
+            Some(
+                "mqtrace-attempt: untrusted source; mqtrace-previous-attempt: untrusted source; \
+                 mqtrace-origin: untrusted source; mqtrace-not-before: untrusted source"
+            )
+        );
+        let believed = spans.one(&format!("process {trusted}"));
+        believed.assert_attr_i64(attr::DELIVERY_ATTEMPT, 7);
+        assert!(believed.link_of_type("origin").is_some());
+        assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
+    })
+    .await;
 }

@@ -92,13 +92,38 @@ impl DeliveryHistory {
     /// assert_eq!(info.attempt, 2);
     /// ```
     pub fn read(headers: Option<&FieldTable>, redelivered: bool, queue: &str) -> Self {
+        Self::read_believing(headers, redelivered, queue, true)
+    }
+
+    /// As [`read`](Self::read), with `mqtrace-attempt` counted only when `believed` (the
+    /// traced consumer passes [`Instrumentation::believes_history`](mqtrace::instrument::Instrumentation::believes_history)
+    /// of the queue: a trusted source, or one `RetryQueues` declared). The broker's own
+    /// counts (`x-delivery-count`, `x-death`, `redelivered`) are read either way.
+    ///
+    /// ```
+    /// use lapin::types::{AMQPValue, FieldTable};
+    /// let mut h = FieldTable::default();
+    /// h.insert("mqtrace-attempt".into(), AMQPValue::LongLongInt(9));
+    /// assert_eq!(mqtrace_lapin::DeliveryHistory::read_believing(Some(&h), false, "feed", false).attempt, 1);
+    /// assert_eq!(mqtrace_lapin::DeliveryHistory::read_believing(Some(&h), false, "feed", true).attempt, 9);
+    /// ```
+    pub fn read_believing(
+        headers: Option<&FieldTable>,
+        redelivered: bool,
+        queue: &str,
+        believed: bool,
+    ) -> Self {
         let mut attempt: u32 = 1;
         let mut out = Self::default();
         if let Some(h) = headers.map(FieldTable::inner) {
             if let Some(n) = h.get("x-delivery-count").and_then(as_int) {
                 attempt = attempt.max(to_u32(n).saturating_add(1));
             }
-            if let Some(n) = h.get(mqtrace::ATTEMPT_HEADER).and_then(as_attempt) {
+            if let Some(n) = h
+                .get(mqtrace::ATTEMPT_HEADER)
+                .filter(|_| believed)
+                .and_then(as_attempt)
+            {
                 attempt = attempt.max(n);
             }
             let own_reason = h.contains_key(mqtrace::retry::DEAD_LETTER_REASON_HEADER);

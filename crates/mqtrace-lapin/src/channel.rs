@@ -9,6 +9,7 @@ use crate::{ACK, NACK};
 use crate::{PUBLISH, publish_destination};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -55,6 +56,13 @@ pub fn start_publish(
                 ));
             }
         };
+        let existing = inst.existing_context(&before);
+        // Only the default exchange routes by queue name.
+        let kind = if exchange.is_empty() {
+            crate::destination_kind(inst, routing_key)
+        } else {
+            mqtrace::instrument::DestinationKind::NAMED
+        };
         let msg = Outgoing::new(PUBLISH, &destination)
             .with_recorded(&routing)
             .with_message_id(properties.message_id().as_ref().map(ShortString::as_str))
@@ -70,10 +78,14 @@ pub fn start_publish(
                 routing_key
             } else {
                 exchange
-            });
+            })
+            .with_existing_context(&existing)
+            .with_destination_kind(kind);
         let mut table = headers.take().unwrap_or_default();
-        // A context forwarded with the user's headers is replaced whole, never mixed.
-        AmqpHeadersMut::remove_context(&mut table, inst.config().propagation());
+        // A context on the user's headers is kept or replaced whole, never mixed.
+        if !existing.keeps() {
+            AmqpHeadersMut::remove_context(&mut table, inst.config().propagation());
+        }
         let span = inst.start_send(msg, &mut AmqpHeadersMut(&mut table));
         stamped = crate::timestamp::stamp(&properties, &mut table);
         if properties.headers().is_some() || !table.inner().is_empty() {
@@ -172,7 +184,11 @@ impl TracedChannel {
     /// Publishes like [`Channel::basic_publish`], under a PRODUCER span named
     /// `publish {exchange}:{routing key}` whose context is added to the message headers as
     /// AMQP long strings. The user's headers are kept as they are (a message without headers
-    /// only gets a table when there is context to carry).
+    /// only gets a table when there is context to carry). A context the headers already carry
+    /// (forwarded from a received message, or injected by the application) is kept or replaced
+    /// whole per [`mqtrace::ExistingContext`]; kept, the span is a CLIENT span linking it. To a
+    /// temporary or anonymous queue through the default exchange ([`crate::destination_kind`]),
+    /// the span is named `publish`.
     ///
     /// In confirm mode the span ends when the returned future resolves to the broker's
     /// confirm (a nack or a returned mandatory message is recorded as an error); if that
@@ -219,8 +235,14 @@ impl TracedChannel {
         }
     }
 
-    /// Fetches one message like [`Channel::basic_get`]; the message carries a process span, as
-    /// a consumer's deliveries do (with `no_ack: true`, outcome `auto_ack` when dropped).
+    /// Fetches one message like [`Channel::basic_get`]. A pull is what the messaging
+    /// conventions call a receive: the message carries a CLIENT span `receive {queue}`
+    /// (`messaging.operation.type = receive`), not a CONSUMER process span. Otherwise it is
+    /// what a consumer's delivery is: its parent and links follow the [`mqtrace::ParentPolicy`]
+    /// (by default the creation context is the parent and a link, so the trace continues), it
+    /// is the context of whatever runs in [`mqtrace::Traced::in_span`], it stays open until
+    /// the message is settled (settle spans are its children, the outcome is recorded on it;
+    /// with `no_ack: true`, outcome `auto_ack` when dropped).
     ///
     /// ```no_run
     /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
@@ -242,12 +264,50 @@ impl TracedChannel {
             delivery: TracedDelivery::new_in(
                 m.delivery,
                 &self.inst,
+                crate::RECEIVE,
                 queue.as_str(),
                 no_ack,
                 Some(&self.open),
             ),
             message_count: m.message_count,
         }))
+    }
+
+    /// Declares a queue like [`Channel::queue_declare`], and remembers for this connection's
+    /// spans and metrics whether it is anonymous (declared with an empty name: the server names
+    /// it) or temporary (`exclusive` or `auto_delete`): its messages' spans are then named by
+    /// their operation alone (`publish`, `process`, `ack`), carry
+    /// `messaging.destination.anonymous` / `messaging.destination.temporary`, and metrics leave
+    /// its name out (see [`crate::destination_kind`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: mqtrace_lapin::TracedChannel) -> lapin::Result<()> {
+    /// use lapin::{options::QueueDeclareOptions, types::FieldTable};
+    /// let replies = channel
+    ///     .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+    ///     .await?;
+    /// println!("replies go to {}", replies.name()); // amq.gen-...
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_declare(
+        &self,
+        queue: ShortString,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> lapin::Result<lapin::Queue> {
+        let anonymous = queue.as_str().is_empty();
+        let declared = self
+            .channel
+            .queue_declare(queue, options, arguments)
+            .await?;
+        let kind = mqtrace::instrument::DestinationKind::NAMED
+            .with_anonymous(anonymous)
+            .with_temporary(options.exclusive || options.auto_delete);
+        if !kind.is_named() {
+            self.inst
+                .declare_destination(declared.name().as_str(), kind);
+        }
+        Ok(declared)
     }
 
     /// Starts a consumer like [`Channel::basic_consume`]; its deliveries carry process spans.

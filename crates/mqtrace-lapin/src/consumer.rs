@@ -123,6 +123,7 @@ impl Stream for TracedConsumer {
             Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(Ok(TracedDelivery::new_in(
                 delivery,
                 this.inst,
+                crate::PROCESS,
                 this.queue.as_str(),
                 *this.no_ack,
                 Some(this.open),

@@ -93,20 +93,26 @@ impl TracedDelivery {
     /// # let _ = traced; }
     /// ```
     pub fn new(delivery: Delivery, inst: &Instrumentation, queue: &str, no_ack: bool) -> Self {
-        Self::new_in(delivery, inst, queue, no_ack, None)
+        Self::new_in(delivery, inst, PROCESS, queue, no_ack, None)
     }
 
     /// As [`Self::new`], registered among the deliveries in flight of its channel, `open`.
     pub(crate) fn new_in(
         delivery: Delivery,
         inst: &Instrumentation,
+        operation: mqtrace::Operation,
         queue: &str,
         no_ack: bool,
         open: Option<&OpenSpans>,
     ) -> Self {
         let table = delivery.properties.headers().as_ref();
         let headers = AmqpHeaders(table);
-        let history = DeliveryHistory::read(table, delivery.redelivered, queue);
+        let history = DeliveryHistory::read_believing(
+            table,
+            delivery.redelivered,
+            queue,
+            inst.believes_history(queue),
+        );
         let destination = consume_destination(
             delivery.exchange.as_str(),
             delivery.routing_key.as_str(),
@@ -136,7 +142,8 @@ impl TracedDelivery {
                 i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
             ));
         };
-        let msg = Incoming::new(PROCESS, &destination, queue)
+        let msg = Incoming::new(operation, &destination, queue)
+            .with_destination_kind(crate::destination_kind(inst, queue))
             .with_message_id(
                 delivery
                     .properties

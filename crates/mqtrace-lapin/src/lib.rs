@@ -83,6 +83,8 @@ use mqtrace::{Operation, OperationType};
 
 /// `publish`: the PRODUCER operation (`messaging.operation.type = send`).
 pub const PUBLISH: Operation = Operation::new("publish", OperationType::Send);
+/// `receive`: the CLIENT span of a `basic_get` (a pull: the application asked for the message).
+pub const RECEIVE: Operation = Operation::new("receive", OperationType::Receive);
 /// `process`: the CONSUMER operation.
 pub const PROCESS: Operation = Operation::new("process", OperationType::Process);
 /// `ack`: a settle operation.
@@ -91,6 +93,29 @@ pub const ACK: Operation = Operation::new("ack", OperationType::Settle);
 pub const NACK: Operation = Operation::new("nack", OperationType::Settle);
 /// `reject`: a settle operation.
 pub const REJECT: Operation = Operation::new("reject", OperationType::Settle);
+
+/// Whether `queue` is temporary or anonymous ([`mqtrace::instrument::DestinationKind`]): as
+/// declared through a [`TracedChannel::queue_declare`] of the same connection (an empty name
+/// is anonymous, `exclusive` or `auto_delete` temporary), or by its name: a server-named
+/// `amq.gen-*` queue and the direct reply-to pseudo queue `amq.rabbitmq.reply-to*` are both.
+///
+/// ```
+/// let inst = mqtrace_lapin::instrumentation(mqtrace::Config::new(), None);
+/// assert!(!mqtrace_lapin::destination_kind(&inst, "amq.gen-JzTY20BRgKO-HjmUJj0wLg").is_named());
+/// assert!(mqtrace_lapin::destination_kind(&inst, "amq.rabbitmq.reply-to").is_temporary());
+/// assert!(mqtrace_lapin::destination_kind(&inst, "orders").is_named());
+/// ```
+pub fn destination_kind(
+    inst: &mqtrace::instrument::Instrumentation,
+    queue: &str,
+) -> mqtrace::instrument::DestinationKind {
+    if queue.starts_with("amq.gen-") || queue.starts_with("amq.rabbitmq.reply-to") {
+        return mqtrace::instrument::DestinationKind::NAMED
+            .with_temporary(true)
+            .with_anonymous(true);
+    }
+    inst.declared_kind(queue)
+}
 
 /// `messaging.destination.name` of a publish: `{exchange}:{routing key}`, or whichever of the
 /// two is not empty, or `amq.default`.

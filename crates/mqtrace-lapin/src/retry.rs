@@ -343,11 +343,16 @@ impl RetryBroker for Retrying {
         let d = &self.delivery;
         let mut props = copy_properties(&d.properties);
         let mut table = props.headers().clone().unwrap_or_default();
-        if holds_owned(&table) {
+        let propagation = self.queues.channel.instrumentation().config().propagation();
+        if table
+            .inner()
+            .keys()
+            .any(|k| retry::left_out_of_copy(k.as_str(), propagation))
+        {
             let kept: Vec<_> = table
                 .inner()
                 .iter()
-                .filter(|(k, _)| !retry::is_owned(k.as_str()))
+                .filter(|(k, _)| !retry::left_out_of_copy(k.as_str(), propagation))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             table = FieldTable::default();
@@ -411,12 +416,6 @@ impl RetryBroker for Retrying {
             .await
             .map(|_| ())
     }
-}
-
-/// Whether `table` holds any of mqtrace's own headers (dropped from a copy before its own
-/// are written).
-fn holds_owned(table: &FieldTable) -> bool {
-    table.inner().keys().any(|k| retry::is_owned(k.as_str()))
 }
 
 #[cfg(test)]

@@ -58,6 +58,11 @@ impl GoogleContext {
 }
 
 /// Writes `sc` as `googclient_traceparent` (and a non-empty `googclient_tracestate`).
+/// Whether `key` is one of the `googclient_*` context attributes.
+pub(crate) fn is_field(key: &str) -> bool {
+    key == GOOGCLIENT_TRACEPARENT || key == GOOGCLIENT_TRACESTATE
+}
+
 pub(crate) fn inject(sc: &SpanContext, attributes: &mut HashMap<String, String>) {
     if !sc.is_valid() {
         return;

@@ -128,7 +128,10 @@ impl TracedHandler {
         let delivery_attempt = handler.delivery_attempt();
         let attempt = combined_attempt(
             delivery_attempt,
-            attrs.get(mqtrace::ATTEMPT_HEADER).map(String::as_str),
+            attrs
+                .get(mqtrace::ATTEMPT_HEADER)
+                .filter(|_| inst.believes_history(subscription))
+                .map(String::as_str),
         );
         let plain = inst.extract(attrs);
         let extracted = if google.reads() {

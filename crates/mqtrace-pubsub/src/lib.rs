@@ -4,14 +4,14 @@
 //! emulator), built on the [`mqtrace`] core. Wrap the clients you build as usual and keep the
 //! rest of your code:
 //!
-//! - [`TracedPublisher::publish`] starts a PRODUCER span `create {topic}` per message and writes
+//! - [`TracedPublisher::publish`] starts a PRODUCER span `send {topic}` per message and writes
 //!   its context into the message attributes twice: through the configured propagator
 //!   (`traceparent` / `tracestate` / `baggage` by default) and as `googclient_traceparent` /
 //!   `googclient_tracestate`, which Google's own client libraries (Python, Go, Java, Node) read.
 //!   Your attributes are kept as they are. The span ends when the publish resolves, with
 //!   `messaging.message.id`;
-//! - [`TracedPublisher::flush`] records a CLIENT span `send {topic}` that links the create spans
-//!   of the messages it sends (the client batches internally and offers no other hook);
+//!   (the client batches internally and tells nothing of its batches, so there is no batch send
+//!   span for `create` spans to pair with: each message's own send span is its creation context);
 //! - [`TracedSubscriber::subscribe`] opens a [`TracedMessageStream`], a `futures::Stream` of
 //!   `(Message, TracedHandler)` (the client's `(Message, Handler)`): each handler carries a
 //!   CONSUMER span `subscribe {subscription}` that continues the producer's trace from receipt
@@ -104,9 +104,11 @@ pub mod prelude {
 
 use mqtrace::{Config, Operation, OperationType, instrument::Instrumentation};
 
-/// `create`: the PRODUCER span of one published message.
+/// `create`: the conventions' per-message span of a batch send. The traced publisher does not
+/// use it (the client offers no batch hook a `send` could be recorded at; each message gets a
+/// PRODUCER [`SEND`] span instead); kept for code that records its own batches.
 pub const CREATE: Operation = Operation::new("create", OperationType::Create);
-/// `send`: the CLIENT span of a flush that sends a batch of messages.
+/// `send`: the PRODUCER span of one published message (its creation context).
 pub const SEND: Operation = Operation::new("send", OperationType::Send);
 /// `subscribe`: the CONSUMER process span, from receipt until ack, nack or expiry (the name the
 /// Pub/Sub conventions give it).

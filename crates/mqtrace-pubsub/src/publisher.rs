@@ -1,8 +1,8 @@
-//! The traced publisher: a `create` span per message, a `send` span per flush.
+//! The traced publisher: a PRODUCER `send` span per message.
 
 use crate::error::publish_error_type;
 use crate::googclient::{self, GoogleContext};
-use crate::{CREATE, SEND, attributes, short_name};
+use crate::{SEND, attributes, short_name};
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
@@ -11,25 +11,10 @@ use mqtrace::attributes as attr;
 use mqtrace::carrier::Injector;
 use mqtrace::instrument::{Answer, Instrumentation, OnAnswer, Outgoing, SendSpan};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanContext;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
-
-/// The create spans of messages handed to the client whose publish has not resolved yet: what
-/// the next [`TracedPublisher::flush`] sends.
-#[derive(Default)]
-struct Outstanding {
-    next: u64,
-    messages: HashMap<u64, SpanContext>,
-}
-
-type Shared = Arc<Mutex<Outstanding>>;
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Outstanding> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use std::sync::Arc;
 
 /// A `google_cloud_pubsub` [`Publisher`] that traces what it publishes.
 ///
@@ -43,7 +28,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Outstanding> {
 /// let publisher = mqtrace_pubsub::TracedPublisher::new(publisher, "projects/p/topics/orders", inst);
 /// let id = publisher
 ///     .publish(Message::new().set_data("{}").set_attributes([("tenant", "acme")]))
-///     .await?; // the create span ends here, with messaging.message.id = id
+///     .await?; // the send span ends here, with messaging.message.id = id
 /// # let _ = id; Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -53,7 +38,6 @@ pub struct TracedPublisher {
     destination: Arc<str>,
     inst: Instrumentation,
     google: GoogleContext,
-    outstanding: Shared,
 }
 
 impl fmt::Debug for TracedPublisher {
@@ -113,7 +97,6 @@ impl TracedPublisher {
             destination,
             inst,
             google: GoogleContext::default(),
-            outstanding: Shared::default(),
         }
     }
 
@@ -164,11 +147,17 @@ impl TracedPublisher {
         self.inner
     }
 
-    /// Publishes like [`Publisher::publish`], under a PRODUCER span `create {topic}` (a child of
+    /// Publishes like [`Publisher::publish`], under a PRODUCER span `send {topic}` (a child of
     /// the current context) whose context is added to the message attributes: through the
     /// configured propagator and as `googclient_traceparent` / `googclient_tracestate`. The
     /// message's own attributes are kept. The span records the ordering key, and the message id
     /// when the returned future resolves; a failed publish is recorded as an error.
+    ///
+    /// One message, one span: the client batches internally and tells nothing about the
+    /// batches it sends, so there is no batch send span to link `create` spans from; the
+    /// conventions' producer send span (the message's creation context, ending at the
+    /// service's answer) is what this API can record truthfully. A context already in the
+    /// attributes is kept or replaced whole per [`mqtrace::ExistingContext`].
     ///
     /// ```no_run
     /// # async fn demo(p: mqtrace_pubsub::TracedPublisher) -> Result<(), Box<dyn std::error::Error>> {
@@ -189,65 +178,53 @@ impl TracedPublisher {
                 kv.push(KeyValue::new(attributes::TOPIC, self.topic.clone()));
             }
         };
+        // A context already in the attributes is kept or replaced whole, never mixed.
+        let existing = self.inst.existing_context(&msg.attributes);
         let span = self.inst.start_send(
-            Outgoing::new(CREATE, &self.destination)
+            Outgoing::new(SEND, &self.destination)
                 .with_body_size(msg.data.len())
                 .with_headers(&msg.attributes)
+                .with_existing_context(&existing)
                 .with_recorded(&record),
             &mut staged,
         );
+        if !existing.keeps() {
+            let propagation = self.inst.config().propagation();
+            if msg
+                .attributes
+                .keys()
+                .any(|k| propagation.is_field(&k.to_ascii_lowercase()) || googclient::is_field(k))
+            {
+                msg.attributes.retain(|k, _| {
+                    !propagation.is_field(&k.to_ascii_lowercase()) && !googclient::is_field(k)
+                });
+            }
+        }
         staged.into_attributes(&mut msg.attributes);
-        if self.google.writes() {
+        if self.google.writes() && !existing.keeps() {
             googclient::inject(span.span_context(), &mut msg.attributes);
         }
-        let key = {
-            let mut o = lock(&self.outstanding);
-            let key = o.next;
-            o.next = o.next.wrapping_add(1);
-            o.messages.insert(key, span.span_context().clone());
-            key
-        };
         Answer::new(
             self.inner.publish(msg),
             Some(span),
-            PublishAnswer {
-                key,
-                outstanding: self.outstanding.clone(),
-            },
+            PublishAnswer { _private: () },
         )
     }
 
-    /// Sends every pending message now, like [`Publisher::flush`], under a CLIENT span
-    /// `send {topic}` that links the create spans of the messages still waiting for their
-    /// publish to resolve, with `messaging.batch.message_count`.
-    ///
-    /// The client batches internally and tells nothing about the batches it sends on its own
-    /// (message count, size and delay thresholds); a flush is the send it lets us observe, so
-    /// messages sent by those automatic batches have a create span but no send span.
+    /// Sends every pending message now, like [`Publisher::flush`]. It records no span of its
+    /// own: each message's `send` span already covers its publish up to the service's answer.
     ///
     /// ```no_run
     /// # async fn demo(p: mqtrace_pubsub::TracedPublisher) {
     /// use google_cloud_pubsub::model::Message;
     /// let a = p.publish(Message::new().set_data("a"));
     /// let b = p.publish(Message::new().set_data("b"));
-    /// p.flush().await; // `send orders`, linking both create spans
-    /// let _ = (a.await, b.await);
+    /// p.flush().await;
+    /// let _ = (a.await, b.await); // two `send orders` spans
     /// # }
     /// ```
     pub async fn flush(&self) {
-        let mut pending: Vec<(u64, SpanContext)> =
-            lock(&self.outstanding).messages.drain().collect();
-        if pending.is_empty() {
-            self.inner.flush().await;
-            return;
-        }
-        pending.sort_unstable_by_key(|(k, _)| *k);
-        let messages: Vec<SpanContext> = pending.into_iter().map(|(_, sc)| sc).collect();
-        let span = self
-            .inst
-            .start_batch_send(SEND, &self.destination, &messages);
         self.inner.flush().await;
-        span.end_ok();
     }
 }
 
@@ -260,7 +237,7 @@ impl Deref for TracedPublisher {
 }
 
 /// The result of a traced publish: the server-assigned message id, like [`PublishFuture`],
-/// ending the message's create span when it resolves: an [`mqtrace::instrument::Answer`] (see there for
+/// ending the message's send span when it resolves: an [`mqtrace::instrument::Answer`] (see there for
 /// the behaviour when awaited, polled again, or dropped).
 ///
 /// Polled again after it resolved, it resolves at once to
@@ -282,12 +259,10 @@ impl Deref for TracedPublisher {
 /// ```
 pub type TracedPublishFuture = Answer<PublishFuture, PublishAnswer>;
 
-/// How a publish result ends the message's create span (with `messaging.message.id`, or
-/// `error.type`), and takes the message out of what the next [`TracedPublisher::flush`] links.
-/// Made by [`TracedPublisher::publish`].
+/// How a publish result ends the message's send span (with `messaging.message.id`, or
+/// `error.type`). Made by [`TracedPublisher::publish`].
 pub struct PublishAnswer {
-    key: u64,
-    outstanding: Shared,
+    _private: (),
 }
 
 impl fmt::Debug for PublishAnswer {
@@ -296,15 +271,8 @@ impl fmt::Debug for PublishAnswer {
     }
 }
 
-impl PublishAnswer {
-    fn answered(&self) {
-        lock(&self.outstanding).messages.remove(&self.key);
-    }
-}
-
 impl OnAnswer<Result<String, PublishError>> for PublishAnswer {
     fn on_answer(self, mut span: SendSpan, result: &Result<String, PublishError>) {
-        self.answered();
         match result {
             Ok(id) => {
                 span.record(|| [KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.clone())]);
@@ -321,7 +289,6 @@ impl OnAnswer<Result<String, PublishError>> for PublishAnswer {
     }
 
     fn abandon(self, span: SendSpan) {
-        self.answered();
         drop(span);
     }
 }

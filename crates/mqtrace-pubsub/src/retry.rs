@@ -44,7 +44,7 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 /// | retry after a delay | a copy (same data, attributes and ordering key) is published to the **retry topic** with `mqtrace-attempt` (the next attempt), `mqtrace-previous-attempt` (this attempt's process span), `mqtrace-origin` (the first delivery's creation context) and `mqtrace-not-before` (when it is due, epoch milliseconds); then the original is acked (outcome `retry`) |
 /// | dead-letter | a copy with the same history and `mqtrace-dead-letter-reason` is published to the **dead-letter topic**; then the original is acked (outcome `dead_letter`) |
 ///
-/// The copy is published inside the attempt's process span (its `create` span is a child of
+/// The copy is published inside the attempt's process span (its `send` span is a child of
 /// it) and the publish is awaited *before* the original is acked, so a failure in between gives
 /// a duplicate, never a loss. If the publish fails, the original is nacked instead (outcome
 /// `requeue`: Pub/Sub delivers it again) and the error is returned.
@@ -60,7 +60,7 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 ///
 /// **Why not nack and the subscription's retry policy?** A nack cannot change the message, so
 /// the next attempt could not name the attempt before it: every attempt's process span would be
-/// a child of the original create span, with no `previous_attempt` link to read "attempt 3 of
+/// a child of the original send span, with no `previous_attempt` link to read "attempt 3 of
 /// 5" by. Pub/Sub counts attempts (`delivery_attempt`) only on subscriptions with a
 /// dead-letter policy (5 to 100 attempts, the policy's own count), backs off by the
 /// subscription's settings (at most 600 s) rather than the [`RetryPolicy`], and dead-letters

@@ -334,8 +334,14 @@ impl Consuming {
         counted_at_receive: bool,
     ) -> TracedMessage<'a> {
         let headers = KafkaHeaders(message.headers());
-        let attempt = delivery_attempt(message.headers());
         let topic = message.topic();
+        // A carried attempt is believed only where mqtrace's history is (a trusted topic or a
+        // retry topic `RetryTopics` declared); elsewhere the core records it as refused.
+        let attempt = if self.inst.believes_history(topic) {
+            delivery_attempt(message.headers())
+        } else {
+            1
+        };
         let partition = KeyValue::new(
             attr::MESSAGING_DESTINATION_PARTITION_ID,
             partition_id(message.partition()),

@@ -9,8 +9,7 @@ use crate::producer::TracedFutureProducer;
 use mqtrace::Traced as _;
 use mqtrace::instrument::Processing;
 use mqtrace::retry::{
-    self, CopyHeaders, CopyTo, Decision, HandlerError, OWNED_HEADERS, RetryBroker, RetryPolicy,
-    Settlement,
+    self, CopyHeaders, CopyTo, Decision, HandlerError, RetryBroker, RetryPolicy, Settlement,
 };
 use opentelemetry::context::FutureExt as _;
 use rdkafka::Message;
@@ -371,7 +370,10 @@ where
         topic: &str,
         headers: &CopyHeaders,
     ) -> KafkaResult<()> {
-        let mut out = OwnedHeadersWriter(copy_without(message.headers(), &OWNED_HEADERS));
+        let propagation = self.producer.instrumentation().config().propagation();
+        let mut out = OwnedHeadersWriter(copy_without(message.headers(), |k| {
+            retry::left_out_of_copy(k, propagation)
+        }));
         headers.write(&mut out);
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
         record.key = message.key();

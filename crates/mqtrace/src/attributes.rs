@@ -53,6 +53,9 @@ pub const MESSAGE_QUEUE_TIME: &str = "mqtrace.message.queue_time";
 pub const PIPELINE_LATENCY: &str = "mqtrace.pipeline.latency";
 /// How many hops the message has made since the pipeline's first message (1 = first consumer).
 pub const PIPELINE_STAGE: &str = "mqtrace.pipeline.stage";
-/// `messaging.destination.temporary`: the destination is a temporary one (e.g. `amq.gen-*`),
-/// whose name metrics replace by `(temporary)`.
+/// `messaging.destination.temporary`: the destination is a temporary one (an exclusive or
+/// auto-delete queue, direct reply-to); see [`crate::instrument::DestinationKind`].
 pub const MESSAGING_DESTINATION_TEMPORARY: &str = "messaging.destination.temporary";
+/// `messaging.destination.anonymous`: the destination is unnamed or server-named
+/// (`amq.gen-*`); see [`crate::instrument::DestinationKind`].
+pub const MESSAGING_DESTINATION_ANONYMOUS: &str = "messaging.destination.anonymous";

@@ -46,6 +46,34 @@ pub enum ParentPolicy {
     AlwaysLink,
 }
 
+/// What a traced publish does with a creation context the outgoing message already carries:
+/// a handler that forwards the received message's headers, or an application that injected a
+/// context of its own. Either way the three W3C fields (`traceparent`, `tracestate`,
+/// `baggage`; whatever the configured propagator writes) are handled together, never mixed.
+///
+/// ```
+/// use mqtrace::{Config, ExistingContext};
+/// let config = Config::new().with_existing_context(ExistingContext::Replace);
+/// assert_eq!(config.existing_context(), ExistingContext::Replace);
+/// assert_eq!(Config::new().existing_context(), ExistingContext::Keep);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExistingContext {
+    /// The message's context is sent unchanged (all of its fields, byte for byte), as the
+    /// messaging conventions ask of a custom creation context. The send span is a CLIENT span
+    /// (the conventions' "send span (client)": a creation context exists already), a child of
+    /// the current context, linking the kept context. A relay stage that forwards the headers
+    /// thus keeps one trace through the pipeline: the next consumer continues the original
+    /// producer's context. The default.
+    #[default]
+    Keep,
+    /// The message's context fields are all removed and this send span's context written
+    /// instead (PRODUCER span); the span links the replaced context
+    /// (`mqtrace.link.type = replaced`).
+    Replace,
+}
+
 /// Which message sources may continue their producers' traces.
 ///
 /// Messages from an untrusted source never have their context as parent (it is only linked)
@@ -160,6 +188,7 @@ pub struct Config {
     metrics: bool,
     propagation: Propagation,
     parent_policy: ParentPolicy,
+    existing_context: ExistingContext,
     trust: Trust,
     body_size: bool,
     message_key: bool,
@@ -180,6 +209,7 @@ impl fmt::Debug for Config {
             .field("metrics", &self.metrics)
             .field("propagation", &self.propagation)
             .field("parent_policy", &self.parent_policy)
+            .field("existing_context", &self.existing_context)
             .field("trust", &self.trust)
             .field("body_size", &self.body_size)
             .field("message_key", &self.message_key)
@@ -301,6 +331,27 @@ impl Config {
     pub fn with_parent_policy(mut self, policy: ParentPolicy) -> Self {
         self.parent_policy = policy;
         self
+    }
+
+    /// Sets what a publish does with a context the message already carries (see
+    /// [`ExistingContext`]; [`ExistingContext::Keep`] by default).
+    ///
+    /// ```
+    /// let c = mqtrace::Config::new().with_existing_context(mqtrace::ExistingContext::Replace);
+    /// # let _ = c;
+    /// ```
+    pub fn with_existing_context(mut self, rule: ExistingContext) -> Self {
+        self.existing_context = rule;
+        self
+    }
+
+    /// What a publish does with a context the message already carries.
+    ///
+    /// ```
+    /// assert_eq!(mqtrace::Config::new().existing_context(), mqtrace::ExistingContext::Keep);
+    /// ```
+    pub fn existing_context(&self) -> ExistingContext {
+        self.existing_context
     }
 
     /// Sets which sources are trusted.

@@ -50,7 +50,7 @@ pub mod testing;
 mod traced;
 pub mod w3c;
 
-pub use config::{Config, ParentPolicy, SpanInfo, Trust};
+pub use config::{Config, ExistingContext, ParentPolicy, SpanInfo, Trust};
 pub use operation::{MessagingSystem, Operation, OperationType};
 pub use outcome::Outcome;
 pub use propagation::{ContextIssue, Propagation};

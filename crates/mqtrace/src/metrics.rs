@@ -2,6 +2,7 @@
 //! pipeline latency, outcomes, clock skew.
 
 use crate::attributes as attr;
+use crate::instrument::DestinationKind;
 use crate::operation::{Operation, OperationType};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{KeyValue, StringValue, Value};
@@ -12,9 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 const DURATION_BOUNDARIES: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
-
-/// What metrics show instead of a temporary destination's name (one series, not one per queue).
-pub(crate) const TEMPORARY_DESTINATION: &str = "(temporary)";
 
 /// The broker attributes consumer metrics keep (low cardinality); the others stay on spans.
 const CONSUMER_METRIC_KEYS: [&str; 3] = [
@@ -99,18 +97,6 @@ impl Metrics {
     }
 }
 
-/// The name metrics use for `destination`: temporary, per-connection queues (RabbitMQ's
-/// server-named `amq.gen-*` and the direct reply-to pseudo queue) collapse into one series.
-pub(crate) fn metric_destination(destination: &str) -> (Arc<str>, bool) {
-    let temporary =
-        destination.starts_with("amq.gen-") || destination.starts_with("amq.rabbitmq.reply-to");
-    if temporary {
-        (Arc::from(TEMPORARY_DESTINATION), true)
-    } else {
-        (Arc::from(destination), false)
-    }
-}
-
 /// The consumer attributes (group, subscription, partition) of `attributes` that metrics keep.
 pub(crate) fn consumer_attributes(attributes: &[KeyValue]) -> Vec<KeyValue> {
     attributes
@@ -132,9 +118,10 @@ pub(crate) fn since(now: SystemTime, then: SystemTime) -> (f64, bool) {
 #[derive(Clone)]
 pub(crate) struct Measure {
     pub(crate) op: Operation,
-    /// The destination as metrics name it ([`metric_destination`]).
-    pub(crate) destination: Arc<str>,
-    pub(crate) temporary: bool,
+    /// The destination as metrics name it: none for a temporary or anonymous one, whose name
+    /// would make one series per queue.
+    pub(crate) destination: Option<Arc<str>>,
+    pub(crate) kind: DestinationKind,
     /// Consumer group, subscription, partition ([`consumer_attributes`]).
     pub(crate) extra: Vec<KeyValue>,
     pub(crate) start: Instant,
@@ -150,13 +137,17 @@ pub(crate) struct Common<'a> {
 }
 
 impl Measure {
-    /// A measure of `op` on `destination` (mapped by [`metric_destination`]) starting at `start`.
-    pub(crate) fn new(op: Operation, destination: &str, start: Instant) -> Self {
-        let (destination, temporary) = metric_destination(destination);
+    /// A measure of `op` on `destination` (of `kind`) starting at `start`.
+    pub(crate) fn new(
+        op: Operation,
+        destination: &str,
+        kind: DestinationKind,
+        start: Instant,
+    ) -> Self {
         Self {
             op,
-            destination,
-            temporary,
+            destination: kind.is_named().then(|| Arc::from(destination)),
+            kind,
             extra: Vec::new(),
             start,
             sent: sends(op),
@@ -175,13 +166,13 @@ impl Measure {
 
     fn destination_attributes(&self, common: &Common<'_>, kv: &mut Vec<KeyValue>) {
         kv.push(KeyValue::new(attr::MESSAGING_SYSTEM, common.system));
-        kv.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_NAME,
-            Value::String(StringValue::from(self.destination.clone())),
-        ));
-        if self.temporary {
-            kv.push(KeyValue::new(attr::MESSAGING_DESTINATION_TEMPORARY, true));
+        if let Some(d) = &self.destination {
+            kv.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                Value::String(StringValue::from(d.clone())),
+            ));
         }
+        kv.extend(self.kind.attributes());
         kv.extend_from_slice(&self.extra);
     }
 
@@ -451,13 +442,21 @@ mod tests {
     }
 
     #[test]
-    fn temporary_destinations_are_one_series_and_batches_record_duration_without_counting() {
+    fn temporary_destinations_have_no_name_on_metrics_and_batches_record_duration_without_counting()
+    {
         let t = TestTelemetry::new();
         let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test").build(t.config());
         let send = Operation::new("publish", OperationType::Send);
+        let server_named = DestinationKind::NAMED
+            .with_temporary(true)
+            .with_anonymous(true);
         for q in ["amq.gen-AAA", "amq.gen-BBB"] {
             let mut h: HashMap<String, String> = HashMap::new();
-            inst.start_send(Outgoing::new(send, q), &mut h).end_ok();
+            inst.start_send(
+                Outgoing::new(send, q).with_destination_kind(server_named),
+                &mut h,
+            )
+            .end_ok();
         }
         let mut h: HashMap<String, String> = HashMap::new();
         inst.start_send(
@@ -473,7 +472,20 @@ mod tests {
             .map(|p| (p.attr_str("messaging.destination.name"), p.value))
             .collect();
         assert_eq!(sent.len(), 2, "{names:?}");
-        assert!(names.contains(&(Some("(temporary)"), 2.0)), "{names:?}");
+        // No name for the temporary queues: one series, flagged temporary and anonymous.
+        assert!(names.contains(&(None, 2.0)), "{names:?}");
+        let temp = sent
+            .iter()
+            .find(|p| p.attr_str("messaging.destination.name").is_none())
+            .expect("the temporary series");
+        assert_eq!(
+            temp.attr("messaging.destination.temporary"),
+            Some(&opentelemetry::Value::Bool(true))
+        );
+        assert_eq!(
+            temp.attr("messaging.destination.anonymous"),
+            Some(&opentelemetry::Value::Bool(true))
+        );
         assert!(names.contains(&(Some("orders"), 1.0)), "{names:?}");
         let d = t.histogram("messaging.client.operation.duration");
         assert_eq!(d.iter().map(|p| p.count).sum::<u64>(), 4, "{d:?}");

@@ -67,8 +67,11 @@ impl Producing {
         } else {
             None
         };
-        // Forwarded context headers are taken out first, so the receiver sees one context.
-        let injectable = KafkaHeadersMut(&mut headers).remove_fields(propagation);
+        // A context already on the record is kept or replaced whole, never mixed: when it is
+        // not kept, every context header is taken out first, so the receiver sees one context.
+        let existing = self.inst.existing_context(&KafkaHeaders(headers.as_ref()));
+        let injectable =
+            existing.keeps() || KafkaHeadersMut(&mut headers).remove_fields(propagation);
         let span = {
             let before = KafkaHeaders(hooked.as_ref());
             let partition;
@@ -105,6 +108,7 @@ impl Producing {
                 }
             };
             let mut msg = Outgoing::new(SEND, record.topic)
+                .with_existing_context(&existing)
                 .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()))
                 .with_attributes(extra)
                 .with_recorded(&record_attributes);

@@ -5,7 +5,7 @@
 use crate::attributes as attr;
 use crate::carrier::{HeaderExtractor, Injector};
 use crate::config::{Config, ConfiguredTracer, SpanInfo};
-use crate::instrument::{Incoming, Outgoing};
+use crate::instrument::{DestinationKind, Incoming, Outgoing};
 use crate::metrics::{Common, Metrics};
 use crate::operation::{MessagingSystem, Operation, OperationType};
 use crate::propagation::Extracted;
@@ -33,11 +33,31 @@ struct Inner {
     /// How many more times [`Instrumentation::learn`] asks.
     learn_tries: std::sync::atomic::AtomicU32,
     metrics: Option<Metrics>,
+    declared: Declared,
 }
 
 /// How many spans [`Instrumentation::learn`] asks about before it gives up (a broker that
 /// never reports what is asked).
 const LEARN_TRIES: u32 = 1024;
+
+/// Destinations declared temporary or anonymous through a traced client (bounded: the oldest
+/// are forgotten first, so an application declaring a reply queue per request cannot grow it
+/// without end).
+#[derive(Default)]
+struct Declared {
+    /// Whether anything was ever declared: the look-up on every message skips the lock until then.
+    any: std::sync::atomic::AtomicBool,
+    map: std::sync::RwLock<DeclaredMap>,
+}
+
+/// The declared kinds by name, and the names in declaration order (oldest first).
+type DeclaredMap = (
+    std::collections::HashMap<Box<str>, DestinationKind>,
+    std::collections::VecDeque<Box<str>>,
+);
+
+/// How many declared destinations an instrumentation remembers.
+const DECLARED_MAX: usize = 4096;
 
 /// The per-client instrumentation: a tracer, the configuration and the broker's identity.
 ///
@@ -166,6 +186,7 @@ impl InstrumentationBuilder {
                 tracer,
                 metrics,
                 config,
+                declared: Declared::default(),
                 system: self.system,
                 server_address,
                 server_port,
@@ -205,6 +226,21 @@ pub fn unique_client_id(prefix: &str) -> String {
 }
 
 /// Formats a span name `{operation} {destination}`.
+/// The span name for a destination of `kind`: `{operation} {destination}` for a named
+/// destination, the operation alone for a temporary or anonymous one (the conventions keep
+/// such names, which are not low-cardinality, out of span names).
+pub(crate) fn span_name_for(
+    op: &'static str,
+    destination: &str,
+    kind: DestinationKind,
+) -> Cow<'static, str> {
+    if kind.is_named() {
+        span_name(op, destination)
+    } else {
+        Cow::Borrowed(op)
+    }
+}
+
 pub(crate) fn span_name(op: &str, destination: &str) -> Cow<'static, str> {
     let mut s = String::with_capacity(op.len() + 1 + destination.len());
     s.push_str(op);
@@ -239,6 +275,25 @@ impl Instrumentation {
     /// ```
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Whether the history headers a message from `source` carries (`mqtrace-attempt`,
+    /// `-previous-attempt`, `-origin`, `-dead-letter-reason`, `-not-before`) may be believed:
+    /// when the [`Trust`](crate::Trust) policy trusts `source`, or when `source` is a retry or
+    /// dead-letter source mqtrace's retry types declared
+    /// ([`declare_source`](crate::retry::declare_source)). The broker crates read a carried
+    /// attempt only when this holds; elsewhere a forged one is refused and recorded.
+    ///
+    /// ```
+    /// use mqtrace::{Config, Trust, MessagingSystem, instrument::Instrumentation};
+    /// let i = Instrumentation::builder(MessagingSystem::Kafka, "x")
+    ///     .build(Config::new().with_trust(Trust::untrusted_sources(["feed", "feed.retry.2"])));
+    /// assert!(!i.believes_history("feed") && i.believes_history("orders"));
+    /// mqtrace::retry::declare_source("feed.retry.2");
+    /// assert!(i.believes_history("feed.retry.2"));
+    /// ```
+    pub fn believes_history(&self, source: &str) -> bool {
+        self.inner.config.trust().is_trusted(source) || crate::retry::is_declared_source(source)
     }
 
     /// The messaging system.
@@ -413,6 +468,89 @@ impl Instrumentation {
         crate::span::send::start(self, msg, headers)
     }
 
+    /// Records that `name` was declared through a traced client as a temporary or anonymous
+    /// destination (e.g. RabbitMQ's `queue_declare` with an empty name, `exclusive` or
+    /// `auto_delete`), so that the spans and metrics of its messages treat it as such
+    /// ([`DestinationKind`]). A named kind forgets the name. At most 4096 names are kept (the
+    /// oldest go first).
+    ///
+    /// ```
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// inst.declare_destination("replies-7", DestinationKind::NAMED.with_temporary(true));
+    /// assert!(inst.declared_kind("replies-7").is_temporary());
+    /// assert!(inst.declared_kind("orders").is_named());
+    /// ```
+    pub fn declare_destination(&self, name: &str, kind: DestinationKind) {
+        use std::sync::atomic::Ordering;
+        let d = &self.inner.declared;
+        let mut guard = match d.map.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (map, order) = &mut *guard;
+        if kind.is_named() {
+            if map.remove(name).is_some() {
+                order.retain(|n| &**n != name);
+            }
+            return;
+        }
+        if map.insert(Box::from(name), kind).is_none() {
+            order.push_back(Box::from(name));
+            if order.len() > DECLARED_MAX
+                && let Some(old) = order.pop_front()
+            {
+                map.remove(&old);
+            }
+        }
+        d.any.store(true, Ordering::Release);
+    }
+
+    /// The kind `name` was declared with ([`Self::declare_destination`]), or
+    /// [`DestinationKind::NAMED`].
+    ///
+    /// ```
+    /// use mqtrace::instrument::*;
+    /// let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "doc").build(mqtrace::Config::new());
+    /// assert!(inst.declared_kind("orders").is_named());
+    /// ```
+    pub fn declared_kind(&self, name: &str) -> DestinationKind {
+        use std::sync::atomic::Ordering;
+        let d = &self.inner.declared;
+        if !d.any.load(Ordering::Acquire) {
+            return DestinationKind::NAMED;
+        }
+        let guard = match d.map.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.0.get(name).copied().unwrap_or_default()
+    }
+
+    /// Reads the creation context already on an outgoing message, from its headers as the
+    /// user gave them (before any removal or injection), and decides per
+    /// [`crate::ExistingContext`] what [`Self::start_send`] does with it: pass the result
+    /// with [`Outgoing::with_existing_context`]. When [`ExistingOnMessage::keeps`] is `false`
+    /// the broker crate removes every context field from the headers first.
+    ///
+    /// [`ExistingOnMessage::keeps`]: crate::instrument::ExistingOnMessage::keeps
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use mqtrace::{*, instrument::*};
+    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc")
+    ///     .build(Config::new().with_existing_context(ExistingContext::Replace));
+    /// let forwarded: HashMap<String, String> = [(
+    ///     "traceparent".to_owned(),
+    ///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+    /// )].into();
+    /// let existing = inst.existing_context(&forwarded);
+    /// assert!(!existing.keeps()); // replaced: the old fields go, the send span links them
+    /// ```
+    pub fn existing_context(&self, before: &dyn HeaderExtractor) -> crate::span::ExistingOnMessage {
+        crate::span::send::existing(self, before)
+    }
+
     /// Starts the send span of a batch whose messages were each given a create span (see
     /// [`OperationType::Create`]) carrying their creation context: the span is a child of the
     /// current context, links every valid context in `created` and records
@@ -512,29 +650,32 @@ impl Instrumentation {
 
     /// Starts a CLIENT settle span, child of `parent`: it starts with the message's
     /// `start` attributes (what its process span started with: partition, consumer group,
-    /// subscription) and records `recorded` (delivery tag, offset, delivery attempt...) and
-    /// `extra` when sampled.
-    pub(crate) fn start_settle(
+    /// subscription) and records `recorded` (delivery tag, offset, delivery attempt..., then
+    /// the settle's own such as the batch size) when sampled.
+    pub(crate) fn start_settle<'r>(
         &self,
         op: Operation,
         destination: &Arc<str>,
+        kind: DestinationKind,
         parent: &Context,
         start: &[KeyValue],
-        recorded: &[KeyValue],
-        extra: &[KeyValue],
+        recorded: impl Iterator<Item = &'r KeyValue>,
     ) -> BoxedSpan {
         debug_assert_eq!(op.kind(), OperationType::Settle);
-        let builder = SpanBuilder::from_name(span_name(op.name(), destination))
+        let mut attributes = self.creation_attributes_with(
+            op,
+            Some(StringValue::from(destination.clone())),
+            start,
+            2,
+        );
+        attributes.extend(kind.attributes());
+        let builder = SpanBuilder::from_name(span_name_for(op.name(), destination, kind))
             .with_kind(op.kind().span_kind())
-            .with_attributes(self.creation_attributes_with(
-                op,
-                Some(StringValue::from(destination.clone())),
-                start,
-                0,
-            ));
+            .with_attributes(attributes);
         self.start_span(builder, parent, &SpanFacts::new(op, destination), |span| {
-            if !recorded.is_empty() || !extra.is_empty() {
-                span.set_attributes(recorded.iter().chain(extra).cloned());
+            let mut recorded = recorded.peekable();
+            if recorded.peek().is_some() {
+                span.set_attributes(recorded.cloned());
             }
         })
     }

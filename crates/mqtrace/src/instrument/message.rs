@@ -10,6 +10,102 @@ use std::time::SystemTime;
 /// is recording, before the span is shared (see [`Outgoing::with_recorded`]).
 pub type Record<'a> = &'a dyn Fn(&mut Vec<KeyValue>);
 
+/// What the conventions say about a destination besides its name: whether it is temporary
+/// (`messaging.destination.temporary`: it may not exist once its messages are processed, e.g.
+/// an exclusive or auto-delete queue, RabbitMQ's direct reply-to) and whether it is anonymous
+/// (`messaging.destination.anonymous`: unnamed or with a generated name, e.g. a server-named
+/// `amq.gen-*` queue). Broker crates detect it; the core acts on it, the same way for every
+/// broker: a destination that is either is left out of span names (`publish`, `process`,
+/// `ack`: the operation alone, as the conventions ask of names that are not low-cardinality),
+/// flagged on spans and metric points, and its name is kept out of metric attributes (one
+/// series, not one per queue). The name itself stays on spans (`messaging.destination.name`).
+///
+/// ```
+/// use mqtrace::instrument::DestinationKind;
+/// let reply_to = DestinationKind::NAMED.with_temporary(true).with_anonymous(true);
+/// assert!(reply_to.is_temporary() && reply_to.is_anonymous() && !reply_to.is_named());
+/// assert!(DestinationKind::default().is_named());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestinationKind {
+    temporary: bool,
+    anonymous: bool,
+}
+
+impl DestinationKind {
+    /// A destination known by a stable name: neither temporary nor anonymous (the default).
+    ///
+    /// ```
+    /// assert!(mqtrace::instrument::DestinationKind::NAMED.is_named());
+    /// ```
+    pub const NAMED: Self = Self {
+        temporary: false,
+        anonymous: false,
+    };
+
+    /// Marks the destination temporary (or not).
+    ///
+    /// ```
+    /// let k = mqtrace::instrument::DestinationKind::NAMED.with_temporary(true);
+    /// assert!(k.is_temporary());
+    /// ```
+    #[must_use]
+    pub const fn with_temporary(mut self, temporary: bool) -> Self {
+        self.temporary = temporary;
+        self
+    }
+
+    /// Marks the destination anonymous (or not).
+    ///
+    /// ```
+    /// let k = mqtrace::instrument::DestinationKind::NAMED.with_anonymous(true);
+    /// assert!(k.is_anonymous());
+    /// ```
+    #[must_use]
+    pub const fn with_anonymous(mut self, anonymous: bool) -> Self {
+        self.anonymous = anonymous;
+        self
+    }
+
+    /// `messaging.destination.temporary`.
+    ///
+    /// ```
+    /// assert!(!mqtrace::instrument::DestinationKind::NAMED.is_temporary());
+    /// ```
+    pub const fn is_temporary(self) -> bool {
+        self.temporary
+    }
+
+    /// `messaging.destination.anonymous`.
+    ///
+    /// ```
+    /// assert!(!mqtrace::instrument::DestinationKind::NAMED.is_anonymous());
+    /// ```
+    pub const fn is_anonymous(self) -> bool {
+        self.anonymous
+    }
+
+    /// Neither temporary nor anonymous: the name is fit for span names and metrics.
+    ///
+    /// ```
+    /// assert!(mqtrace::instrument::DestinationKind::NAMED.is_named());
+    /// ```
+    pub const fn is_named(self) -> bool {
+        !self.temporary && !self.anonymous
+    }
+
+    /// The span attributes saying so (only the `true` ones, as the conventions ask).
+    pub(crate) fn attributes(self) -> impl Iterator<Item = KeyValue> {
+        let t = self
+            .temporary
+            .then(|| KeyValue::new(crate::attributes::MESSAGING_DESTINATION_TEMPORARY, true));
+        let a = self
+            .anonymous
+            .then(|| KeyValue::new(crate::attributes::MESSAGING_DESTINATION_ANONYMOUS, true));
+        t.into_iter().chain(a)
+    }
+}
+
 /// One message about to be sent, as the core needs to see it.
 ///
 /// ```
@@ -30,6 +126,8 @@ pub struct Outgoing<'a> {
     pub(crate) attributes: &'a [KeyValue],
     pub(crate) recorded: Option<Record<'a>>,
     pub(crate) metric_destination: Option<&'a str>,
+    pub(crate) kind: DestinationKind,
+    pub(crate) existing: Option<&'a crate::instrument::ExistingOnMessage>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -49,12 +147,48 @@ impl<'a> Outgoing<'a> {
             attributes: &[],
             recorded: None,
             metric_destination: None,
+            kind: DestinationKind::NAMED,
+            existing: None,
         }
+    }
+
+    /// Whether the destination is temporary or anonymous ([`DestinationKind`]).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Outgoing::new(Operation::new("publish", OperationType::Send), "amq.gen-1")
+    ///     .with_destination_kind(DestinationKind::NAMED.with_anonymous(true));
+    /// ```
+    pub fn with_destination_kind(mut self, kind: DestinationKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The creation context already on the message, as [`Instrumentation::existing_context`]
+    /// found it in the headers before injection: [`crate::instrument::Instrumentation::start_send`]
+    /// keeps or replaces it per [`crate::ExistingContext`].
+    ///
+    /// [`Instrumentation::existing_context`]: crate::instrument::Instrumentation::existing_context
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
+    /// let before: std::collections::HashMap<String, String> = Default::default();
+    /// let existing = inst.existing_context(&before);
+    /// let _ = Outgoing::new(Operation::new("send", OperationType::Send), "t").with_existing_context(&existing);
+    /// ```
+    pub fn with_existing_context(
+        mut self,
+        existing: &'a crate::instrument::ExistingOnMessage,
+    ) -> Self {
+        self.existing = Some(existing);
+        self
     }
 
     /// The destination metrics name the message by, when it differs from the span's (e.g. the
     /// exchange, not `{exchange}:{routing key}`, whose per-message keys would make one series
-    /// each). Temporary names (`amq.gen-*`, direct reply-to) become `(temporary)` either way.
+    /// each). A temporary or anonymous destination ([`DestinationKind`]) has no name on metrics
+    /// either way.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};
@@ -165,6 +299,7 @@ pub struct Incoming<'a> {
     pub(crate) sent_at: Option<SystemTime>,
     pub(crate) counted_at_receive: bool,
     pub(crate) subscription: Option<&'a str>,
+    pub(crate) kind: DestinationKind,
 }
 
 impl<'a> Incoming<'a> {
@@ -192,7 +327,21 @@ impl<'a> Incoming<'a> {
             sent_at: None,
             counted_at_receive: false,
             subscription: None,
+            kind: DestinationKind::NAMED,
         }
+    }
+
+    /// Whether the destination is temporary or anonymous ([`DestinationKind`]): the process
+    /// span and its settle spans are then named by their operation alone.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "amq.gen-1", "amq.gen-1")
+    ///     .with_destination_kind(DestinationKind::NAMED.with_temporary(true).with_anonymous(true));
+    /// ```
+    pub fn with_destination_kind(mut self, kind: DestinationKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// The subscription the message was delivered through: `messaging.destination.subscription.name`

@@ -61,10 +61,10 @@ pub use crate::config::{ConfiguredTracer, GlobalTracer};
 pub use crate::operation::{MessagingSystem, Operation, OperationType};
 pub use crate::propagation::Extracted;
 pub use crate::span::{
-    ABANDON_REASON, Answer, Covered, NO_RUNTIME, OnAnswer, OpenSpans, PendingSettle,
-    PolledAfterCompletion, ProcessSpan, Processing, Receive, Registration, SendSpan, Settle,
-    SettleError,
+    ABANDON_REASON, Answer, Covered, ExistingOnMessage, NO_RUNTIME, OnAnswer, OpenSpans,
+    PendingSettle, PolledAfterCompletion, ProcessSpan, Processing, Receive, Registration, SendSpan,
+    Settle, SettleError,
 };
 pub use instrumentation::{Instrumentation, InstrumentationBuilder, unique_client_id};
-pub(crate) use instrumentation::{SpanFacts, span_name};
-pub use message::{Incoming, Outgoing, Record};
+pub(crate) use instrumentation::{SpanFacts, span_name, span_name_for};
+pub use message::{DestinationKind, Incoming, Outgoing, Record};

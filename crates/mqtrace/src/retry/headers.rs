@@ -46,6 +46,29 @@ pub fn is_owned(key: &str) -> bool {
     OWNED_HEADERS.contains(&key)
 }
 
+/// Whether a retry or dead-letter copy leaves out the received message's header `key`: one of
+/// mqtrace's own ([`OWNED_HEADERS`], written anew) or a context field of `propagation` (any
+/// spelling). A copy is a new message whose creation context is its own send span's, whatever
+/// [`crate::ExistingContext`] says about contexts an application forwards; the original's
+/// context travels in `mqtrace-origin` and the previous-attempt link.
+///
+/// ```
+/// let w3c = mqtrace::Propagation::W3c;
+/// assert!(mqtrace::retry::left_out_of_copy("TraceParent", &w3c));
+/// assert!(mqtrace::retry::left_out_of_copy("mqtrace-attempt", &w3c));
+/// assert!(!mqtrace::retry::left_out_of_copy("order-id", &w3c));
+/// ```
+pub fn left_out_of_copy(key: &str, propagation: &crate::Propagation) -> bool {
+    if is_owned(key) {
+        return true;
+    }
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        propagation.is_field(&key.to_ascii_lowercase())
+    } else {
+        propagation.is_field(key)
+    }
+}
+
 /// The longest dead-letter reason written or read, in bytes; a longer reason is cut (on a
 /// character boundary) when written and refused when read.
 pub const MAX_REASON_LEN: usize = 1024;

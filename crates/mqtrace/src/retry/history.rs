@@ -79,9 +79,11 @@ fn read(headers: &dyn HeaderExtractor, believed: bool) -> History {
     let mut out = History::default();
     if !believed {
         for key in [
+            ATTEMPT_HEADER,
             PREVIOUS_ATTEMPT_HEADER,
             ORIGIN_HEADER,
             DEAD_LETTER_REASON_HEADER,
+            NOT_BEFORE_HEADER,
         ] {
             if headers.header(key).is_some() {
                 out.refuse(key, format_args!("untrusted source"));

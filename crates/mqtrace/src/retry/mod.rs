@@ -43,7 +43,7 @@ pub use error::{ErrorClass, HandlerError, RetryError};
 pub use headers::{
     ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, MAX_REASON_LEN, MAX_TRACEPARENT_LEN,
     NOT_BEFORE_HEADER, ORIGIN_HEADER, OWNED_HEADERS, PREVIOUS_ATTEMPT_HEADER, attempt,
-    bounded_reason, due_in, epoch_millis, is_owned, not_before, parse_attempt,
+    bounded_reason, due_in, epoch_millis, is_owned, left_out_of_copy, not_before, parse_attempt,
 };
 pub use history::{CopyHeaders, CopyTo, History, history, read_history, write_history};
 pub use policy::{Decision, RetryPolicy};

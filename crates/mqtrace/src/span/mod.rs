@@ -20,5 +20,5 @@ pub use bulk::{Covered, OpenSpans, Registration};
 pub use process::ProcessSpan;
 pub use processing::Processing;
 pub use receive::Receive;
-pub use send::SendSpan;
+pub use send::{ExistingOnMessage, SendSpan};
 pub use settle::{PendingSettle, Settle, SettleError};

@@ -3,7 +3,7 @@
 use super::parent::{self, Contexts, Parent};
 use super::settle::{Settle, SettleError, end_settle_span};
 use crate::attributes as attr;
-use crate::instrument::{Incoming, Instrumentation, SpanFacts, span_name};
+use crate::instrument::{DestinationKind, Incoming, Instrumentation, SpanFacts, span_name_for};
 use crate::metrics::Measure;
 use crate::metrics::since;
 use crate::operation::Operation;
@@ -80,13 +80,18 @@ pub(crate) fn start(
         msg.operation,
         Some(destination.clone().into()),
         msg.attributes,
-        1,
+        3,
     );
     attributes.extend(subscription.iter().cloned());
-    let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
-        .with_kind(msg.operation.kind().span_kind())
-        .with_attributes(attributes)
-        .with_links(links);
+    attributes.extend(msg.kind.attributes());
+    let builder = SpanBuilder::from_name(span_name_for(
+        msg.operation.name(),
+        msg.destination,
+        msg.kind,
+    ))
+    .with_kind(msg.operation.kind().span_kind())
+    .with_attributes(attributes)
+    .with_links(links);
     let facts = SpanFacts {
         message_id: msg.message_id,
         conversation_id: msg.conversation_id,
@@ -128,7 +133,7 @@ pub(crate) fn start(
         timing = Some(Timing::now(&msg, sent_pipeline, retried));
     }
     let measure = start.map(|start| {
-        let mut m = Measure::new(msg.operation, msg.source, start);
+        let mut m = Measure::new(msg.operation, msg.source, msg.kind, start);
         m.extra = crate::metrics::consumer_attributes(msg.attributes);
         m.extra.extend(subscription.iter().cloned());
         m
@@ -147,6 +152,7 @@ pub(crate) fn start(
         cx = cx.with_value(t.pipeline);
     }
     let mut span = ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin);
+    span.kind = msg.kind;
     span.settle_attributes = SettleAttributes {
         start: settle_start,
         recorded: settle_recorded,
@@ -317,6 +323,8 @@ pub struct ProcessSpan {
     pub(super) cx: Context,
     span_context: SpanContext,
     destination: Arc<str>,
+    /// Whether the destination is temporary or anonymous (settle spans are named alike).
+    pub(super) kind: DestinationKind,
     /// Present only when metrics are recorded (no clock read otherwise).
     measure: Option<Measure>,
     attempt: Option<u32>,
@@ -354,6 +362,7 @@ impl ProcessSpan {
             cx,
             span_context,
             destination,
+            kind: DestinationKind::NAMED,
             measure,
             attempt,
             origin,
@@ -396,10 +405,10 @@ impl ProcessSpan {
         self.inst.start_settle(
             op,
             &self.destination,
+            self.kind,
             &self.cx,
             &self.settle_attributes.start,
-            &self.settle_attributes.recorded,
-            extra,
+            self.settle_attributes.recorded.iter().chain(extra),
         )
     }
 

@@ -108,7 +108,7 @@ pub(crate) fn record<'c>(
         let start = Instant::now()
             .checked_sub(elapsed)
             .unwrap_or_else(Instant::now);
-        let mut m = Measure::new(op, d, start);
+        let mut m = Measure::new(op, d, crate::instrument::DestinationKind::NAMED, start);
         m.extra = crate::metrics::consumer_attributes(receive.attributes);
         m.operation_done(metrics, &inst.common(), None);
         // Counted here once per delivery; the process spans of the batch do not count again

@@ -3,8 +3,12 @@
 //! both return.
 
 use crate::attributes as attr;
+use crate::carrier::HeaderExtractor;
 use crate::carrier::Injector;
-use crate::instrument::{Instrumentation, Outgoing, SpanFacts, span_name};
+use crate::config::ExistingContext;
+use crate::instrument::{
+    DestinationKind, Instrumentation, Outgoing, SpanFacts, span_name, span_name_for,
+};
 use crate::metrics::Measure;
 use crate::operation::{Operation, OperationType};
 use crate::pipeline::Pipeline;
@@ -19,8 +23,74 @@ use std::time::Instant;
 /// The `error.type` of a send abandoned before the broker answered.
 const ABANDONED: &str = "abandoned";
 
+/// A creation context found on an outgoing message before injection, and what
+/// [`Instrumentation::start_send`] will do with it under the configured
+/// [`crate::ExistingContext`]. Made by [`Instrumentation::existing_context`].
+///
+/// ```
+/// use std::collections::HashMap;
+/// use mqtrace::{*, instrument::*};
+/// let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
+/// let forwarded: HashMap<String, String> = [(
+///     "traceparent".to_owned(),
+///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+/// )].into();
+/// let existing = inst.existing_context(&forwarded);
+/// assert!(existing.span_context().is_valid());
+/// assert!(existing.keeps()); // the default rule: sent unchanged, do not remove its fields
+/// let none = inst.existing_context(&HashMap::<String, String>::new());
+/// assert!(!none.keeps()); // nothing to keep: remove any stale field, then inject
+/// ```
+#[derive(Clone, Debug)]
+pub struct ExistingOnMessage {
+    span_context: SpanContext,
+    keep: bool,
+}
+
+impl ExistingOnMessage {
+    /// The context found (invalid when the message carries none that can be read).
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
+    /// let e = inst.existing_context(&std::collections::HashMap::<String, String>::new());
+    /// assert!(!e.span_context().is_valid());
+    /// ```
+    pub fn span_context(&self) -> &SpanContext {
+        &self.span_context
+    }
+
+    /// Whether the message's context fields stay as they are. When `false`, the broker crate
+    /// removes every field the propagation writes from the outgoing headers before
+    /// [`Instrumentation::start_send`] (which then writes its own), so old and new are never
+    /// mixed.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// # let inst = Instrumentation::builder(MessagingSystem::Kafka, "doc").build(Config::new());
+    /// assert!(!inst.existing_context(&std::collections::HashMap::<String, String>::new()).keeps());
+    /// ```
+    pub fn keeps(&self) -> bool {
+        self.keep
+    }
+}
+
+/// Reads the context already on an outgoing message (see [`Instrumentation::existing_context`]).
+pub(crate) fn existing(inst: &Instrumentation, before: &dyn HeaderExtractor) -> ExistingOnMessage {
+    let span_context = inst
+        .config()
+        .propagation()
+        .extract(before)
+        .span_context()
+        .clone();
+    let keep = span_context.is_valid() && inst.config().existing_context() == ExistingContext::Keep;
+    ExistingOnMessage { span_context, keep }
+}
+
 /// Starts the PRODUCER span of `msg` under the current context and injects its context into
-/// `headers` (see [`Instrumentation::start_send`]).
+/// `headers` (see [`Instrumentation::start_send`]). A context kept on the message
+/// ([`ExistingOnMessage::keeps`]) makes it a CLIENT span linking that context, and nothing is
+/// injected; a replaced one is linked as `replaced`.
 pub(crate) fn start(
     inst: &Instrumentation,
     msg: Outgoing<'_>,
@@ -30,14 +100,39 @@ pub(crate) fn start(
     let start = inst.metrics().is_some().then(Instant::now);
     let parent = Context::current();
     let destination: Arc<str> = Arc::from(msg.destination);
-    let builder = SpanBuilder::from_name(span_name(msg.operation.name(), msg.destination))
-        .with_kind(msg.operation.kind().span_kind())
-        .with_attributes(inst.creation_attributes_with(
-            msg.operation,
-            Some(destination.clone().into()),
-            msg.attributes,
-            0,
-        ));
+    let kept = msg.existing.filter(|e| e.keep);
+    let kind = match kept {
+        // The conventions' "send span (client)": a creation context exists already.
+        Some(_) => SpanKind::Client,
+        None => msg.operation.kind().span_kind(),
+    };
+    let mut attributes = inst.creation_attributes_with(
+        msg.operation,
+        Some(destination.clone().into()),
+        msg.attributes,
+        2,
+    );
+    attributes.extend(msg.kind.attributes());
+    let mut builder = SpanBuilder::from_name(span_name_for(
+        msg.operation.name(),
+        msg.destination,
+        msg.kind,
+    ))
+    .with_kind(kind)
+    .with_attributes(attributes);
+    match msg.existing {
+        Some(e) if e.keep => {
+            builder = builder.with_links(vec![Link::with_context(e.span_context.clone())]);
+        }
+        Some(e) if e.span_context.is_valid() => {
+            builder = builder.with_links(vec![Link::new(
+                e.span_context.clone(),
+                vec![KeyValue::new(attr::LINK_TYPE, "replaced")],
+                0,
+            )]);
+        }
+        _ => {}
+    }
     let facts = SpanFacts {
         message_id: msg.message_id,
         conversation_id: msg.conversation_id,
@@ -52,9 +147,11 @@ pub(crate) fn start(
             span.set_attributes(kv);
         }
     });
-    inst.config()
-        .propagation()
-        .inject(span.span_context(), &parent, headers);
+    if kept.is_none() {
+        inst.config()
+            .propagation()
+            .inject(span.span_context(), &parent, headers);
+    }
     // The pipeline's origin travels on from the process span this message is sent in, where
     // someone records it (metrics here, or a sampled span). A message sent outside any
     // process span starts a pipeline: its consumer takes the broker's timestamp as the origin,
@@ -70,6 +167,7 @@ pub(crate) fn start(
             Measure::new(
                 msg.operation,
                 msg.metric_destination.unwrap_or(&destination),
+                msg.kind,
                 start,
             ),
         )
@@ -104,7 +202,7 @@ pub(crate) fn start_batch<'c>(
     let span = inst.start_span(builder, &Context::current(), &facts, |_| {});
     // The batch's duration; its messages are counted as sent by their own spans.
     let measure = start.map(|start| {
-        let mut m = Measure::new(operation, destination, start);
+        let mut m = Measure::new(operation, destination, DestinationKind::NAMED, start);
         m.sent = false;
         (inst.clone(), m)
     });
@@ -296,5 +394,168 @@ mod batch_tests {
             create.assert_kind(SpanKind::Producer);
             create.assert_attr(attributes::MESSAGING_OPERATION_TYPE, "create");
         }
+    }
+}
+
+#[cfg(test)]
+mod existing_context_tests {
+    use crate::testing::{SpanDataExt, TestTelemetry};
+    use crate::{instrument::*, *};
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider};
+    use std::collections::HashMap;
+
+    const PUBLISH: Operation = Operation::new("publish", OperationType::Send);
+    const FORWARDED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn forwarded() -> HashMap<String, String> {
+        [
+            ("traceparent", FORWARDED),
+            ("tracestate", "vendor=old"),
+            ("baggage", "stage=one"),
+            ("order", "o-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Sends `headers` as a broker crate does, inside an application span; returns the headers
+    /// as sent.
+    fn send(
+        t: &TestTelemetry,
+        rule: ExistingContext,
+        mut headers: HashMap<String, String>,
+    ) -> HashMap<String, String> {
+        let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test")
+            .build(t.config().with_existing_context(rule));
+        let app = t.provider().tracer("app").start("handler");
+        let cx = opentelemetry::Context::current_with_span(app);
+        let _guard = cx.clone().attach();
+        let before = headers.clone();
+        let existing = inst.existing_context(&before);
+        if !existing.keeps() {
+            for f in inst.config().propagation().fields() {
+                headers.remove(&f);
+            }
+        }
+        inst.start_send(
+            Outgoing::new(PUBLISH, "orders")
+                .with_headers(&before)
+                .with_existing_context(&existing),
+            &mut headers,
+        )
+        .end_ok();
+        cx.span().end();
+        headers
+    }
+
+    #[test]
+    fn keep_sends_the_existing_context_unchanged_from_a_client_span_linking_it() {
+        let t = TestTelemetry::new();
+        let sent = send(&t, ExistingContext::Keep, forwarded());
+        assert_eq!(
+            sent,
+            forwarded(),
+            "all three fields as they were, nothing added"
+        );
+        let spans = t.spans();
+        let span = spans.one("publish orders");
+        span.assert_kind(SpanKind::Client);
+        span.assert_child_of(spans.one("handler"));
+        let old = crate::Propagation::W3c.extract(&forwarded());
+        span.assert_links_to(old.span_context());
+        assert_eq!(span.links.links.len(), 1);
+    }
+
+    #[test]
+    fn replace_writes_all_three_fields_anew_and_links_the_replaced_context() {
+        let t = TestTelemetry::new();
+        let sent = send(&t, ExistingContext::Replace, forwarded());
+        let spans = t.spans();
+        let span = spans.one("publish orders");
+        span.assert_kind(SpanKind::Producer);
+        assert_eq!(
+            sent.get("traceparent").map(String::as_str),
+            Some(
+                format!(
+                    "00-{}-{}-01",
+                    span.span_context.trace_id(),
+                    span.span_context.span_id()
+                )
+                .as_str()
+            )
+        );
+        // The old tracestate and baggage are gone with the old traceparent: never mixed.
+        assert_eq!(sent.get("tracestate"), None);
+        assert_eq!(sent.get("baggage"), None);
+        assert_eq!(sent.get("order").map(String::as_str), Some("o-1"));
+        let old = crate::Propagation::W3c.extract(&forwarded());
+        span.assert_links_to(old.span_context());
+        let link = &span.links.links[0];
+        assert_eq!(
+            link.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == crate::attributes::LINK_TYPE)
+                .map(|kv| kv.value.to_string()),
+            Some("replaced".to_owned())
+        );
+    }
+
+    #[test]
+    fn without_a_valid_context_both_rules_inject_a_new_one() {
+        for rule in [ExistingContext::Keep, ExistingContext::Replace] {
+            let t = TestTelemetry::new();
+            let stale: HashMap<String, String> =
+                [("tracestate".to_owned(), "vendor=stale".to_owned())].into();
+            let sent = send(&t, rule, stale);
+            let spans = t.spans();
+            let span = spans.one("publish orders");
+            span.assert_kind(SpanKind::Producer);
+            assert!(sent.contains_key("traceparent"), "{rule:?}");
+            assert_eq!(
+                sent.get("tracestate"),
+                None,
+                "{rule:?}: no stale tracestate"
+            );
+            assert!(span.links.links.is_empty(), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn temporary_and_anonymous_destinations_are_left_out_of_span_names() {
+        let t = TestTelemetry::new();
+        let inst = Instrumentation::builder(MessagingSystem::RabbitMq, "test").build(t.config());
+        let reply = DestinationKind::NAMED
+            .with_temporary(true)
+            .with_anonymous(true);
+        let mut h: HashMap<String, String> = HashMap::new();
+        inst.start_send(
+            Outgoing::new(PUBLISH, "amq.gen-X").with_destination_kind(reply),
+            &mut h,
+        )
+        .end_ok();
+        let process = Operation::new("process", OperationType::Process);
+        let ack = Operation::new("ack", OperationType::Settle);
+        let span = inst.start_process(
+            Incoming::new(process, "amq.gen-X", "amq.gen-X").with_destination_kind(reply),
+            inst.extract(&h),
+        );
+        futures_executor_block_on(span.settle(Settle::new(ack, Outcome::Ack), async {}, |_| None));
+        let spans = t.spans();
+        for name in ["publish", "process", "ack"] {
+            let s = spans.one(name);
+            s.assert_attr_bool(attributes::MESSAGING_DESTINATION_TEMPORARY, true);
+            s.assert_attr_bool(attributes::MESSAGING_DESTINATION_ANONYMOUS, true);
+            s.assert_attr_str(attributes::MESSAGING_DESTINATION_NAME, "amq.gen-X");
+        }
+        assert!(spans.named("publish amq.gen-X").is_empty());
+    }
+
+    /// Polls a future that never waits to completion.
+    fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(f)
     }
 }
