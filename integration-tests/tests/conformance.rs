@@ -15,10 +15,13 @@
 //! Broker-specific behaviour (x-death, quorum delivery limits, commit modes, not-before
 //! forgeries, ...) stays in `tests/{rabbitmq,kafka,pubsub}.rs`.
 
+use mqtrace::Config;
 use mqtrace::attributes as attr;
 use mqtrace::retry::{Decision, HandlerError, RetryPolicy};
+use mqtrace::testing::SeenBySampler;
 use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace_integration_tests::support::{fast, wait, within};
+use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::SpanData;
 use std::collections::HashSet;
@@ -56,7 +59,19 @@ struct Names {
 /// traced consumer: what the contract needs and no more.
 trait Broker: Sized {
     /// A new destination (unique names) whose retries follow `policy`.
-    async fn open(t: &TestTelemetry, policy: RetryPolicy) -> Self;
+    async fn open(t: &TestTelemetry, policy: RetryPolicy) -> Self {
+        Self::open_with(t, policy, t.config()).await
+    }
+    /// [`Broker::open`] with the traced clients configured by `config`.
+    async fn open_with(t: &TestTelemetry, policy: RetryPolicy, config: Config) -> Self;
+    /// What the process span and every settle span of a message start with, beyond the
+    /// system, operation and destination: what this broker's samplers can decide on.
+    fn start_attributes(&self) -> Vec<(&'static str, Value)>;
+    /// What a settle span of a message carries about it (delivery tag, partition, offset,
+    /// consumer group, subscription...).
+    fn settle_attributes(&self) -> Vec<(&'static str, Value)>;
+    /// The next message: its handler records an error of type `error_type`, then acks.
+    async fn next_error_then_ack(&mut self, error_type: &'static str);
     fn names(&self) -> Names;
     /// Publishes through the traced producer, with the user's `headers`.
     async fn publish(&self, body: &[u8], headers: &[(&str, &str)]);
@@ -413,6 +428,136 @@ async fn in_equals_acked_plus_dead_lettered<B: Broker>() {
     }
 }
 
+/// The server a test's broker listens on, as `server.*` records it.
+fn server_of(n: &Names, spans: &Spans) -> (String, i64) {
+    let send = spans.one(&n.send);
+    let address = send
+        .attr_str(attr::SERVER_ADDRESS)
+        .unwrap_or_else(|| panic!("{} has no server.address", send.name))
+        .to_owned();
+    let port = match send.attr(attr::SERVER_PORT) {
+        Some(Value::I64(p)) => *p,
+        other => panic!("{}: server.port {other:?}", send.name),
+    };
+    (address, port)
+}
+
+async fn samplers_see_what_is_known_at_start<B: Broker>() {
+    let seen = SeenBySampler::default();
+    let t = TestTelemetry::with_sampler(seen.clone());
+    let mut b = B::open(&t, fast(3)).await;
+    b.publish(b"order-1", &[]).await;
+    b.next_and_ack().await;
+    let n = b.names();
+    let spans = wait(&t, &n.settles[0], 1).await;
+    let (address, port) = server_of(&n, &spans);
+    let send = seen.first(&n.send);
+    assert_eq!(send.kind, SpanKind::Producer);
+    for shown in [send, seen.first(&n.attempts[0]), seen.first(&n.settles[0])] {
+        shown.assert_attr(attr::SERVER_ADDRESS, address.clone());
+        shown.assert_attr(attr::SERVER_PORT, port);
+        if shown.name != n.send {
+            for (key, value) in b.start_attributes() {
+                shown.assert_attr(key, value);
+            }
+        }
+    }
+}
+
+async fn settle_spans_carry_the_message<B: Broker>() {
+    let t = TestTelemetry::new();
+    let mut b = B::open(&t, fast(3)).await;
+    b.publish(b"order-1", &[]).await;
+    b.next_and_ack().await;
+    let n = b.names();
+    let spans = wait(&t, &n.settles[0], 1).await;
+    let settle = spans.one(&n.settles[0]);
+    let process = spans.one(&n.attempts[0]);
+    settle.assert_child_of(process);
+    for (key, value) in b
+        .start_attributes()
+        .into_iter()
+        .chain(b.settle_attributes())
+    {
+        assert_eq!(
+            settle.attr(key),
+            Some(&value),
+            "{}: {key}\n{:?}",
+            settle.name,
+            settle.attributes
+        );
+        assert_eq!(process.attr(key), Some(&value), "{}: {key}", process.name);
+    }
+}
+
+/// `messaging.client.id` of the spans of one client instance: one id, not a shared default.
+async fn client_ids_are_unique_per_client<B: Broker>() {
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = TestTelemetry::new();
+        let mut b = B::open(&t, fast(3)).await;
+        b.publish(b"order-1", &[]).await;
+        b.next_and_ack().await;
+        let n = b.names();
+        let spans = wait(&t, &n.settles[0], 1).await;
+        let process = spans.one(&n.attempts[0]);
+        let settle = spans.one(&n.settles[0]);
+        let id = process
+            .attr_str(attr::MESSAGING_CLIENT_ID)
+            .unwrap_or_else(|| panic!("{} has no messaging.client.id", process.name))
+            .to_owned();
+        assert_ne!(id, "rdkafka", "not librdkafka's default");
+        assert_eq!(
+            settle.attr_str(attr::MESSAGING_CLIENT_ID),
+            Some(id.as_str())
+        );
+        assert!(
+            spans
+                .one(&n.send)
+                .attr_str(attr::MESSAGING_CLIENT_ID)
+                .is_some()
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "two client instances, two ids");
+}
+
+/// The rule: a handler error then an ack is a failed processing, on the span and on the
+/// process-duration metric alike (the message is gone, the handling failed).
+async fn an_error_then_ack_is_a_failure_on_span_and_metric<B: Broker>() {
+    let t = TestTelemetry::new();
+    let mut b = B::open_with(&t, fast(3), t.config().with_metrics(true)).await;
+    b.publish(b"order-1", &[]).await;
+    b.next_error_then_ack("validation").await;
+    let n = b.names();
+    let spans = wait(&t, &n.settles[0], 1).await;
+    let process = spans.one(&n.attempts[0]);
+    process.assert_attr(attr::OUTCOME, "ack");
+    process.assert_attr(attr::ERROR_TYPE, "validation");
+    assert!(process.is_error(), "the span is a failure");
+    let settle = spans.one(&n.settles[0]);
+    assert!(
+        settle.attr(attr::ERROR_TYPE).is_none(),
+        "the ack itself worked"
+    );
+    let points = t.metric("messaging.process.duration");
+    let destination = process
+        .attr_str(attr::MESSAGING_DESTINATION_NAME)
+        .unwrap_or_default()
+        .to_owned();
+    let ours: Vec<_> = points
+        .iter()
+        .filter(|p| {
+            p.attr_str(attr::MESSAGING_DESTINATION_NAME)
+                .is_some_and(|d| destination.starts_with(d) || d.starts_with(&destination))
+        })
+        .collect();
+    assert!(!ours.is_empty(), "a process-duration point: {points:?}");
+    for p in ours {
+        assert_eq!(p.attr_str(attr::ERROR_TYPE), Some("validation"), "{p:?}");
+    }
+}
+
 /// One `#[tokio::test]` per scenario for a broker.
 macro_rules! conformance {
     ($broker:ident, $adapter:ty) => {
@@ -444,6 +589,27 @@ macro_rules! conformance {
             #[tokio::test]
             async fn messages_in_equal_acked_plus_dead_lettered_and_no_span_is_left_open() {
                 within(in_equals_acked_plus_dead_lettered::<$adapter>()).await;
+            }
+
+            #[tokio::test]
+            async fn samplers_see_server_and_the_messages_own_attributes_on_send_process_and_settle()
+            {
+                within(samplers_see_what_is_known_at_start::<$adapter>()).await;
+            }
+
+            #[tokio::test]
+            async fn settle_spans_carry_the_message_attributes_the_conventions_ask() {
+                within(settle_spans_carry_the_message::<$adapter>()).await;
+            }
+
+            #[tokio::test]
+            async fn messaging_client_id_is_unique_per_client_instance() {
+                within(client_ids_are_unique_per_client::<$adapter>()).await;
+            }
+
+            #[tokio::test]
+            async fn record_error_then_ack_is_a_failure_on_both_span_and_metric() {
+                within(an_error_then_ack_is_a_failure_on_span_and_metric::<$adapter>()).await;
             }
         }
     };
@@ -501,10 +667,10 @@ mod adapters {
     }
 
     impl Broker for Rabbit {
-        async fn open(t: &TestTelemetry, policy: RetryPolicy) -> Self {
+        async fn open_with(_t: &TestTelemetry, policy: RetryPolicy, config: Config) -> Self {
             use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
             use lapin::types::{AMQPValue, FieldTable};
-            let conn = mqtrace_integration_tests::rabbitmq(t.config()).await;
+            let conn = mqtrace_integration_tests::rabbitmq(config).await;
             let ch = conn.create_channel().await.expect("create_channel");
             ch.confirm_select(ConfirmSelectOptions::default())
                 .await
@@ -535,6 +701,26 @@ mod adapters {
                 dlq: None,
                 retries,
             }
+        }
+
+        fn start_attributes(&self) -> Vec<(&'static str, Value)> {
+            Vec::new()
+        }
+
+        fn settle_attributes(&self) -> Vec<(&'static str, Value)> {
+            // The first delivery on the test's own channel; the broker's node, as connected.
+            vec![
+                (attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, Value::I64(1)),
+                (attr::NETWORK_PEER_ADDRESS, Value::from("127.0.0.1")),
+                (attr::NETWORK_PEER_PORT, Value::I64(5672)),
+            ]
+        }
+
+        async fn next_error_then_ack(&mut self, error_type: &'static str) {
+            use mqtrace_lapin::prelude::*;
+            let d = mqtrace_integration_tests::next_delivery(&mut self.consumer).await;
+            d.record_error(error_type, &"amount must be positive");
+            d.ack(Default::default()).await.expect("ack");
         }
 
         fn names(&self) -> Names {
@@ -633,6 +819,7 @@ mod adapters {
 
     pub(crate) struct Kafka {
         t: TestTelemetry,
+        group: String,
         topic: String,
         producer: mqtrace_rdkafka::TracedFutureProducer,
         retries: mqtrace_rdkafka::RetryTopics,
@@ -673,29 +860,54 @@ mod adapters {
     const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
     impl Broker for Kafka {
-        async fn open(t: &TestTelemetry, policy: RetryPolicy) -> Self {
+        async fn open_with(t: &TestTelemetry, policy: RetryPolicy, config: Config) -> Self {
             use mqtrace_integration_tests::kafka as k;
             let topic = mqtrace_integration_tests::unique("conformance");
             k::create_topic(&topic, 1).await;
-            let producer = k::producer(t.config());
+            let producer = k::producer(config.clone());
             let retries = mqtrace_rdkafka::RetryTopics::declare(producer.clone(), &topic, policy)
                 .await
                 .expect("declare the retry topics")
                 .with_commit_mode(rdkafka::consumer::CommitMode::Sync);
             let topics = retries.topics();
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let mut client = k::consumer_config(&mqtrace_integration_tests::unique("g"));
+            let group = mqtrace_integration_tests::unique("g");
+            let mut client = k::consumer_config(&group);
             // Fetches return after 10 ms, so copies arrive before they are due.
             client.set("fetch.wait.max.ms", "10");
-            let consumer = k::consumer_with(t.config(), client, &topics);
+            let consumer = k::consumer_with(config, client, &topics);
             Kafka {
                 t: t.clone(),
+                group,
                 topic,
                 producer,
                 retries,
                 consumer,
                 dlq: None,
             }
+        }
+
+        fn start_attributes(&self) -> Vec<(&'static str, Value)> {
+            vec![
+                (attr::MESSAGING_DESTINATION_PARTITION_ID, Value::from("0")),
+                (
+                    attr::MESSAGING_CONSUMER_GROUP_NAME,
+                    Value::from(self.group.clone()),
+                ),
+            ]
+        }
+
+        fn settle_attributes(&self) -> Vec<(&'static str, Value)> {
+            vec![(attr::MESSAGING_KAFKA_OFFSET, Value::I64(0))]
+        }
+
+        async fn next_error_then_ack(&mut self, error_type: &'static str) {
+            use mqtrace_rdkafka::prelude::*;
+            let m = mqtrace_integration_tests::kafka::next_message(&self.consumer).await;
+            m.record_error(error_type, &"amount must be positive");
+            self.consumer
+                .commit_message(&m, rdkafka::consumer::CommitMode::Sync)
+                .expect("commit");
         }
 
         fn names(&self) -> Names {
@@ -867,10 +1079,10 @@ mod adapters {
     }
 
     impl Broker for PubSub {
-        async fn open(t: &TestTelemetry, policy: RetryPolicy) -> Self {
+        async fn open_with(t: &TestTelemetry, policy: RetryPolicy, config: Config) -> Self {
             use mqtrace_integration_tests::unique;
             let ps = mqtrace_integration_tests::pubsub::pubsub().await;
-            let inst = || ps.emulator.instrumentation(t.config());
+            let inst = || ps.emulator.instrumentation(config.clone());
             let topic = ps.create_topic(&unique("orders")).await;
             let sub = ps
                 .create_subscription(&unique("billing"), &topic, |x| x)
@@ -910,6 +1122,29 @@ mod adapters {
                 stream,
                 dlq: None,
             }
+        }
+
+        fn start_attributes(&self) -> Vec<(&'static str, Value)> {
+            vec![(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                Value::from(short(&self.sub)),
+            )]
+        }
+
+        fn settle_attributes(&self) -> Vec<(&'static str, Value)> {
+            // No dead-letter policy on this subscription: the emulator reports no delivery
+            // attempt, so none is recorded (pubsub.rs checks it where one is reported).
+            vec![(
+                mqtrace_pubsub::attributes::SUBSCRIPTION,
+                Value::from(self.sub.clone()),
+            )]
+        }
+
+        async fn next_error_then_ack(&mut self, error_type: &'static str) {
+            use mqtrace_pubsub::prelude::*;
+            let (_m, handler) = next_pubsub(&mut self.stream).await;
+            handler.record_error(error_type, &"amount must be positive");
+            handler.ack();
         }
 
         fn names(&self) -> Names {

@@ -191,7 +191,14 @@ async fn send_then_consume_in_a_group_is_one_trace_with_exact_parents_links_name
             span.assert_attr_str(attr::MESSAGING_DESTINATION_NAME, &topic);
             span.assert_attr(attr::MESSAGING_DESTINATION_PARTITION_ID, "0");
             span.assert_attr_i64(attr::MESSAGING_KAFKA_OFFSET, delivery.offset);
-            span.assert_attr(attr::MESSAGING_CLIENT_ID, "rdkafka");
+            // No client.id set: an id of the client instance, not librdkafka's `rdkafka`.
+            assert!(
+                span.attr_str(attr::MESSAGING_CLIENT_ID)
+                    .is_some_and(|id| id.starts_with("rdkafka-")),
+                "{}: {:?}",
+                span.name,
+                span.attr(attr::MESSAGING_CLIENT_ID)
+            );
             span.assert_attr_str(attr::SERVER_ADDRESS, &host);
             span.assert_attr_i64(attr::SERVER_PORT, i64::from(port));
             assert!(
@@ -2694,6 +2701,56 @@ async fn a_revoke_drops_the_bulk_bookkeeping_of_its_partitions() {
     .await;
 }
 
+#[tokio::test]
+async fn spans_carry_the_cluster_id_the_broker_reports_once_it_is_known() {
+    within(async {
+        let t = TestTelemetry::new();
+        let topic = unique("cluster");
+        create_topic(&topic, 1).await;
+        let producer = kafka::producer(t.config());
+        // Tansu reports `tansu_cluster` in its metadata; Apache Kafka its generated id.
+        let admin: FutureProducer = client_config().create().expect("client");
+        let cluster = admin
+            .client()
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
+            .ok()
+            .and_then(|_| {
+                admin
+                    .client()
+                    .fetch_cluster_id(std::time::Duration::from_secs(10))
+            })
+            .expect("the broker reports a cluster id");
+        for body in ["a", "b"] {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(&topic).payload(body),
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+        let c = consumer(t.config(), &unique("g"), &[&topic]);
+        let m = next_message(&c).await;
+        c.commit_message(&m, CommitMode::Sync).expect("commit");
+        let spans = wait(&t, &format!("commit {topic}"), 1).await;
+        // Known from the first metadata answer on: the second send has it.
+        let sends = spans.named(&format!("send {topic}"));
+        assert!(
+            sends
+                .iter()
+                .any(|s| s.attr_str(attr::MESSAGING_KAFKA_CLUSTER_ID) == Some(cluster.as_str())),
+            "{sends:?}"
+        );
+        for name in [format!("process {topic}"), format!("commit {topic}")] {
+            spans
+                .one(&name)
+                .assert_attr_str(attr::MESSAGING_KAFKA_CLUSTER_ID, &cluster);
+        }
+    })
+    .await;
+}
+
 /// Headers a hostile producer forges on a normal topic: an attempt, a previous attempt, an
 /// origin and a not-before an hour ahead, every one an mqtrace history header.
 fn forged_history() -> OwnedHeaders {
@@ -2772,6 +2829,37 @@ async fn forged_history_headers_on_an_untrusted_normal_topic_are_refused() {
         assert_eq!(believed.attr(attr::CONTEXT_REFUSED), None);
     })
     .await;
+}
+
+#[test]
+fn a_delivery_future_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
+    let t = TestTelemetry::new();
+    let topic = unique("abandoned");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(create_topic(&topic, 1));
+    let producer = kafka::producer(t.config().with_metrics(true));
+    let delivery = producer
+        .send_result(FutureRecord::to(&topic).key("k").payload("x"))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    // No runtime here: nothing can wait for the report, so the span ends at the drop.
+    drop(delivery);
+    let spans = t.spans();
+    let send = spans.one(&format!("send {topic}"));
+    send.assert_attr_str(attr::ERROR_TYPE, "abandoned");
+    assert!(send.is_error());
+    assert!(
+        send.events
+            .iter()
+            .any(|e| e.name == "mqtrace.send.abandoned")
+    );
+    let points = t.metric("messaging.client.operation.duration");
+    let ours: Vec<_> = points
+        .iter()
+        .filter(|p| p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(topic.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{points:?}");
+    assert_eq!(ours[0].attr_str(attr::ERROR_TYPE), Some("abandoned"));
 }
 
 /// A record sent, consumed by a relay stage that forwards it with the received headers

@@ -493,6 +493,17 @@ async fn dead_letter_policy_counts_attempts_and_the_dead_letter_stays_in_the_tra
                 p.assert_attr(attr::OUTCOME, "requeue");
                 let n = p.attr_i64(attr::DELIVERY_ATTEMPT).expect("attempt");
                 assert_eq!(p.attr_i64(ps::DELIVERY_ATTEMPT), Some(n));
+                // Its nack span carries the subscription and the delivery attempt too.
+                let nack = spans
+                    .children_of(p)
+                    .into_iter()
+                    .find(|c| c.name == format!("nack {sub}"))
+                    .expect("a nack span");
+                assert_eq!(nack.attr_i64(ps::DELIVERY_ATTEMPT), Some(n));
+                nack.assert_attr(
+                    attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                    sub.to_owned(),
+                );
                 n
             })
             .collect();

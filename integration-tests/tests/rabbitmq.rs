@@ -1719,6 +1719,48 @@ async fn forwarded_headers_carry_one_context_the_current_one_under_replace() {
     .await;
 }
 
+#[test]
+fn a_confirm_dropped_outside_a_runtime_records_abandoned_on_span_and_metric() {
+    let t = TestTelemetry::new();
+    let queue = unique("abandoned");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (conn, confirm) = runtime.block_on(async {
+        let conn = rabbitmq(t.config().with_metrics(true)).await;
+        let ch = conn.create_channel().await.expect("create_channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        // A named, expiring queue: one declared `auto_delete` through the traced channel
+        // would be temporary, its publish span named `publish` and its name kept off metrics.
+        declare_queue(&ch, &queue, FieldTable::default()).await;
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic_publish");
+        (conn, confirm)
+    });
+    // No runtime here: nothing can wait for the confirm, so the span ends at the drop.
+    drop(confirm);
+    let spans = t.spans();
+    let send = spans.one(&format!("publish {queue}"));
+    send.assert_attr_str(attr::ERROR_TYPE, "abandoned");
+    assert!(send.is_error());
+    let points = t.metric("messaging.client.operation.duration");
+    let ours: Vec<_> = points
+        .iter()
+        .filter(|p| p.attr_str(attr::MESSAGING_DESTINATION_NAME) == Some(queue.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{points:?}");
+    assert_eq!(ours[0].attr_str(attr::ERROR_TYPE), Some("abandoned"));
+    drop(conn);
+}
+
 /// Anyone can publish to a queue: on one the trust policy does not trust and that no
 /// `RetryQueues` declared, forged history headers (an attempt, a previous attempt, an origin,
 /// a not-before) are refused and said so, not believed: the attempt is 1 and no origin or

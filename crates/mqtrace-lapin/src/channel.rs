@@ -46,8 +46,16 @@ pub fn start_publish(
     let destination = publish_destination(exchange, routing_key);
     let mut headers = properties.headers().clone();
     let stamped;
-    let mut span = {
+    let span = {
         let before = AmqpHeaders(properties.headers().as_ref());
+        let routing = |kv: &mut Vec<KeyValue>| {
+            if !routing_key.is_empty() {
+                kv.push(KeyValue::new(
+                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                    routing_key.to_owned(),
+                ));
+            }
+        };
         let existing = inst.existing_context(&before);
         // Only the default exchange routes by queue name.
         let kind = if exchange.is_empty() {
@@ -56,6 +64,7 @@ pub fn start_publish(
             mqtrace::instrument::DestinationKind::NAMED
         };
         let msg = Outgoing::new(PUBLISH, &destination)
+            .with_recorded(&routing)
             .with_message_id(properties.message_id().as_ref().map(ShortString::as_str))
             .with_conversation_id(
                 properties
@@ -84,14 +93,6 @@ pub fn start_publish(
         }
         span
     };
-    span.record(|| {
-        (!routing_key.is_empty()).then(|| {
-            KeyValue::new(
-                attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-                routing_key.to_owned(),
-            )
-        })
-    });
     let properties = match headers {
         Some(h) => properties.with_headers(h),
         None => properties,

@@ -6,19 +6,35 @@ use mqtrace::{Config, instrument::Instrumentation};
 use std::ops::Deref;
 
 /// Builds the RabbitMQ [`Instrumentation`] for a broker at `host:port` (the values recorded
-/// as `server.address` / `server.port`).
+/// as `server.address` / `server.port`), with a `messaging.client.id` of its own
+/// (`lapin-{process}-{n}`: AMQP clients have no id, and lapin does not show the connection
+/// name). Build one per connection ([`TracedConnection::connect`] does).
 ///
 /// ```
 /// let inst = mqtrace_lapin::instrumentation(mqtrace::Config::new(), Some(("127.0.0.1", 5672)));
 /// assert_eq!(inst.system(), mqtrace::MessagingSystem::RabbitMq);
 /// ```
 pub fn instrumentation(config: Config, server: Option<(&str, u16)>) -> Instrumentation {
+    builder(server).build(config)
+}
+
+fn builder(server: Option<(&str, u16)>) -> mqtrace::instrument::InstrumentationBuilder {
     let mut b = Instrumentation::builder(mqtrace::MessagingSystem::RabbitMq, "mqtrace-lapin")
-        .version(env!("CARGO_PKG_VERSION"));
+        .version(env!("CARGO_PKG_VERSION"))
+        .client_id(mqtrace::instrument::unique_client_id("lapin"));
     if let Some((host, port)) = server {
         b = b.server(host, port);
     }
-    b.build(config)
+    b
+}
+
+/// The broker node's address for `network.peer.*`: the host itself when it is an IP address,
+/// else the first address it resolves to (lapin does not show its socket's peer address).
+async fn peer(host: &str, port: u16) -> Option<std::net::SocketAddr> {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 
 /// A `lapin::Connection` whose channels are traced.
@@ -48,7 +64,8 @@ impl std::fmt::Debug for TracedConnection {
 }
 
 impl TracedConnection {
-    /// Connects like [`Connection::connect`], recording the URI's host and port on spans.
+    /// Connects like [`Connection::connect`], recording the URI's host and port on spans
+    /// (`server.*`), and the broker node's IP address and port (`network.peer.*`).
     ///
     /// ```no_run
     /// # async fn demo() -> lapin::Result<()> {
@@ -63,13 +80,19 @@ impl TracedConnection {
     ) -> lapin::Result<Self> {
         let connection = Connection::connect(uri, properties).await?;
         let server = uri.parse::<AMQPUri>().ok();
-        let inst = instrumentation(
-            config,
-            server
-                .as_ref()
-                .map(|u| (u.authority.host.as_str(), u.authority.port)),
-        );
-        Ok(Self { connection, inst })
+        let server = server
+            .as_ref()
+            .map(|u| (u.authority.host.as_str(), u.authority.port));
+        let mut b = builder(server);
+        if let Some((host, port)) = server
+            && let Some(addr) = peer(host, port).await
+        {
+            b = b.peer(addr.ip().to_string(), addr.port());
+        }
+        Ok(Self {
+            connection,
+            inst: b.build(config),
+        })
     }
 
     /// Wraps an existing connection.

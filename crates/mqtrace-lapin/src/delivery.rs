@@ -118,6 +118,30 @@ impl TracedDelivery {
             delivery.routing_key.as_str(),
             queue,
         );
+        let record = |kv: &mut Vec<KeyValue>| {
+            if !delivery.routing_key.as_str().is_empty() {
+                kv.push(KeyValue::new(
+                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                    delivery.routing_key.as_str().to_owned(),
+                ));
+            }
+            if delivery.redelivered {
+                kv.push(KeyValue::new(attr::DELIVERY_REDELIVERED, true));
+            }
+            if let Some(r) = &history.dead_letter_reason {
+                kv.push(KeyValue::new(attr::DEAD_LETTER_REASON, r.clone()));
+            }
+            if let Some(q) = &history.dead_letter_queue {
+                kv.push(KeyValue::new(attr::DEAD_LETTER_SOURCE, q.clone()));
+            }
+        };
+        // What its settle spans (ack, nack, reject) record too.
+        let settled = |kv: &mut Vec<KeyValue>| {
+            kv.push(KeyValue::new(
+                attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
+            ));
+        };
         let msg = Incoming::new(operation, &destination, queue)
             .with_destination_kind(crate::destination_kind(inst, queue))
             .with_message_id(
@@ -137,31 +161,10 @@ impl TracedDelivery {
             .with_body_size(delivery.data.len())
             .with_attempt(Some(history.attempt))
             .with_headers(&headers)
+            .with_recorded(&record)
+            .with_settle_recorded(&settled)
             .with_sent_at(crate::timestamp::sent_at(&delivery.properties));
         let mut span = inst.start_process(msg, inst.extract(&headers));
-        span.record(|| {
-            let mut kv = Vec::with_capacity(5);
-            if !delivery.routing_key.as_str().is_empty() {
-                kv.push(KeyValue::new(
-                    attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-                    delivery.routing_key.as_str().to_owned(),
-                ));
-            }
-            kv.push(KeyValue::new(
-                attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-                i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
-            ));
-            if delivery.redelivered {
-                kv.push(KeyValue::new(attr::DELIVERY_REDELIVERED, true));
-            }
-            if let Some(r) = &history.dead_letter_reason {
-                kv.push(KeyValue::new(attr::DEAD_LETTER_REASON, r.clone()));
-            }
-            if let Some(q) = &history.dead_letter_queue {
-                kv.push(KeyValue::new(attr::DEAD_LETTER_SOURCE, q.clone()));
-            }
-            kv
-        });
         if no_ack {
             span.set_drop_outcome(Outcome::AutoAck);
         }

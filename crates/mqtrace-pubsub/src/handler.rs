@@ -55,8 +55,6 @@ pub struct TracedHandler {
 /// dropped unsettled.
 struct Settling {
     processing: Processing,
-    /// Kept for the settle spans when the process span is recording.
-    ack_id: Option<String>,
 }
 
 impl fmt::Debug for TracedHandler {
@@ -76,16 +74,11 @@ fn check_ack(result: &Result<(), AckError>) -> Option<SettleError> {
 }
 
 impl Settling {
-    /// Takes the process span out and starts the settle span of `settle` (with the ack id), for
+    /// Takes the process span out and starts the settle span of `settle` (with the message's
+    /// subscription, ack id and delivery attempt, from the process span), for
     /// an operation reported with [`PendingSettle::finish`]; `None` if already settled.
     fn start(&self, settle: Settle) -> Option<PendingSettle> {
-        let mut pending = self.processing.take()?.start_settle(settle);
-        pending.record(|| {
-            self.ack_id
-                .as_deref()
-                .map(|id| KeyValue::new(attributes::ACK_ID, id.to_owned()))
-        });
-        Some(pending)
+        Some(self.processing.take()?.start_settle(settle))
     }
 
     /// Settles with `op`, which hands the handler back to the client (it returns at once).
@@ -129,6 +122,7 @@ impl TracedHandler {
         inst: &Instrumentation,
         google: GoogleContext,
     ) -> Self {
+        let full = subscription;
         let subscription = short_name(subscription);
         let attrs = &message.attributes;
         let delivery_attempt = handler.delivery_attempt();
@@ -145,32 +139,7 @@ impl TracedHandler {
         } else {
             plain
         };
-        let msg = Incoming::new(SUBSCRIBE, subscription, subscription)
-            .with_message_id((!message.message_id.is_empty()).then_some(&*message.message_id))
-            .with_body_size(message.data.len())
-            .with_attempt(attempt)
-            .with_headers(attrs)
-            .with_subscription(Some(subscription))
-            .with_sent_at(
-                message
-                    .publish_time
-                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
-            );
-        let span = inst.start_process(msg, extracted);
-        let mut kept_ack_id = None;
-        span.record(|| {
-            let mut kv = Vec::with_capacity(6);
-            kv.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-                subscription.to_owned(),
-            ));
-            if let Some(id) = ack_id::from_debug(&handler) {
-                kv.push(KeyValue::new(attributes::ACK_ID, id.clone()));
-                kept_ack_id = Some(id);
-            }
-            if let Some(n) = delivery_attempt {
-                kv.push(KeyValue::new(attributes::DELIVERY_ATTEMPT, i64::from(n)));
-            }
+        let record = |kv: &mut Vec<KeyValue>| {
             if !message.ordering_key.is_empty() {
                 kv.push(KeyValue::new(
                     attributes::ORDERING_KEY,
@@ -187,13 +156,37 @@ impl TracedHandler {
                     "max_delivery_attempts",
                 ));
             }
-            kv
-        });
+        };
+        // What its settle spans (ack, nack) record too.
+        let settled = |kv: &mut Vec<KeyValue>| {
+            if full.contains('/') {
+                kv.push(KeyValue::new(attributes::SUBSCRIPTION, full.to_owned()));
+            }
+            if let Some(id) = ack_id::from_debug(&handler) {
+                kv.push(KeyValue::new(attributes::ACK_ID, id));
+            }
+            if let Some(n) = delivery_attempt {
+                kv.push(KeyValue::new(attributes::DELIVERY_ATTEMPT, i64::from(n)));
+            }
+        };
+        let msg = Incoming::new(SUBSCRIBE, subscription, subscription)
+            .with_message_id((!message.message_id.is_empty()).then_some(&*message.message_id))
+            .with_body_size(message.data.len())
+            .with_attempt(attempt)
+            .with_headers(attrs)
+            .with_subscription(Some(subscription))
+            .with_recorded(&record)
+            .with_settle_recorded(&settled)
+            .with_sent_at(
+                message
+                    .publish_time
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
+            );
+        let span = inst.start_process(msg, extracted);
         Self {
             handler,
             settling: Settling {
                 processing: Processing::new(span),
-                ack_id: kept_ack_id,
             },
             subscription: None,
             held: false,

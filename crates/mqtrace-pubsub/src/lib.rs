@@ -126,13 +126,22 @@ pub mod attributes {
     pub const ACK_ID: &str = "messaging.gcp_pubsub.message.ack_id";
     /// `messaging.gcp_pubsub.message.delivery_attempt`.
     pub const DELIVERY_ATTEMPT: &str = "messaging.gcp_pubsub.message.delivery_attempt";
+    /// `mqtrace.gcp_pubsub.topic`: the topic's full resource name
+    /// (`projects/{project}/topics/{topic}`), on create spans; `messaging.destination.name`
+    /// is the short name, as the conventions show it, which two projects can share.
+    pub const TOPIC: &str = "mqtrace.gcp_pubsub.topic";
+    /// `mqtrace.gcp_pubsub.subscription`: the subscription's full resource name
+    /// (`projects/{project}/subscriptions/{subscription}`), on subscribe and settle spans
+    /// (`messaging.destination.subscription.name` is the short name).
+    pub const SUBSCRIPTION: &str = "mqtrace.gcp_pubsub.subscription";
     /// The message attribute Pub/Sub adds when it dead-letters a message: the subscription the
     /// message came from.
     pub const DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";
 }
 
 /// Builds the Pub/Sub [`Instrumentation`] for a service at `host:port` (the values recorded as
-/// `server.address` / `server.port`).
+/// `server.address` / `server.port`), with a `messaging.client.id` of its own
+/// (`pubsub-{process}-{n}`: Google's clients have no id). Build one per client.
 ///
 /// ```
 /// let inst = mqtrace_pubsub::instrumentation(mqtrace::Config::new(), Some(("pubsub.googleapis.com", 443)));
@@ -140,7 +149,8 @@ pub mod attributes {
 /// ```
 pub fn instrumentation(config: Config, server: Option<(&str, u16)>) -> Instrumentation {
     let mut b = Instrumentation::builder(mqtrace::MessagingSystem::GcpPubSub, "mqtrace-pubsub")
-        .version(env!("CARGO_PKG_VERSION"));
+        .version(env!("CARGO_PKG_VERSION"))
+        .client_id(mqtrace::instrument::unique_client_id("pubsub"));
     if let Some((host, port)) = server {
         b = b.server(host, port);
     }

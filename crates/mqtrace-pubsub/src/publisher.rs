@@ -167,13 +167,25 @@ impl TracedPublisher {
     /// ```
     pub fn publish(&self, mut msg: Message) -> TracedPublishFuture {
         let mut staged = Staged::default();
+        let record = |kv: &mut Vec<KeyValue>| {
+            if !msg.ordering_key.is_empty() {
+                kv.push(KeyValue::new(
+                    attributes::ORDERING_KEY,
+                    msg.ordering_key.clone(),
+                ));
+            }
+            if self.topic.contains('/') {
+                kv.push(KeyValue::new(attributes::TOPIC, self.topic.clone()));
+            }
+        };
         // A context already in the attributes is kept or replaced whole, never mixed.
         let existing = self.inst.existing_context(&msg.attributes);
-        let mut span = self.inst.start_send(
+        let span = self.inst.start_send(
             Outgoing::new(SEND, &self.destination)
                 .with_body_size(msg.data.len())
                 .with_headers(&msg.attributes)
-                .with_existing_context(&existing),
+                .with_existing_context(&existing)
+                .with_recorded(&record),
             &mut staged,
         );
         if !existing.keeps() {
@@ -192,10 +204,6 @@ impl TracedPublisher {
         if self.google.writes() && !existing.keeps() {
             googclient::inject(span.span_context(), &mut msg.attributes);
         }
-        span.record(|| {
-            (!msg.ordering_key.is_empty())
-                .then(|| KeyValue::new(attributes::ORDERING_KEY, msg.ordering_key.clone()))
-        });
         Answer::new(
             self.inner.publish(msg),
             Some(span),

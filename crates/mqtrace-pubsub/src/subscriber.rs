@@ -115,7 +115,7 @@ impl TracedSubscriber {
     pub fn subscribe(&self, subscription: impl Into<String>) -> TracedSubscribe {
         let subscription: String = subscription.into();
         TracedSubscribe {
-            name: Arc::from(short_name(&subscription)),
+            name: Arc::from(subscription.as_str()),
             inner: self.inner.subscribe(subscription),
             inst: self.inst.clone(),
             google: self.google,
@@ -232,7 +232,10 @@ impl TracedSubscribe {
 /// Starts process spans for the messages of one subscription ([`TracedMessageStream::tracer`]).
 #[derive(Clone)]
 pub(crate) struct StreamTracer {
+    /// The short name.
     name: Arc<str>,
+    /// The name as given (the full resource name, normally).
+    full: Arc<str>,
     inst: Instrumentation,
     google: GoogleContext,
 }
@@ -245,7 +248,7 @@ impl StreamTracer {
 
     /// Starts the process span of `message`.
     pub(crate) fn trace(&self, message: &Message, handler: Handler) -> TracedHandler {
-        let mut traced = TracedHandler::new(message, handler, &self.name, &self.inst, self.google);
+        let mut traced = TracedHandler::new(message, handler, &self.full, &self.inst, self.google);
         traced.subscription = Some(self.name.clone());
         traced
     }
@@ -307,7 +310,7 @@ impl TracedMessageStream {
     pub fn new(stream: MessageStream, subscription: &str, inst: Instrumentation) -> Self {
         Self::open(
             stream,
-            Arc::from(short_name(subscription)),
+            Arc::from(subscription),
             inst,
             GoogleContext::default(),
         )
@@ -322,7 +325,12 @@ impl TracedMessageStream {
         Self {
             shutdown: stream.shutdown_token(),
             pull: pull(stream),
-            tracer: StreamTracer { name, inst, google },
+            tracer: StreamTracer {
+                name: Arc::from(short_name(&name)),
+                full: name,
+                inst,
+                google,
+            },
         }
     }
 

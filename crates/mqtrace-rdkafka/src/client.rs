@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 /// What a traced client records about itself, read from its `ClientConfig`:
 /// the first bootstrap server (`server.address`, `server.port`), `client.id`
-/// (`messaging.client.id`, librdkafka's default `rdkafka` when unset), `group.id`
+/// (`messaging.client.id`: the one you set, else an id unique to this client instance,
+/// `rdkafka-{process}-{n}`, since librdkafka's default `rdkafka` names every client alike), `group.id`
 /// (`messaging.consumer.group.name`) and the commit settings that decide what a message
 /// dropped without being settled means.
 ///
@@ -18,7 +19,7 @@ use std::sync::Arc;
 /// c.set("bootstrap.servers", "kafka-1:9093,kafka-2:9093").set("group.id", "billing");
 /// let info = mqtrace_rdkafka::ClientInfo::read(&c);
 /// assert_eq!(info.server(), Some(("kafka-1", 9093)));
-/// assert_eq!(info.client_id(), "rdkafka");
+/// assert!(info.client_id().starts_with("rdkafka-")); // no client.id set: one made for it
 /// assert_eq!(info.group_id(), Some("billing"));
 /// assert!(info.auto_commit() && info.auto_offset_store());
 /// ```
@@ -73,9 +74,10 @@ impl ClientInfo {
             .or_else(|| config.get("metadata.broker.list"));
         Self {
             server: servers.and_then(first_server),
-            client_id: StringValue::from(Arc::<str>::from(
-                config.get("client.id").unwrap_or("rdkafka"),
-            )),
+            client_id: StringValue::from(Arc::<str>::from(match config.get("client.id") {
+                Some(id) if !id.is_empty() && id != "rdkafka" => id.to_owned(),
+                _ => mqtrace::instrument::unique_client_id("rdkafka"),
+            })),
             group_id: config
                 .get("group.id")
                 .map(|g| StringValue::from(Arc::<str>::from(g))),
@@ -135,11 +137,6 @@ impl ClientInfo {
         self.auto_offset_store
     }
 
-    /// `messaging.client.id` as an attribute.
-    pub(crate) fn client_id_kv(&self) -> KeyValue {
-        KeyValue::new(attr::MESSAGING_CLIENT_ID, self.client_id.clone())
-    }
-
     /// `messaging.consumer.group.name` as an attribute, for consumers.
     pub(crate) fn group_kv(&self) -> Option<KeyValue> {
         self.group_id
@@ -149,7 +146,8 @@ impl ClientInfo {
 }
 
 /// Builds the Kafka [`Instrumentation`] for a client configured with `client`: its first
-/// bootstrap server is recorded as `server.address` / `server.port`.
+/// bootstrap server is recorded as `server.address` / `server.port`, its `client.id` (or a
+/// unique one, see [`ClientInfo`]) as `messaging.client.id`.
 ///
 /// ```
 /// let mut c = rdkafka::ClientConfig::new();
@@ -167,7 +165,25 @@ pub(crate) fn build(config: Config, info: &ClientInfo) -> Instrumentation {
     if let Some((host, port)) = info.server() {
         b = b.server(host, port);
     }
-    b.build(config)
+    b.attribute(KeyValue::new(
+        attr::MESSAGING_CLIENT_ID,
+        info.client_id.clone(),
+    ))
+    .build(config)
+}
+
+/// Records `messaging.kafka.cluster.id` on `inst`'s spans once the client knows it (from
+/// the cluster's first metadata answer; asked without waiting).
+pub(crate) fn learn_cluster<C: rdkafka::ClientContext>(
+    inst: &Instrumentation,
+    client: &rdkafka::client::Client<C>,
+) {
+    inst.learn(|| {
+        client
+            .fetch_cluster_id(std::time::Duration::ZERO)
+            .filter(|id| !id.is_empty())
+            .map(|id| vec![KeyValue::new(attr::MESSAGING_KAFKA_CLUSTER_ID, id)])
+    });
 }
 
 #[cfg(test)]

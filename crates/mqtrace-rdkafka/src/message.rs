@@ -310,10 +310,7 @@ impl Consuming {
             Outcome::Unsettled
         };
         let group = info.group_kv();
-        let mut common = Vec::with_capacity(2);
-        common.extend(group.clone());
-        common.push(info.client_id_kv());
-        tracker.configure(common, info.auto_commit() && !info.auto_offset_store());
+        tracker.configure(info.auto_commit() && !info.auto_offset_store());
         Self {
             inst,
             group,
@@ -321,39 +318,6 @@ impl Consuming {
             drop_outcome,
             tracker: tracker.shared().clone(),
         }
-    }
-
-    /// The attributes a settle span of the message at `partition`/`offset` records.
-    pub(crate) fn position_attributes(&self, partition: i32, offset: i64) -> Vec<KeyValue> {
-        let mut kv = Vec::with_capacity(4);
-        kv.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_PARTITION_ID,
-            partition_id(partition),
-        ));
-        kv.push(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset));
-        if let Some(g) = &self.group {
-            kv.push(g.clone());
-        }
-        kv.push(self.info.client_id_kv());
-        kv
-    }
-
-    /// The attributes every consumer-side span of this message records.
-    pub(crate) fn message_attributes(&self, message: &BorrowedMessage<'_>) -> Vec<KeyValue> {
-        let mut kv = Vec::with_capacity(4);
-        kv.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_PARTITION_ID,
-            partition_id(message.partition()),
-        ));
-        kv.push(KeyValue::new(
-            attr::MESSAGING_KAFKA_OFFSET,
-            message.offset(),
-        ));
-        if let Some(g) = &self.group {
-            kv.push(g.clone());
-        }
-        kv.push(self.info.client_id_kv());
-        kv
     }
 
     /// Starts the process span of `message`.
@@ -390,21 +354,7 @@ impl Consuming {
             }
             None => std::slice::from_ref(&partition),
         };
-        let incoming = Incoming::new(PROCESS, topic, topic)
-            .with_body_size(message.payload_len())
-            .with_attempt(Some(attempt))
-            .with_headers(&headers)
-            .with_attributes(extra)
-            .with_sent_at(crate::headers::record_time(message.timestamp()))
-            .with_counted_at_receive(counted_at_receive);
-        let mut span = self.inst.start_process(incoming, extracted);
-        span.record(|| {
-            let mut kv = Vec::with_capacity(4);
-            kv.push(KeyValue::new(
-                attr::MESSAGING_KAFKA_OFFSET,
-                message.offset(),
-            ));
-            kv.push(self.info.client_id_kv());
+        let record = |kv: &mut Vec<KeyValue>| {
             if self.inst.config().message_key()
                 && let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok())
             {
@@ -416,8 +366,24 @@ impl Consuming {
             if message.payload().is_none() {
                 kv.push(KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
             }
-            kv
-        });
+        };
+        // What its settle spans (commit, store, seek) record too.
+        let settled = |kv: &mut Vec<KeyValue>| {
+            kv.push(KeyValue::new(
+                attr::MESSAGING_KAFKA_OFFSET,
+                message.offset(),
+            ));
+        };
+        let incoming = Incoming::new(PROCESS, topic, topic)
+            .with_body_size(message.payload_len())
+            .with_attempt(Some(attempt))
+            .with_headers(&headers)
+            .with_attributes(extra)
+            .with_recorded(&record)
+            .with_settle_recorded(&settled)
+            .with_sent_at(crate::headers::record_time(message.timestamp()))
+            .with_counted_at_receive(counted_at_receive);
+        let mut span = self.inst.start_process(incoming, extracted);
         span.set_drop_outcome(self.drop_outcome);
         let processing = Arc::new(Processing::new(span));
         let tracked = CommitTracker::track(

@@ -8,8 +8,13 @@ pub use opentelemetry_semantic_conventions::attribute::{
     MESSAGING_KAFKA_MESSAGE_TOMBSTONE, MESSAGING_KAFKA_OFFSET, MESSAGING_MESSAGE_BODY_SIZE,
     MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID, MESSAGING_OPERATION_NAME,
     MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-    MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, MESSAGING_SYSTEM, SERVER_ADDRESS, SERVER_PORT,
+    MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, MESSAGING_SYSTEM, NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT, SERVER_ADDRESS, SERVER_PORT,
 };
+
+/// `messaging.kafka.cluster.id`: the id of the Kafka cluster the client talks to, as the
+/// broker reports it.
+pub const MESSAGING_KAFKA_CLUSTER_ID: &str = "messaging.kafka.cluster.id";
 
 /// How the handling of the message ended: a value of [`crate::Outcome::as_str`].
 pub const OUTCOME: &str = "mqtrace.outcome";

@@ -156,13 +156,14 @@ impl TestTelemetry {
         Self::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
     }
 
-    /// A fresh fixture whose provider uses `sampler`.
+    /// A fresh fixture whose provider uses `sampler` (a [`Sampler`](opentelemetry_sdk::trace::Sampler)
+    /// or any [`ShouldSample`](opentelemetry_sdk::trace::ShouldSample), e.g. a [`SeenBySampler`]).
     ///
     /// ```
     /// use opentelemetry_sdk::trace::Sampler;
     /// let _ = mqtrace::testing::TestTelemetry::with_sampler(Sampler::AlwaysOff);
     /// ```
-    pub fn with_sampler(sampler: opentelemetry_sdk::trace::Sampler) -> Self {
+    pub fn with_sampler(sampler: impl opentelemetry_sdk::trace::ShouldSample + 'static) -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
@@ -784,5 +785,138 @@ impl SpanDataExt for SpanData {
 
     fn is_error(&self) -> bool {
         matches!(self.status, Status::Error { .. })
+    }
+}
+
+/// A sampler that samples every span and keeps what it was shown: the name, kind and start
+/// attributes of each span, which is all a real sampler can decide on.
+///
+/// ```
+/// use opentelemetry::trace::{SpanKind, Tracer, TracerProvider};
+/// use mqtrace::testing::{SeenBySampler, TestTelemetry};
+/// let seen = SeenBySampler::default();
+/// let t = TestTelemetry::with_sampler(seen.clone());
+/// let tracer = t.provider().tracer("doc");
+/// tracer
+///     .span_builder("send orders")
+///     .with_kind(SpanKind::Producer)
+///     .with_attributes([opentelemetry::KeyValue::new("server.port", 9092_i64)])
+///     .start(&tracer);
+/// let shown = seen.shown("send orders");
+/// assert_eq!(shown[0].kind, SpanKind::Producer);
+/// assert_eq!(shown[0].attr("server.port"), Some(&opentelemetry::Value::I64(9092)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SeenBySampler {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Shown>>>,
+}
+
+/// One span as a sampler saw it (see [`SeenBySampler`]).
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// The span's name.
+    pub name: String,
+    /// The span's kind.
+    pub kind: SpanKind,
+    /// The attributes the span started with.
+    pub attributes: Vec<opentelemetry::KeyValue>,
+}
+
+impl Shown {
+    /// The value of attribute `key`, if the sampler was shown it.
+    ///
+    /// See the example on [`SeenBySampler`].
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    /// Panics unless the sampler was shown `key` = `value`.
+    ///
+    /// ```
+    /// let s = mqtrace::testing::Shown {
+    ///     name: "x".into(),
+    ///     kind: opentelemetry::trace::SpanKind::Client,
+    ///     attributes: vec![opentelemetry::KeyValue::new("k", "v")],
+    /// };
+    /// s.assert_attr("k", "v");
+    /// ```
+    pub fn assert_attr(&self, key: &str, value: impl Into<Value>) {
+        let value = value.into();
+        assert_eq!(
+            self.attr(key),
+            Some(&value),
+            "{} ({:?}): the sampler was shown {:?}",
+            self.name,
+            self.kind,
+            self.attributes
+        );
+    }
+}
+
+impl SeenBySampler {
+    /// Every span named `name` the sampler was asked about, in order.
+    ///
+    /// See the example on [`SeenBySampler`].
+    pub fn shown(&self, name: &str) -> Vec<Shown> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.name == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The first span named `name` the sampler was asked about, failing the test if none.
+    ///
+    /// ```
+    /// let seen = mqtrace::testing::SeenBySampler::default();
+    /// assert!(seen.shown("none").is_empty());
+    /// ```
+    pub fn first(&self, name: &str) -> Shown {
+        self.shown(name).into_iter().next().unwrap_or_else(|| {
+            let all = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>();
+            panic!("the sampler saw no span {name:?}; it saw {all:?}")
+        })
+    }
+}
+
+impl opentelemetry_sdk::trace::ShouldSample for SeenBySampler {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        _trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Shown {
+                name: name.to_owned(),
+                kind: kind.clone(),
+                attributes: attributes.to_vec(),
+            });
+        opentelemetry_sdk::trace::SamplingResult {
+            decision: opentelemetry_sdk::trace::SamplingDecision::RecordAndSample,
+            attributes: Vec::new(),
+            trace_state: parent
+                .map(|cx| {
+                    use opentelemetry::trace::TraceContextExt as _;
+                    cx.span().span_context().trace_state().clone()
+                })
+                .unwrap_or_default(),
+        }
     }
 }

@@ -60,12 +60,14 @@ fn one(
     headers.clear();
     inst.start_send(Outgoing::new(SEND, "orders"), headers)
         .end_ok();
-    let mut msg = Incoming::new(PROCESS, "orders", "orders").with_headers(headers);
+    // The subscription is a sampler input too (in the span builder), so both runs give it.
+    let mut msg = Incoming::new(PROCESS, "orders", "orders")
+        .with_headers(headers)
+        .with_subscription(Some("orders"));
     if with_inputs {
         msg = msg
             .with_sent_at(Some(sent_at))
             .with_attributes(extra)
-            .with_subscription(Some("orders"))
             .with_counted_at_receive(false);
     }
     inst.start_process(msg, inst.extract(headers))

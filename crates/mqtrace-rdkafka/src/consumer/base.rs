@@ -143,9 +143,12 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     /// # }
     /// ```
     pub fn poll<T: Into<Timeout>>(&self, timeout: T) -> Option<KafkaResult<TracedMessage<'_>>> {
-        self.consumer
-            .poll(timeout)
-            .map(|r| r.map(|m| self.consuming.start(m)))
+        let polled = self.consumer.poll(timeout);
+        crate::client::learn_cluster(
+            &self.consuming.inst,
+            rdkafka::consumer::Consumer::client(&self.consumer),
+        );
+        polled.map(|r| r.map(|m| self.consuming.start(m)))
     }
 
     /// Polls a batch: waits up to `timeout` for a first message, then takes the messages that
@@ -176,6 +179,10 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
                 }
             }
         }
+        crate::client::learn_cluster(
+            &self.consuming.inst,
+            rdkafka::consumer::Consumer::client(&self.consumer),
+        );
         self.consuming.start_batch(started, polled)
     }
 
@@ -192,6 +199,7 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
     pub fn iter(&self) -> TracedIter<'_, C> {
         TracedIter {
             inner: self.consumer.iter(),
+            client: rdkafka::consumer::Consumer::client(&self.consumer),
             consuming: &self.consuming,
         }
     }
@@ -211,13 +219,7 @@ impl<C: CommitReporting + 'static> TracedBaseConsumer<C> {
         message: &M,
         mode: CommitMode,
     ) -> KafkaResult<()> {
-        super::commit_message(
-            &self.consumer,
-            &self.consuming,
-            message,
-            mode,
-            super::Meaning::ACK,
-        )
+        super::commit_message(&self.consumer, message, mode, super::Meaning::ACK)
     }
 
     /// Stores the message's offset as its settle operation; see
@@ -325,6 +327,7 @@ impl<C: CommitReporting + 'static> FromClientConfigAndContext<C> for TracedBaseC
 /// ```
 pub struct TracedIter<'a, C: CommitReporting + 'static> {
     inner: Iter<'a, C>,
+    client: &'a rdkafka::client::Client<C>,
     consuming: &'a Consuming,
 }
 
@@ -339,6 +342,8 @@ impl<'a, C: CommitReporting + 'static> Iterator for TracedIter<'a, C> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let consuming = self.consuming;
-        self.inner.next().map(|r| r.map(|m| consuming.start(m)))
+        let next = self.inner.next();
+        crate::client::learn_cluster(&consuming.inst, self.client);
+        next.map(|r| r.map(|m| consuming.start(m)))
     }
 }

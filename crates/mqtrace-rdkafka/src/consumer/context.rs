@@ -3,7 +3,6 @@
 
 use crate::COMMIT;
 use crate::error::settle_error;
-use crate::partition::partition_id;
 use mqtrace::attributes as attr;
 use mqtrace::{
     Outcome,
@@ -17,7 +16,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 /// At most this many commit spans wait for a commit result per partition. A store that would
 /// open one more joins the newest instead (its offset range grows): nothing is evicted, and a
@@ -61,8 +60,6 @@ pub(crate) struct Shared {
     /// Whether a reported commit settles the in-flight messages it covers (a consumer that
     /// stores offsets itself: a store of a later offset commits the earlier messages too).
     settle_on_report: AtomicBool,
-    /// The consumer's attributes for the settle spans of messages settled in bulk.
-    common: OnceLock<Vec<KeyValue>>,
 }
 
 impl fmt::Debug for Shared {
@@ -228,10 +225,9 @@ impl CommitTracker {
         &self.shared
     }
 
-    /// Configures the tracker for its consumer: the attributes of bulk settle spans, and
-    /// whether reported commits settle the in-flight messages they cover.
-    pub(crate) fn configure(&self, common: Vec<KeyValue>, settle_on_report: bool) {
-        let _ = self.shared.common.set(common);
+    /// Configures the tracker for its consumer: whether reported commits settle the
+    /// in-flight messages they cover.
+    pub(crate) fn configure(&self, settle_on_report: bool) {
         self.shared
             .settle_on_report
             .store(settle_on_report, Ordering::Relaxed);
@@ -304,9 +300,8 @@ impl CommitTracker {
         op: mqtrace::Operation,
         result: Option<Option<&SettleError>>,
     ) {
-        let common = self.shared.common.get();
-        for (partition, offset, processing) in covered.messages {
-            settle_one(&processing, op, partition, offset, common, result);
+        for (_, _, processing) in covered.messages {
+            settle_one(&processing, op, result);
         }
     }
 
@@ -437,17 +432,9 @@ impl CommitTracker {
             }
             range.settle.finish(error);
         }
-        let common = self.shared.common.get();
         for (messages, error) in covered {
-            for (partition, offset, processing) in messages {
-                settle_one(
-                    &processing,
-                    COMMIT,
-                    partition,
-                    offset,
-                    common,
-                    Some(error.as_ref()),
-                );
+            for (_, _, processing) in messages {
+                settle_one(&processing, COMMIT, Some(error.as_ref()));
             }
         }
     }
@@ -464,31 +451,17 @@ fn take_below(p: &mut PartitionState, next: i64, out: &mut Vec<Held>) {
     );
 }
 
-/// Settles one message covered by a bulk operation, if it is not settled yet.
+/// Settles one message covered by a bulk operation, if it is not settled yet (its settle
+/// span carries the message's partition, offset and group, from its process span).
 fn settle_one(
     processing: &Processing,
     op: mqtrace::Operation,
-    partition: i32,
-    offset: i64,
-    common: Option<&Vec<KeyValue>>,
     result: Option<Option<&SettleError>>,
 ) {
     let Some(span) = processing.take() else {
         return;
     };
-    let mut pending = span.start_settle(Settle::new(op, Outcome::Ack));
-    pending.record(|| {
-        let mut kv = Vec::with_capacity(4);
-        kv.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_PARTITION_ID,
-            partition_id(partition),
-        ));
-        kv.push(KeyValue::new(attr::MESSAGING_KAFKA_OFFSET, offset));
-        if let Some(c) = common {
-            kv.extend(c.iter().cloned());
-        }
-        kv
-    });
+    let pending = span.start_settle(Settle::new(op, Outcome::Ack));
     match result {
         Some(error) => pending.finish(error.cloned()),
         // Nothing will report the answer: ends as unreported.

@@ -13,7 +13,6 @@ use crate::error::settle_error;
 use crate::message::{ConsumedMessage, Consuming, TracedMessage};
 use crate::{COMMIT, SEEK, STORE_OFFSET};
 use mqtrace::{Operation, Outcome, instrument::Settle};
-use opentelemetry::KeyValue;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaResult;
@@ -43,11 +42,6 @@ impl Meaning {
     }
 }
 
-/// The settle span attributes of a message at `partition`/`offset`.
-fn position_attributes(consuming: &Consuming, partition: i32, offset: i64) -> Vec<KeyValue> {
-    consuming.position_attributes(partition, offset)
-}
-
 /// `commit_message` under a CLIENT `commit {topic}` span.
 ///
 /// A synchronous commit is recorded with its result. librdkafka reports nothing back for a
@@ -56,7 +50,6 @@ fn position_attributes(consuming: &Consuming, partition: i32, offset: i64) -> Ve
 /// failed, and an event `mqtrace.settle.unreported`.
 pub(crate) fn commit_message<C, K, M>(
     consumer: &K,
-    consuming: &Consuming,
     message: &M,
     mode: CommitMode,
     meaning: Meaning,
@@ -78,8 +71,7 @@ where
     let Some(span) = message.processing().take() else {
         return commit();
     };
-    let mut pending = span.start_settle(meaning.settle(COMMIT));
-    pending.record(|| position_attributes(consuming, partition, offset));
+    let pending = span.start_settle(meaning.settle(COMMIT));
     let result = commit();
     match (&result, mode) {
         (Err(e), _) => pending.finish(Some(settle_error(e))),
@@ -133,7 +125,6 @@ where
         STORE_OFFSET
     };
     let mut pending = span.start_settle(meaning.settle(op));
-    pending.record(|| position_attributes(consuming, partition, offset));
     let result = store();
     match &result {
         Err(e) => pending.finish(Some(settle_error(e))),
@@ -168,7 +159,7 @@ where
     if consuming.info.auto_commit() && !consuming.info.auto_offset_store() {
         store_offset_from_message(consumer, consuming, message, meaning)
     } else {
-        commit_message(consumer, consuming, message, mode, meaning)
+        commit_message(consumer, message, mode, meaning)
     }
 }
 
@@ -282,7 +273,6 @@ where
                         rest.push((partition, offset, processing));
                     } else if let Some(span) = processing.take() {
                         let mut pending = span.start_settle(Meaning::ACK.settle(COMMIT));
-                        pending.record(|| position_attributes(consuming, partition, offset));
                         pending.end_process();
                         tracker.register(&topic, partition, next, pending);
                     }
@@ -305,7 +295,6 @@ where
 /// (Kafka's requeue), under a CLIENT span `seek {topic}` with outcome `requeue` and `reason`.
 pub(crate) fn seek_back<C, K>(
     consumer: &K,
-    consuming: &Consuming,
     message: &TracedMessage<'_>,
     reason: String,
     timeout: Duration,
@@ -326,14 +315,13 @@ where
     let Some(span) = message.take_span() else {
         return seek();
     };
-    let mut pending = span.start_settle(
+    let pending = span.start_settle(
         Meaning {
             outcome: Outcome::Requeue,
             reason: Some(Cow::Owned(reason)),
         }
         .settle(SEEK),
     );
-    pending.record(|| consuming.message_attributes(m));
     let result = seek();
     pending.finish(result.as_ref().err().map(settle_error));
     result

@@ -170,6 +170,7 @@ where
     pub fn stream(&self) -> TracedMessageStream<'_, C> {
         TracedMessageStream {
             inner: self.consumer.stream(),
+            client: rdkafka::consumer::Consumer::client(&self.consumer),
             consuming: &self.consuming,
         }
     }
@@ -182,7 +183,12 @@ where
     /// # let _ = message; Ok(()) }
     /// ```
     pub async fn recv(&self) -> Result<TracedMessage<'_>, KafkaError> {
-        self.consumer.recv().await.map(|m| self.consuming.start(m))
+        let received = self.consumer.recv().await;
+        crate::client::learn_cluster(
+            &self.consuming.inst,
+            rdkafka::consumer::Consumer::client(&self.consumer),
+        );
+        received.map(|m| self.consuming.start(m))
     }
 
     /// Commits the message's offset, like `Consumer::commit_message`, under a CLIENT span
@@ -205,13 +211,7 @@ where
         message: &M,
         mode: CommitMode,
     ) -> KafkaResult<()> {
-        super::commit_message(
-            &self.consumer,
-            &self.consuming,
-            message,
-            mode,
-            super::Meaning::ACK,
-        )
+        super::commit_message(&self.consumer, message, mode, super::Meaning::ACK)
     }
 
     /// Stores the message's offset, like `Consumer::store_offset_from_message`, as its
@@ -309,7 +309,7 @@ where
         reason: String,
         timeout: Duration,
     ) -> KafkaResult<()> {
-        super::seek_back(&self.consumer, &self.consuming, message, reason, timeout)
+        super::seek_back(&self.consumer, message, reason, timeout)
     }
 }
 
@@ -356,6 +356,10 @@ where
                 }
             }
         }
+        crate::client::learn_cluster(
+            &self.consuming.inst,
+            rdkafka::consumer::Consumer::client(&self.consumer),
+        );
         self.consuming.start_batch(started, polled)
     }
 }
@@ -401,6 +405,7 @@ where
 /// ```
 pub struct TracedMessageStream<'a, C: CommitReporting + 'static> {
     inner: MessageStream<'a, C>,
+    client: &'a rdkafka::client::Client<C>,
     consuming: &'a Consuming,
 }
 
@@ -417,7 +422,10 @@ impl<'a, C: CommitReporting + 'static> Stream for TracedMessageStream<'a, C> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let consuming = self.consuming;
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(m))) => Poll::Ready(Some(Ok(consuming.start(m)))),
+            Poll::Ready(Some(Ok(m))) => {
+                crate::client::learn_cluster(&consuming.inst, self.client);
+                Poll::Ready(Some(Ok(consuming.start(m))))
+            }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

@@ -304,6 +304,10 @@ where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        crate::client::learn_cluster(
+            &self.producing.inst,
+            rdkafka::producer::Producer::client(&self.producer),
+        );
         self.producer
             .send(start(&self.producing, record))
             .map_err(|(e, r)| refused(e, r))
@@ -487,6 +491,10 @@ where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        crate::client::learn_cluster(
+            &self.producing.inst,
+            rdkafka::producer::Producer::client(&self.producer),
+        );
         self.producer
             .send(start(&self.producing, record))
             .map_err(|(e, r)| refused(e, r))

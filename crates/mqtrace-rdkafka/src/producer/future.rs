@@ -166,6 +166,10 @@ where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        crate::client::learn_cluster(
+            &self.producing.inst,
+            rdkafka::producer::Producer::client(&self.producer),
+        );
         let headers = record.headers.take();
         let (span, headers) = self.producing.start(
             Record {

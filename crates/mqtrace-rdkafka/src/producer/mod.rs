@@ -72,7 +72,7 @@ impl Producing {
         let existing = self.inst.existing_context(&KafkaHeaders(headers.as_ref()));
         let injectable =
             existing.keeps() || KafkaHeadersMut(&mut headers).remove_fields(propagation);
-        let mut span = {
+        let span = {
             let before = KafkaHeaders(hooked.as_ref());
             let partition;
             let extra: &[KeyValue] = match record.partition {
@@ -85,10 +85,33 @@ impl Producing {
                 }
                 None => &[],
             };
+            let record_attributes = |kv: &mut Vec<KeyValue>| {
+                if !injectable {
+                    kv.push(KeyValue::new(
+                        attr::CONTEXT_ERROR,
+                        "the headers hold a trace context and a key that is not UTF-8: sent \
+                         unchanged, without this span's context",
+                    ));
+                }
+                if self.inst.config().message_key()
+                    && let Some(key) = record
+                        .key
+                        .and_then(|k| std::str::from_utf8(k.to_bytes()).ok())
+                {
+                    kv.push(KeyValue::new(
+                        attr::MESSAGING_KAFKA_MESSAGE_KEY,
+                        key.to_owned(),
+                    ));
+                }
+                if record.payload.is_none() {
+                    kv.push(KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
+                }
+            };
             let mut msg = Outgoing::new(SEND, record.topic)
                 .with_existing_context(&existing)
                 .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()))
-                .with_attributes(extra);
+                .with_attributes(extra)
+                .with_recorded(&record_attributes);
             if hooked.is_some() {
                 msg = msg.with_headers(&before);
             }
@@ -99,33 +122,6 @@ impl Producing {
                 self.inst.start_send(msg, &mut Discard)
             }
         };
-        if !injectable {
-            span.record(|| {
-                [KeyValue::new(
-                    attr::CONTEXT_ERROR,
-                    "the headers hold a trace context and a key that is not UTF-8: sent \
-                     unchanged, without this span's context",
-                )]
-            });
-        }
-        span.record(|| {
-            let mut kv = Vec::with_capacity(3);
-            kv.push(self.info.client_id_kv());
-            if self.inst.config().message_key()
-                && let Some(key) = record
-                    .key
-                    .and_then(|k| std::str::from_utf8(k.to_bytes()).ok())
-            {
-                kv.push(KeyValue::new(
-                    attr::MESSAGING_KAFKA_MESSAGE_KEY,
-                    key.to_owned(),
-                ));
-            }
-            if record.payload.is_none() {
-                kv.push(KeyValue::new(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
-            }
-            kv
-        });
         (span, headers)
     }
 }

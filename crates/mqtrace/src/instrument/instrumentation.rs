@@ -23,9 +23,22 @@ struct Inner {
     system: MessagingSystem,
     server_address: Option<StringValue>,
     server_port: Option<i64>,
+    /// What every span starts with, so samplers see it: `server.address`, `server.port`.
+    start_attributes: Vec<KeyValue>,
+    /// What every sampled span records about the client (`messaging.client.id`,
+    /// `network.peer.*`, ...), set before the span is shared, never on unsampled spans.
+    client_attributes: Vec<KeyValue>,
+    /// Client attributes the broker reports later (see [`Instrumentation::learn`]).
+    learned: std::sync::OnceLock<Vec<KeyValue>>,
+    /// How many more times [`Instrumentation::learn`] asks.
+    learn_tries: std::sync::atomic::AtomicU32,
     metrics: Option<Metrics>,
     declared: Declared,
 }
+
+/// How many spans [`Instrumentation::learn`] asks about before it gives up (a broker that
+/// never reports what is asked).
+const LEARN_TRIES: u32 = 1024;
 
 /// Destinations declared temporary or anonymous through a traced client (bounded: the oldest
 /// are forgotten first, so an application declaring a reply queue per request cannot grow it
@@ -85,6 +98,7 @@ pub struct InstrumentationBuilder {
     version: Option<&'static str>,
     server_address: Option<String>,
     server_port: Option<u16>,
+    client_attributes: Vec<KeyValue>,
 }
 
 impl InstrumentationBuilder {
@@ -109,6 +123,39 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// `messaging.client.id`: the identity of this client instance (see [`unique_client_id`]
+    /// for one to use when the client has none of its own).
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").client_id("billing-1");
+    /// ```
+    pub fn client_id(self, id: impl Into<String>) -> Self {
+        self.attribute(KeyValue::new(attr::MESSAGING_CLIENT_ID, id.into()))
+    }
+
+    /// `network.peer.address` and `network.peer.port`: the broker node this client talks to.
+    ///
+    /// ```
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::RabbitMq, "x").peer("10.0.0.7", 5672);
+    /// ```
+    pub fn peer(self, address: impl Into<String>, port: u16) -> Self {
+        self.attribute(KeyValue::new(attr::NETWORK_PEER_ADDRESS, address.into()))
+            .attribute(KeyValue::new(attr::NETWORK_PEER_PORT, i64::from(port)))
+    }
+
+    /// Any other attribute of the client, recorded on every sampled span (not given to
+    /// samplers: `server.*` and the message's own attributes are).
+    ///
+    /// ```
+    /// let kv = opentelemetry::KeyValue::new("messaging.kafka.cluster.id", "abc");
+    /// let _ = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").attribute(kv);
+    /// ```
+    pub fn attribute(mut self, kv: KeyValue) -> Self {
+        self.client_attributes.retain(|k| k.key != kv.key);
+        self.client_attributes.push(kv);
+        self
+    }
+
     /// Finishes with `config`.
     ///
     /// ```
@@ -123,6 +170,17 @@ impl InstrumentationBuilder {
         let scope = scope.build();
         let tracer = config.tracer(scope.clone());
         let metrics = config.metrics().then(|| Metrics::new(&config.meter(scope)));
+        let server_address = self
+            .server_address
+            .map(|a| StringValue::from(Arc::<str>::from(a)));
+        let server_port = self.server_port.map(i64::from);
+        let mut start_attributes = Vec::with_capacity(2);
+        if let Some(a) = &server_address {
+            start_attributes.push(KeyValue::new(attr::SERVER_ADDRESS, a.clone()));
+        }
+        if let Some(p) = server_port {
+            start_attributes.push(KeyValue::new(attr::SERVER_PORT, p));
+        }
         Instrumentation {
             inner: Arc::new(Inner {
                 tracer,
@@ -130,13 +188,41 @@ impl InstrumentationBuilder {
                 config,
                 declared: Declared::default(),
                 system: self.system,
-                server_address: self
-                    .server_address
-                    .map(|a| StringValue::from(Arc::<str>::from(a))),
-                server_port: self.server_port.map(i64::from),
+                server_address,
+                server_port,
+                start_attributes,
+                client_attributes: self.client_attributes,
+                learned: std::sync::OnceLock::new(),
+                learn_tries: std::sync::atomic::AtomicU32::new(LEARN_TRIES),
             }),
         }
     }
+}
+
+/// A `messaging.client.id` unique to one client instance, for clients that have no identity
+/// of their own: `{prefix}-{process}-{n}`, where `process` is random per process (8 hex
+/// digits) and `n` counts the ids this process made.
+///
+/// ```
+/// let a = mqtrace::instrument::unique_client_id("lapin");
+/// let b = mqtrace::instrument::unique_client_id("lapin");
+/// assert!(a.starts_with("lapin-") && a != b);
+/// ```
+pub fn unique_client_id(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROCESS: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let process = *PROCESS.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        #[allow(clippy::cast_possible_truncation)]
+        let token = h.finish() as u32;
+        token
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{process:08x}-{n}")
 }
 
 /// Formats a span name `{operation} {destination}`.
@@ -177,6 +263,7 @@ impl Instrumentation {
             version: None,
             server_address: None,
             server_port: None,
+            client_attributes: Vec::new(),
         }
     }
 
@@ -230,6 +317,36 @@ impl Instrumentation {
         &self.inner.tracer
     }
 
+    /// Client attributes the broker reports only once connected (e.g. Kafka's
+    /// `messaging.kafka.cluster.id`, in its metadata): until they are known, `ask` is called
+    /// (call `learn` before starting a span); the first `Some` is recorded on every sampled
+    /// span from then on. After 1024 answers of `None` it is no longer called.
+    ///
+    /// ```
+    /// let i = mqtrace::instrument::Instrumentation::builder(mqtrace::MessagingSystem::Kafka, "x").build(Default::default());
+    /// i.learn(|| Some(vec![opentelemetry::KeyValue::new("messaging.kafka.cluster.id", "c1")]));
+    /// i.learn(|| unreachable!("known already"));
+    /// ```
+    pub fn learn(&self, ask: impl FnOnce() -> Option<Vec<KeyValue>>) {
+        use std::sync::atomic::Ordering;
+        if self.inner.learned.get().is_some() {
+            return;
+        }
+        let tries = &self.inner.learn_tries;
+        if tries.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        match ask() {
+            Some(kv) => {
+                let _ = self.inner.learned.set(kv);
+            }
+            None => {
+                let _ =
+                    tries.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
+    }
+
     pub(crate) fn metrics(&self) -> Option<&Metrics> {
         self.inner.metrics.as_ref()
     }
@@ -242,34 +359,34 @@ impl Instrumentation {
         }
     }
 
-    /// The attributes every span needs at creation (they may drive sampling decisions).
-    pub(crate) fn creation_attributes(
-        &self,
-        op: Operation,
-        destination: impl Into<StringValue>,
-    ) -> Vec<KeyValue> {
-        vec![
-            KeyValue::new(attr::MESSAGING_SYSTEM, self.inner.system.as_str()),
-            KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
-            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
-            KeyValue::new(
-                attr::MESSAGING_DESTINATION_NAME,
-                Value::String(destination.into()),
-            ),
-        ]
-    }
-
-    /// [`Self::creation_attributes`] and the broker's own creation-time attributes.
+    /// The attributes a span starts with, so samplers see them: system, operation,
+    /// destination (when there is one), `server.*`, then the message's own `extra`
+    /// (partition, consumer group, subscription...); room for `more` after them.
     pub(crate) fn creation_attributes_with(
         &self,
         op: Operation,
-        destination: impl Into<StringValue>,
+        destination: Option<StringValue>,
         extra: &[KeyValue],
+        more: usize,
     ) -> Vec<KeyValue> {
-        let mut kv = self.creation_attributes(op, destination);
-        if !extra.is_empty() {
-            kv.extend_from_slice(extra);
+        let mut kv = Vec::with_capacity(4 + self.inner.start_attributes.len() + extra.len() + more);
+        kv.push(KeyValue::new(
+            attr::MESSAGING_SYSTEM,
+            self.inner.system.as_str(),
+        ));
+        kv.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()));
+        kv.push(KeyValue::new(
+            attr::MESSAGING_OPERATION_TYPE,
+            op.kind().as_str(),
+        ));
+        if let Some(d) = destination {
+            kv.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                Value::String(d),
+            ));
         }
+        kv.extend_from_slice(&self.inner.start_attributes);
+        kv.extend_from_slice(extra);
         kv
     }
 
@@ -281,14 +398,11 @@ impl Instrumentation {
         conversation_id: Option<&str>,
         body_size: Option<usize>,
     ) {
-        if let Some(a) = &self.inner.server_address {
-            span.put(KeyValue::new(
-                attr::SERVER_ADDRESS,
-                Value::String(a.clone()),
-            ));
+        for kv in &self.inner.client_attributes {
+            span.put(kv.clone());
         }
-        if let Some(p) = self.inner.server_port {
-            span.put(KeyValue::new(attr::SERVER_PORT, p));
+        for kv in self.inner.learned.get().into_iter().flatten() {
+            span.put(kv.clone());
         }
         if let Some(id) = message_id {
             span.put(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
@@ -308,8 +422,10 @@ impl Instrumentation {
     }
 
     /// Starts a span from `builder` under `parent`: the one place where a span mqtrace starts
-    /// gets the attributes of sampled spans (server, message id, conversation id, body size),
-    /// then `extra` (also only when recording), then the user's attribute hook.
+    /// gets the attributes of sampled spans (the client's, message id, conversation id, body
+    /// size), then `extra` (also only when recording), then the user's attribute hook. All of
+    /// them are set on the span before anyone else holds it (no lock is taken), and none is
+    /// built for a span that is not recording. What samplers need is in `builder` already.
     pub(crate) fn start_span(
         &self,
         builder: SpanBuilder,
@@ -532,21 +648,36 @@ impl Instrumentation {
         crate::span::process::start(self, msg, extracted)
     }
 
-    /// Starts a CLIENT settle span, child of `parent`.
-    pub(crate) fn start_settle(
+    /// Starts a CLIENT settle span, child of `parent`: it starts with the message's
+    /// `start` attributes (what its process span started with: partition, consumer group,
+    /// subscription) and records `recorded` (delivery tag, offset, delivery attempt..., then
+    /// the settle's own such as the batch size) when sampled.
+    pub(crate) fn start_settle<'r>(
         &self,
         op: Operation,
         destination: &Arc<str>,
         kind: DestinationKind,
         parent: &Context,
+        start: &[KeyValue],
+        recorded: impl Iterator<Item = &'r KeyValue>,
     ) -> BoxedSpan {
         debug_assert_eq!(op.kind(), OperationType::Settle);
-        let mut attributes = self.creation_attributes(op, destination.clone());
+        let mut attributes = self.creation_attributes_with(
+            op,
+            Some(StringValue::from(destination.clone())),
+            start,
+            2,
+        );
         attributes.extend(kind.attributes());
         let builder = SpanBuilder::from_name(span_name_for(op.name(), destination, kind))
             .with_kind(op.kind().span_kind())
             .with_attributes(attributes);
-        self.start_span(builder, parent, &SpanFacts::new(op, destination), |_| {})
+        self.start_span(builder, parent, &SpanFacts::new(op, destination), |span| {
+            let mut recorded = recorded.peekable();
+            if recorded.peek().is_some() {
+                span.set_attributes(recorded.cloned());
+            }
+        })
     }
 }
 

@@ -6,6 +6,10 @@ use crate::operation::Operation;
 use opentelemetry::KeyValue;
 use std::time::SystemTime;
 
+/// Adds the attributes of a sampled span to the list it is given; called only when the span
+/// is recording, before the span is shared (see [`Outgoing::with_recorded`]).
+pub type Record<'a> = &'a dyn Fn(&mut Vec<KeyValue>);
+
 /// What the conventions say about a destination besides its name: whether it is temporary
 /// (`messaging.destination.temporary`: it may not exist once its messages are processed, e.g.
 /// an exclusive or auto-delete queue, RabbitMQ's direct reply-to) and whether it is anonymous
@@ -120,6 +124,7 @@ pub struct Outgoing<'a> {
     pub(crate) body_size: Option<usize>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
     pub(crate) attributes: &'a [KeyValue],
+    pub(crate) recorded: Option<Record<'a>>,
     pub(crate) metric_destination: Option<&'a str>,
     pub(crate) kind: DestinationKind,
     pub(crate) existing: Option<&'a crate::instrument::ExistingOnMessage>,
@@ -140,6 +145,7 @@ impl<'a> Outgoing<'a> {
             body_size: None,
             headers: None,
             attributes: &[],
+            recorded: None,
             metric_destination: None,
             kind: DestinationKind::NAMED,
             existing: None,
@@ -251,6 +257,22 @@ impl<'a> Outgoing<'a> {
         self.attributes = attributes;
         self
     }
+
+    /// The broker's attributes that samplers do not need (routing key, message key,
+    /// tombstone, ordering key...): `record` adds them when the span is sampled, before it is
+    /// shared, and is not called otherwise, so an unsampled span builds none of them.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let record = |kv: &mut Vec<opentelemetry::KeyValue>| {
+    ///     kv.push(opentelemetry::KeyValue::new("messaging.rabbitmq.destination.routing_key", "eu"));
+    /// };
+    /// let _ = Outgoing::new(Operation::new("publish", OperationType::Send), "orders:eu").with_recorded(&record);
+    /// ```
+    pub fn with_recorded(mut self, record: Record<'a>) -> Self {
+        self.recorded = Some(record);
+        self
+    }
 }
 
 /// One delivered message, as the core needs to see it.
@@ -272,6 +294,8 @@ pub struct Incoming<'a> {
     pub(crate) attempt: Option<u32>,
     pub(crate) headers: Option<&'a dyn HeaderExtractor>,
     pub(crate) attributes: &'a [KeyValue],
+    pub(crate) recorded: Option<Record<'a>>,
+    pub(crate) settled: Option<Record<'a>>,
     pub(crate) sent_at: Option<SystemTime>,
     pub(crate) counted_at_receive: bool,
     pub(crate) subscription: Option<&'a str>,
@@ -298,6 +322,8 @@ impl<'a> Incoming<'a> {
             attempt: None,
             headers: None,
             attributes: &[],
+            recorded: None,
+            settled: None,
             sent_at: None,
             counted_at_receive: false,
             subscription: None,
@@ -319,7 +345,8 @@ impl<'a> Incoming<'a> {
     }
 
     /// The subscription the message was delivered through: `messaging.destination.subscription.name`
-    /// on the consumer metrics (spans record it from the broker's attributes).
+    /// on the process span (given to samplers), the settle spans of a sampled process span,
+    /// and the consumer metrics.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};
@@ -416,7 +443,8 @@ impl<'a> Incoming<'a> {
     }
 
     /// Attributes of the broker's own, set at span creation so samplers see them (e.g.
-    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`).
+    /// `messaging.destination.partition.id`, `messaging.consumer.group.name`): the process
+    /// span starts with them, and so do the settle spans of a sampled process span.
     ///
     /// ```
     /// # use mqtrace::{*, instrument::*};
@@ -425,6 +453,38 @@ impl<'a> Incoming<'a> {
     /// ```
     pub fn with_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
         self.attributes = attributes;
+        self
+    }
+
+    /// The broker's attributes of the process span that samplers do not need (routing key,
+    /// redelivered flag, message key...): `record` adds them when the span is sampled, before
+    /// it is shared, and is not called otherwise.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let record = |kv: &mut Vec<opentelemetry::KeyValue>| {
+    ///     kv.push(opentelemetry::KeyValue::new("messaging.kafka.message.tombstone", true));
+    /// };
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "t", "t").with_recorded(&record);
+    /// ```
+    pub fn with_recorded(mut self, record: Record<'a>) -> Self {
+        self.recorded = Some(record);
+        self
+    }
+
+    /// The broker's attributes of the message that its settle spans carry as well as its
+    /// process span (delivery tag, offset, delivery attempt, ack id): `record` runs once,
+    /// when the process span is sampled, and its attributes are kept for the settle spans.
+    ///
+    /// ```
+    /// # use mqtrace::{*, instrument::*};
+    /// let record = |kv: &mut Vec<opentelemetry::KeyValue>| {
+    ///     kv.push(opentelemetry::KeyValue::new("messaging.rabbitmq.message.delivery_tag", 7_i64));
+    /// };
+    /// let _ = Incoming::new(Operation::new("process", OperationType::Process), "q", "q").with_settle_recorded(&record);
+    /// ```
+    pub fn with_settle_recorded(mut self, record: Record<'a>) -> Self {
+        self.settled = Some(record);
         self
     }
 }

@@ -65,6 +65,6 @@ pub use crate::span::{
     PendingSettle, PolledAfterCompletion, ProcessSpan, Processing, Receive, Registration, SendSpan,
     Settle, SettleError,
 };
-pub use instrumentation::{Instrumentation, InstrumentationBuilder};
+pub use instrumentation::{Instrumentation, InstrumentationBuilder, unique_client_id};
 pub(crate) use instrumentation::{SpanFacts, span_name, span_name_for};
-pub use message::{DestinationKind, Incoming, Outgoing};
+pub use message::{DestinationKind, Incoming, Outgoing, Record};

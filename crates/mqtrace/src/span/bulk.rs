@@ -441,14 +441,11 @@ impl Covered {
         let settling = self.spans.len() - 1;
         let parent = &self.spans[settling];
         let measure = parent.settle_measure(settle.operation);
-        let mut span = parent.inst.start_settle(
+        let mut span = parent.start_settle_span(
             settle.operation,
-            parent.destination(),
-            parent.kind,
-            &parent.cx,
+            &[KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count)],
         );
         if span.is_recording() {
-            span.set_attribute(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
             let settle_sc = span.span_context().clone();
             for other in &self.spans[..settling] {
                 span.add_link(

@@ -61,8 +61,28 @@ pub(crate) fn start(
     };
 
     let destination: Arc<str> = Arc::from(msg.destination);
-    let mut attributes =
-        inst.creation_attributes_with(msg.operation, destination.clone(), msg.attributes);
+    // What samplers see (the settle spans of a sampled process span start with it too).
+    let subscription = msg
+        .subscription
+        .filter(|_| {
+            !has(
+                msg.attributes,
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+            )
+        })
+        .map(|sub| {
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                sub.to_owned(),
+            )
+        });
+    let mut attributes = inst.creation_attributes_with(
+        msg.operation,
+        Some(destination.clone().into()),
+        msg.attributes,
+        3,
+    );
+    attributes.extend(subscription.iter().cloned());
     attributes.extend(msg.kind.attributes());
     let builder = SpanBuilder::from_name(span_name_for(
         msg.operation.name(),
@@ -89,10 +109,24 @@ pub(crate) fn start(
         None
     };
     let mut timing: Option<Timing> = None;
+    let mut settle_recorded: Vec<KeyValue> = Vec::new();
+    let mut settle_start: Vec<KeyValue> = Vec::new();
     let span = inst.start_span(builder, &parent, &facts, |span| {
+        settle_start.reserve_exact(msg.attributes.len() + 1);
+        settle_start.extend_from_slice(msg.attributes);
+        settle_start.extend(subscription.iter().cloned());
         let t = Timing::now(&msg, sent_pipeline, retried);
-        record_delivery(span, &msg, trusted, duplicate, &history, &issues);
-        t.record(span);
+        let mut kv = Vec::with_capacity(12);
+        record_delivery(&mut kv, &msg, trusted, duplicate, &history, &issues);
+        t.record(&mut kv);
+        if let Some(record) = msg.recorded {
+            record(&mut kv);
+        }
+        if let Some(record) = msg.settled {
+            record(&mut settle_recorded);
+            kv.extend_from_slice(&settle_recorded);
+        }
+        span.set_attributes(kv);
         timing = Some(t);
     });
     if metered && timing.is_none() {
@@ -101,17 +135,7 @@ pub(crate) fn start(
     let measure = start.map(|start| {
         let mut m = Measure::new(msg.operation, msg.source, msg.kind, start);
         m.extra = crate::metrics::consumer_attributes(msg.attributes);
-        if let Some(sub) = msg.subscription
-            && !m
-                .extra
-                .iter()
-                .any(|kv| kv.key.as_str() == attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME)
-        {
-            m.extra.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-                sub.to_owned(),
-            ));
-        }
+        m.extra.extend(subscription.iter().cloned());
         m
     });
     if let (Some(m), Some(metrics)) = (&measure, inst.metrics()) {
@@ -129,7 +153,24 @@ pub(crate) fn start(
     }
     let mut span = ProcessSpan::new(inst.clone(), cx, destination, measure, msg.attempt, origin);
     span.kind = msg.kind;
+    span.settle_attributes = SettleAttributes {
+        start: settle_start,
+        recorded: settle_recorded,
+    };
     span
+}
+
+fn has(kv: &[KeyValue], key: &str) -> bool {
+    kv.iter().any(|kv| kv.key.as_str() == key)
+}
+
+/// What every settle span of a sampled process span carries beyond its own: the message's
+/// start attributes (given to the settle span's sampler) and its recorded ones. Empty for an
+/// unsampled process span, so the unsampled path builds and keeps none of them.
+#[derive(Default)]
+pub(super) struct SettleAttributes {
+    start: Vec<KeyValue>,
+    recorded: Vec<KeyValue>,
 }
 
 /// A delivery's time in queue and its place in the pipeline, as of the start of processing.
@@ -152,12 +193,12 @@ impl Timing {
         }
     }
 
-    fn record(&self, span: &mut BoxedSpan) {
+    fn record(&self, kv: &mut Vec<KeyValue>) {
         if let Some((q, _)) = self.queue_time {
-            span.set_attribute(KeyValue::new(attr::MESSAGE_QUEUE_TIME, q));
+            kv.push(KeyValue::new(attr::MESSAGE_QUEUE_TIME, q));
         }
-        span.set_attribute(KeyValue::new(attr::PIPELINE_LATENCY, self.latency.0));
-        span.set_attribute(KeyValue::new(
+        kv.push(KeyValue::new(attr::PIPELINE_LATENCY, self.latency.0));
+        kv.push(KeyValue::new(
             attr::PIPELINE_STAGE,
             i64::from(self.pipeline.stage),
         ));
@@ -220,7 +261,7 @@ fn with_baggage_of(ambient: Context, creation: &Context) -> Context {
 /// The delivery's own attributes of a sampled process span: attempt, trust, dead-letter
 /// reason, several `traceparent`s, refused mqtrace headers, what was wrong with its context.
 fn record_delivery(
-    span: &mut BoxedSpan,
+    kv: &mut Vec<KeyValue>,
     msg: &Incoming<'_>,
     trusted: bool,
     duplicate: bool,
@@ -228,19 +269,19 @@ fn record_delivery(
     issues: &[ContextIssue],
 ) {
     if let Some(a) = msg.attempt {
-        span.set_attribute(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(a)));
+        kv.push(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(a)));
     }
     if !trusted {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
+        kv.push(KeyValue::new(attr::CONTEXT_UNTRUSTED, true));
     }
     if duplicate {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
+        kv.push(KeyValue::new(attr::CONTEXT_DUPLICATE, true));
     }
     if let Some(reason) = &history.dead_letter_reason {
-        span.set_attribute(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
+        kv.push(KeyValue::new(attr::DEAD_LETTER_REASON, reason.clone()));
     }
     if let Some(refused) = &history.refused {
-        span.set_attribute(KeyValue::new(attr::CONTEXT_REFUSED, refused.clone()));
+        kv.push(KeyValue::new(attr::CONTEXT_REFUSED, refused.clone()));
     }
     if !issues.is_empty() {
         let text = issues
@@ -248,7 +289,7 @@ fn record_delivery(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        span.set_attribute(KeyValue::new(attr::CONTEXT_ERROR, text));
+        kv.push(KeyValue::new(attr::CONTEXT_ERROR, text));
     }
 }
 
@@ -292,6 +333,7 @@ pub struct ProcessSpan {
     /// The handler's `error.type`, when [`ProcessSpan::record_error`] was called: a failed
     /// outcome reports it (on the span and the metric) rather than the outcome's name.
     handler_error: std::sync::OnceLock<Cow<'static, str>>,
+    pub(super) settle_attributes: SettleAttributes,
     done: bool,
 }
 
@@ -326,6 +368,7 @@ impl ProcessSpan {
             origin,
             drop_outcome: Outcome::Unsettled,
             handler_error: std::sync::OnceLock::new(),
+            settle_attributes: SettleAttributes::default(),
             done: false,
         }
     }
@@ -356,9 +399,17 @@ impl ProcessSpan {
         &self.span_context
     }
 
-    /// The destination settle spans are named after.
-    pub(crate) fn destination(&self) -> &Arc<str> {
-        &self.destination
+    /// Starts the CLIENT settle span of `op` on this message (a child of the process span),
+    /// with the message's attributes, and `extra` when sampled.
+    pub(crate) fn start_settle_span(&self, op: Operation, extra: &[KeyValue]) -> BoxedSpan {
+        self.inst.start_settle(
+            op,
+            &self.destination,
+            self.kind,
+            &self.cx,
+            &self.settle_attributes.start,
+            self.settle_attributes.recorded.iter().chain(extra),
+        )
     }
 
     /// The metric measure of a settle operation starting now, when metrics are recorded.
@@ -515,10 +566,10 @@ impl ProcessSpan {
     /// parent-based samplers people use; recording one under a dropped parent would leave an
     /// orphan in the trace).
     pub(super) fn settle_span(&self, op: Operation) -> Option<BoxedSpan> {
-        self.cx.span().is_recording().then(|| {
-            self.inst
-                .start_settle(op, &self.destination, self.kind, &self.cx)
-        })
+        self.cx
+            .span()
+            .is_recording()
+            .then(|| self.start_settle_span(op, &[]))
     }
 
     pub(super) fn end(
@@ -545,10 +596,13 @@ impl ProcessSpan {
             None => (outcome, reason),
         };
         let handler_error = self.handler_error.get().map(|t| &**t);
+        // A handler error makes the processing a failure whatever the settle was (e.g. a
+        // message acked to drop it after `record_error`): the span (which `record_error`
+        // marked) and the process-duration metric both carry its `error.type`.
         let error_type: Option<&str> = match &error {
             Some(e) => Some(e.error_type()),
             None if outcome.is_failure() => handler_error.or(Some(outcome.as_str())),
-            None => None,
+            None => handler_error,
         };
         if let (Some(metrics), Some(m)) = (self.inst.metrics(), &self.measure) {
             m.processed(metrics, &self.inst.common(), outcome.as_str(), error_type);

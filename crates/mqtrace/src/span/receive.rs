@@ -85,22 +85,17 @@ pub(crate) fn record<'c>(
         .map(|sc| Link::with_context(sc.clone()))
         .collect();
     let op = receive.operation;
-    let (name, mut attributes) = match receive.destination {
-        Some(d) => (
-            span_name(op.name(), d),
-            inst.creation_attributes(op, d.to_owned()),
-        ),
-        None => (
-            std::borrow::Cow::Borrowed(op.name()),
-            vec![
-                KeyValue::new(attr::MESSAGING_SYSTEM, inst.system().as_str()),
-                KeyValue::new(attr::MESSAGING_OPERATION_NAME, op.name()),
-                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, op.kind().as_str()),
-            ],
-        ),
+    let name = match receive.destination {
+        Some(d) => span_name(op.name(), d),
+        None => std::borrow::Cow::Borrowed(op.name()),
     };
+    let mut attributes = inst.creation_attributes_with(
+        op,
+        receive.destination.map(|d| d.to_owned().into()),
+        receive.attributes,
+        1,
+    );
     attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
-    attributes.extend_from_slice(receive.attributes);
     let builder = SpanBuilder::from_name(name)
         .with_kind(op.kind().span_kind())
         .with_start_time(receive.started)

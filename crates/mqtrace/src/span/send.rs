@@ -20,6 +20,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The `error.type` of a send abandoned before the broker answered.
+const ABANDONED: &str = "abandoned";
+
 /// A creation context found on an outgoing message before injection, and what
 /// [`Instrumentation::start_send`] will do with it under the configured
 /// [`crate::ExistingContext`]. Made by [`Instrumentation::existing_context`].
@@ -103,8 +106,12 @@ pub(crate) fn start(
         Some(_) => SpanKind::Client,
         None => msg.operation.kind().span_kind(),
     };
-    let mut attributes =
-        inst.creation_attributes_with(msg.operation, destination.clone(), msg.attributes);
+    let mut attributes = inst.creation_attributes_with(
+        msg.operation,
+        Some(destination.clone().into()),
+        msg.attributes,
+        2,
+    );
     attributes.extend(msg.kind.attributes());
     let mut builder = SpanBuilder::from_name(span_name_for(
         msg.operation.name(),
@@ -133,7 +140,13 @@ pub(crate) fn start(
         headers: msg.headers,
         ..SpanFacts::new(msg.operation, msg.destination)
     };
-    let span = inst.start_span(builder, &parent, &facts, |_| {});
+    let span = inst.start_span(builder, &parent, &facts, |span| {
+        if let Some(record) = msg.recorded {
+            let mut kv = Vec::with_capacity(4);
+            record(&mut kv);
+            span.set_attributes(kv);
+        }
+    });
     if kept.is_none() {
         inst.config()
             .propagation()
@@ -178,7 +191,8 @@ pub(crate) fn start_batch<'c>(
         .filter(|sc| sc.is_valid())
         .map(|sc| Link::with_context(sc.clone()))
         .collect();
-    let mut attributes = inst.creation_attributes(operation, destination.to_owned());
+    let mut attributes =
+        inst.creation_attributes_with(operation, Some(destination.to_owned().into()), &[], 1);
     attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count));
     let builder = SpanBuilder::from_name(span_name(operation.name(), destination))
         .with_kind(SpanKind::Client)
@@ -198,7 +212,9 @@ pub(crate) fn start_batch<'c>(
 /// The span of a message being sent; end it when the broker has answered.
 ///
 /// Started by [`crate::instrument::Instrumentation::start_send`]. Dropping it unended ends it too,
-/// recording that the send was abandoned before the broker answered (no span is left open).
+/// recording that the send was abandoned before the broker answered (no span is left open):
+/// `error.type` `abandoned` and an error status on the span, as on the duration metric, and
+/// the event `mqtrace.send.abandoned`.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -328,9 +344,13 @@ impl SendSpan {
 
 impl Drop for SendSpan {
     fn drop(&mut self) {
-        self.measure(Some("abandoned"));
+        self.measure(Some(ABANDONED));
         if let Some(mut span) = self.span.take() {
             if span.is_recording() {
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, ABANDONED));
+                span.set_status(Status::error(
+                    "the send was abandoned before the broker answered",
+                ));
                 span.add_event("mqtrace.send.abandoned", Vec::new());
             }
             span.end();
