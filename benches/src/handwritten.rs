@@ -13,13 +13,15 @@ use std::fmt::Display;
 pub(crate) const CONSTANT_TRACEPARENT: &str =
     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn inject(cx: &Context) -> HashMap<String, String> {
+/// The global propagator's fields for `cx`, as hand-written code collects them.
+pub(crate) fn inject(cx: &Context) -> HashMap<String, String> {
     let mut map = HashMap::new();
     global::get_text_map_propagator(|p| p.inject_context(cx, &mut map));
     map
 }
 
-fn extract(map: &HashMap<String, String>) -> Context {
+/// The global propagator's context from `map`.
+pub(crate) fn extract(map: &HashMap<String, String>) -> Context {
     global::get_text_map_propagator(|p| p.extract(map))
 }
 
@@ -70,7 +72,6 @@ pub(crate) fn rabbitmq_publish(
     props: &lapin::BasicProperties,
     body: &[u8],
 ) -> (Context, lapin::types::FieldTable) {
-    use lapin::types::{AMQPValue, LongString};
     let span = tracer
         .span_builder(format!("publish {queue}"))
         .with_kind(SpanKind::Producer)
@@ -90,10 +91,31 @@ pub(crate) fn rabbitmq_publish(
         .start(tracer);
     let cx = Context::current_with_span(span);
     let mut table = props.headers().clone().unwrap_or_default();
-    for (k, v) in inject(&cx) {
+    into_table(inject(&cx), &mut table);
+    (cx, table)
+}
+
+/// Copies propagator fields into an AMQP table as long strings.
+pub(crate) fn into_table(map: HashMap<String, String>, table: &mut lapin::types::FieldTable) {
+    use lapin::types::{AMQPValue, LongString};
+    for (k, v) in map {
         table.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
     }
-    (cx, table)
+}
+
+/// The long-string headers of an AMQP table, as hand-written code reads them.
+pub(crate) fn from_table(table: Option<&lapin::types::FieldTable>) -> HashMap<String, String> {
+    use lapin::types::AMQPValue;
+    let mut map = HashMap::new();
+    for (k, v) in table.into_iter().flat_map(|t| t.inner()) {
+        if let AMQPValue::LongString(s) = v {
+            map.insert(
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            );
+        }
+    }
+    map
 }
 
 /// RabbitMQ consume: CONSUMER span with 9 attributes, child of the extracted context.
@@ -102,19 +124,7 @@ pub(crate) fn rabbitmq_process(
     queue: &str,
     d: &lapin::message::Delivery,
 ) -> Context {
-    use lapin::types::AMQPValue;
-    let mut map = HashMap::new();
-    if let Some(h) = d.properties.headers() {
-        for (k, v) in h.inner() {
-            if let AMQPValue::LongString(s) = v {
-                map.insert(
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                );
-            }
-        }
-    }
-    let parent = extract(&map);
+    let parent = extract(&from_table(d.properties.headers().as_ref()));
     let span = tracer
         .span_builder(format!("process {queue}"))
         .with_kind(SpanKind::Consumer)

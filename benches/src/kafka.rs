@@ -4,12 +4,12 @@
 //! (the at-least-once pattern), for every mode, alternating per round, fresh topic each time.
 
 use crate::handwritten;
-use crate::stats::{Meter, Mode, Runs, Sample, order};
+use crate::stats::{Meter, Mode, Runs, Sample, index, order};
 use crate::telemetry::Counted;
 use mqtrace_integration_tests::kafka::{client_config, create_topic};
 use mqtrace_rdkafka::{TracedDeliveryFuture, TracedFutureProducer, TracedStreamConsumer};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -80,8 +80,7 @@ fn hand_send(tracer: &SdkTracer, topic: &str, key: &str) -> (Context, OwnedHeade
         ])
         .start(tracer);
     let cx = Context::current_with_span(span);
-    let mut map: HashMap<String, String> = HashMap::new();
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
+    let map = handwritten::inject(&cx);
     let mut headers = OwnedHeaders::new_with_capacity(map.len());
     for (k, v) in &map {
         headers = headers.insert(Header {
@@ -101,7 +100,7 @@ fn hand_process(tracer: &SdkTracer, group: &str, m: &BorrowedMessage<'_>) -> Con
             }
         }
     }
-    let parent = global::get_text_map_propagator(|p| p.extract(&map));
+    let parent = handwritten::extract(&map);
     let key = m
         .key()
         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -291,7 +290,7 @@ pub(crate) async fn run(n: u32, rounds: usize) -> Runs {
             // The last auto-commit (and its commit spans) land within the interval.
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
             let spans = telemetry.take_counts();
-            samples[Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)] = Sample {
+            samples[index(mode)] = Sample {
                 publish,
                 consume,
                 spans,

@@ -12,7 +12,7 @@ use crate::handwritten;
 use crate::telemetry::Counted;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, types::ShortString};
 use mqtrace::instrument::Instrumentation;
 use mqtrace_lapin::{AmqpHeaders, AmqpHeadersMut, TracedDelivery};
@@ -216,14 +216,8 @@ impl Setup {
                 black_box(FieldTable::default());
             }
             (Case::Inject, Who::HandWritten) => {
-                let mut map = std::collections::HashMap::new();
-                opentelemetry::global::get_text_map_propagator(|p| {
-                    p.inject_context(&self.cx, &mut map)
-                });
                 let mut table = FieldTable::default();
-                for (k, v) in map {
-                    table.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
-                }
+                handwritten::into_table(handwritten::inject(&self.cx), &mut table);
                 black_box(table);
             }
             (Case::Inject, Who::Mqtrace) => {
@@ -239,18 +233,8 @@ impl Setup {
                 black_box(self.incoming(i).inner().get("traceparent"));
             }
             (Case::Extract, Who::HandWritten) => {
-                let mut map = std::collections::HashMap::new();
-                for (k, v) in self.incoming(i).inner() {
-                    if let AMQPValue::LongString(s) = v {
-                        map.insert(
-                            k.as_str().to_owned(),
-                            String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                        );
-                    }
-                }
-                black_box(opentelemetry::global::get_text_map_propagator(|p| {
-                    p.extract(&map)
-                }));
+                let map = handwritten::from_table(Some(self.incoming(i)));
+                black_box(handwritten::extract(&map));
             }
             (Case::Extract, Who::Mqtrace) => {
                 black_box(self.inst.extract(&AmqpHeaders(Some(self.incoming(i)))));

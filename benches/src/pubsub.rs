@@ -3,7 +3,7 @@
 //! alternating per round, a fresh topic and subscription each time.
 
 use crate::handwritten;
-use crate::stats::{Meter, Mode, Phase, Runs, Sample, order};
+use crate::stats::{Meter, Mode, Phase, Runs, Sample, index, order};
 use crate::telemetry::Counted;
 use futures_util::StreamExt;
 use google_cloud_pubsub::client::{Publisher, Subscriber};
@@ -231,7 +231,7 @@ pub(crate) async fn run(n: u32, rounds: usize) -> Runs {
             consume(&clients, mode, &subscription, n).await;
             let consume = meter.stop(n);
             let spans = telemetry.take_counts();
-            samples[Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)] = Sample {
+            samples[index(mode)] = Sample {
                 publish,
                 consume,
                 spans,

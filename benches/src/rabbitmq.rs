@@ -2,7 +2,7 @@
 //! 500 and one ack per message, for every mode, alternating per round, fresh queue each time.
 
 use crate::handwritten;
-use crate::stats::{Meter, Mode, Runs, Sample, order};
+use crate::stats::{Meter, Mode, Runs, Sample, index, order};
 use crate::telemetry::Counted;
 use futures_util::StreamExt;
 use lapin::PublisherConfirm;
@@ -258,7 +258,7 @@ pub(crate) async fn run(n: u32, rounds: usize) -> Runs {
                 .raw
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
-            samples[Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)] = Sample {
+            samples[index(mode)] = Sample {
                 publish,
                 consume,
                 spans,

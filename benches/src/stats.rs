@@ -159,7 +159,8 @@ pub(crate) fn spread(v: &[f64], digits: usize) -> String {
     format!("{:.d$} [{:.d$}–{:.d$}]", median(v), lo, hi, d = digits)
 }
 
-fn index(mode: Mode) -> usize {
+/// The position of `mode` in [`Mode::ALL`] (and in a round's samples).
+pub(crate) fn index(mode: Mode) -> usize {
     Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)
 }
 
