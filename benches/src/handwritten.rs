@@ -148,3 +148,135 @@ pub(crate) fn rabbitmq_process(
         .start_with_context(tracer, &parent);
     parent.with_span(span)
 }
+
+/// Kafka send: PRODUCER span with 8 attributes, context injected into new record headers.
+pub(crate) fn kafka_send(
+    tracer: &SdkTracer,
+    topic: &str,
+    key: &str,
+    body_size: usize,
+) -> (Context, rdkafka::message::OwnedHeaders) {
+    let span = tracer
+        .span_builder(format!("send {topic}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "send"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+            KeyValue::new("messaging.kafka.message.key", key.to_owned()),
+            KeyValue::new("messaging.message.body.size", body_size as i64),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 9092_i64),
+        ])
+        .start(tracer);
+    let cx = Context::current_with_span(span);
+    let map = inject(&cx);
+    let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(map.len());
+    for (k, v) in &map {
+        headers = headers.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    (cx, headers)
+}
+
+/// Kafka consume: CONSUMER span with 9 attributes, child of the context read from the
+/// record's headers (UTF-8 values only, as people write it).
+pub(crate) fn kafka_process(
+    tracer: &SdkTracer,
+    group: &str,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Context {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+    let mut map: HashMap<String, String> = HashMap::new();
+    if let Some(headers) = m.headers() {
+        for h in headers.iter() {
+            if let Some(v) = h.value {
+                map.insert(h.key.to_owned(), String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
+    let parent = extract(&map);
+    let key = m
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let span = tracer
+        .span_builder(format!("process {}", m.topic()))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", m.topic().to_owned()),
+            KeyValue::new(
+                "messaging.destination.partition.id",
+                m.partition().to_string(),
+            ),
+            KeyValue::new("messaging.kafka.offset", m.offset()),
+            KeyValue::new("messaging.kafka.message.key", key),
+            KeyValue::new("messaging.consumer.group.name", group.to_owned()),
+            KeyValue::new(
+                "messaging.message.body.size",
+                m.payload().map_or(0, <[u8]>::len) as i64,
+            ),
+        ])
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
+}
+
+/// Pub/Sub publish: PRODUCER `send` span with 7 attributes, context injected into the
+/// message's attributes through the global propagator.
+pub(crate) fn pubsub_send(
+    tracer: &SdkTracer,
+    topic: &str,
+    msg: &mut google_cloud_pubsub::model::Message,
+) -> Context {
+    let span = tracer
+        .span_builder(format!("send {topic}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "gcp_pubsub"),
+            KeyValue::new("messaging.operation.name", "send"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", topic.to_owned()),
+            KeyValue::new("messaging.message.body.size", msg.data.len() as i64),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 8085_i64),
+        ])
+        .start(tracer);
+    let cx = Context::current_with_span(span);
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut msg.attributes));
+    cx
+}
+
+/// Pub/Sub consume: CONSUMER span with 8 attributes, child of the context read from the
+/// message's attributes.
+pub(crate) fn pubsub_process(
+    tracer: &SdkTracer,
+    subscription: &str,
+    msg: &google_cloud_pubsub::model::Message,
+) -> Context {
+    let parent = global::get_text_map_propagator(|p| p.extract(&msg.attributes));
+    let span = tracer
+        .span_builder(format!("subscribe {subscription}"))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "gcp_pubsub"),
+            KeyValue::new("messaging.operation.name", "subscribe"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new(
+                "messaging.destination.subscription.name",
+                subscription.to_owned(),
+            ),
+            KeyValue::new("messaging.message.id", msg.message_id.clone()),
+            KeyValue::new("messaging.message.body.size", msg.data.len() as i64),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 8085_i64),
+        ])
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
+}

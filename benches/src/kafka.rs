@@ -8,15 +8,14 @@ use crate::stats::{Meter, Mode, Runs, Sample, index, order};
 use crate::telemetry::Counted;
 use mqtrace_integration_tests::kafka::{client_config, create_topic};
 use mqtrace_rdkafka::{TracedDeliveryFuture, TracedFutureProducer, TracedStreamConsumer};
-use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
-use std::collections::HashMap;
 
 /// How the Kafka figures are made (for the report).
 pub(crate) const METHOD: &str = "produce with `FutureProducer::send_result` (1000 delivery reports in flight, keyed records); \
@@ -64,71 +63,6 @@ async fn drain(pending: &mut Vec<Pending>) {
     }
 }
 
-fn hand_send(tracer: &SdkTracer, topic: &str, key: &str) -> (Context, OwnedHeaders) {
-    let span = tracer
-        .span_builder(format!("send {topic}"))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation.name", "send"),
-            KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.name", topic.to_owned()),
-            KeyValue::new("messaging.kafka.message.key", key.to_owned()),
-            KeyValue::new("messaging.message.body.size", BODY.len() as i64),
-            KeyValue::new("server.address", "127.0.0.1"),
-            KeyValue::new("server.port", 9092_i64),
-        ])
-        .start(tracer);
-    let cx = Context::current_with_span(span);
-    let map = handwritten::inject(&cx);
-    let mut headers = OwnedHeaders::new_with_capacity(map.len());
-    for (k, v) in &map {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    (cx, headers)
-}
-
-fn hand_process(tracer: &SdkTracer, group: &str, m: &BorrowedMessage<'_>) -> Context {
-    let mut map: HashMap<String, String> = HashMap::new();
-    if let Some(headers) = m.headers() {
-        for h in headers.iter() {
-            if let Some(v) = h.value {
-                map.insert(h.key.to_owned(), String::from_utf8_lossy(v).into_owned());
-            }
-        }
-    }
-    let parent = handwritten::extract(&map);
-    let key = m
-        .key()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .unwrap_or_default();
-    let span = tracer
-        .span_builder(format!("process {}", m.topic()))
-        .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation.name", "process"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("messaging.destination.name", m.topic().to_owned()),
-            KeyValue::new(
-                "messaging.destination.partition.id",
-                m.partition().to_string(),
-            ),
-            KeyValue::new("messaging.kafka.offset", m.offset()),
-            KeyValue::new("messaging.kafka.message.key", key),
-            KeyValue::new("messaging.consumer.group.name", group.to_owned()),
-            KeyValue::new(
-                "messaging.message.body.size",
-                m.payload().map_or(0, <[u8]>::len) as i64,
-            ),
-        ])
-        .start_with_context(tracer, &parent);
-    parent.with_span(span)
-}
-
 struct Clients {
     raw: FutureProducer,
     traced: [TracedFutureProducer; 3],
@@ -164,7 +98,7 @@ async fn produce(c: &Clients, mode: Mode, topic: &str, n: u32) {
                 )
             }
             Mode::HandWritten => {
-                let (cx, headers) = hand_send(&c.tracer, topic, &key);
+                let (cx, headers) = handwritten::kafka_send(&c.tracer, topic, &key, BODY.len());
                 let f = c
                     .raw
                     .send_result(record.headers(headers))
@@ -226,7 +160,7 @@ async fn consume(c: &Clients, mode: Mode, topic: &str, n: u32) {
                 let m = consumer.recv().await.expect("message");
                 match mode {
                     Mode::HandWritten => {
-                        let cx = hand_process(&c.tracer, &group, &m);
+                        let cx = handwritten::kafka_process(&c.tracer, &group, &m);
                         let settle =
                             handwritten::settle_span(&c.tracer, &cx, "commit", "kafka", topic);
                         let r = consumer.store_offset_from_message(&m);

@@ -11,8 +11,8 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::publisher::PublishFuture;
 use mqtrace_integration_tests::pubsub::{PubSub, pubsub};
 use mqtrace_pubsub::{TracedPublishFuture, TracedPublisher, TracedSubscriber};
-use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer};
 use std::time::Duration;
 
@@ -47,47 +47,6 @@ async fn drain(pending: &mut Vec<Pending>) {
             }
         }
     }
-}
-
-fn hand_create(tracer: &SdkTracer, topic: &str, msg: &mut Message) -> Context {
-    let span = tracer
-        .span_builder(format!("create {topic}"))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "gcp_pubsub"),
-            KeyValue::new("messaging.operation.name", "create"),
-            KeyValue::new("messaging.operation.type", "create"),
-            KeyValue::new("messaging.destination.name", topic.to_owned()),
-            KeyValue::new("messaging.message.body.size", BODY.len() as i64),
-            KeyValue::new("server.address", "127.0.0.1"),
-            KeyValue::new("server.port", 8085_i64),
-        ])
-        .start(tracer);
-    let cx = Context::current_with_span(span);
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut msg.attributes));
-    cx
-}
-
-fn hand_process(tracer: &SdkTracer, subscription: &str, msg: &Message) -> Context {
-    let parent = global::get_text_map_propagator(|p| p.extract(&msg.attributes));
-    let span = tracer
-        .span_builder(format!("subscribe {subscription}"))
-        .with_kind(SpanKind::Consumer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "gcp_pubsub"),
-            KeyValue::new("messaging.operation.name", "subscribe"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new(
-                "messaging.destination.subscription.name",
-                subscription.to_owned(),
-            ),
-            KeyValue::new("messaging.message.id", msg.message_id.clone()),
-            KeyValue::new("messaging.message.body.size", msg.data.len() as i64),
-            KeyValue::new("server.address", "127.0.0.1"),
-            KeyValue::new("server.port", 8085_i64),
-        ])
-        .start_with_context(tracer, &parent);
-    parent.with_span(span)
 }
 
 struct Clients {
@@ -135,7 +94,7 @@ async fn publish(c: &Clients, mode: Mode, topic: &str, n: u32) -> Phase {
                 Pending::Raw(raw.publish(msg))
             }
             (None, Mode::HandWritten) => {
-                let cx = hand_create(&c.tracer, short, &mut msg);
+                let cx = handwritten::pubsub_send(&c.tracer, short, &mut msg);
                 Pending::Hand(raw.publish(msg), cx)
             }
             (None, _) => Pending::Raw(raw.publish(msg)),
@@ -176,7 +135,7 @@ async fn consume(c: &Clients, mode: Mode, subscription: &str, n: u32) {
                     .expect("message");
                 match mode {
                     Mode::HandWritten => {
-                        let cx = hand_process(&c.tracer, &short, &msg);
+                        let cx = handwritten::pubsub_process(&c.tracer, &short, &msg);
                         let settle =
                             handwritten::settle_span(&c.tracer, &cx, "ack", "gcp_pubsub", &short);
                         handler.ack();
