@@ -191,7 +191,7 @@ impl InstrumentationBuilder {
                 server_address,
                 server_port,
                 start_attributes,
-                client_attributes: self.client_attributes,
+                client_attributes: self.client_attributes.into_iter().map(shared).collect(),
                 learned: std::sync::OnceLock::new(),
                 learn_tries: std::sync::atomic::AtomicU32::new(LEARN_TRIES),
             }),
@@ -338,7 +338,7 @@ impl Instrumentation {
         }
         match ask() {
             Some(kv) => {
-                let _ = self.inner.learned.set(kv);
+                let _ = self.inner.learned.set(kv.into_iter().map(shared).collect());
             }
             None => {
                 let _ =
@@ -369,7 +369,16 @@ impl Instrumentation {
         extra: &[KeyValue],
         more: usize,
     ) -> Vec<KeyValue> {
-        let mut kv = Vec::with_capacity(4 + self.inner.start_attributes.len() + extra.len() + more);
+        // Room for what a sampled span records after it starts (the client's attributes, message
+        // id, conversation id, body size, then `more`): the SDK keeps this vector as the span's
+        // attribute list, so nothing regrows it.
+        let mut kv = Vec::with_capacity(
+            4 + self.inner.start_attributes.len()
+                + extra.len()
+                + self.inner.client_attributes.len()
+                + 3
+                + more,
+        );
         kv.push(KeyValue::new(
             attr::MESSAGING_SYSTEM,
             self.inner.system.as_str(),
@@ -678,6 +687,18 @@ impl Instrumentation {
                 span.set_attributes(recorded.cloned());
             }
         })
+    }
+}
+
+/// `kv` with a string value held behind an `Arc`: the client's attributes are cloned onto
+/// every sampled span, and cloning an owned string would allocate each time.
+fn shared(kv: KeyValue) -> KeyValue {
+    match kv.value {
+        Value::String(s) => KeyValue::new(
+            kv.key,
+            Value::String(StringValue::from(Arc::<str>::from(s.as_str()))),
+        ),
+        value => KeyValue::new(kv.key, value),
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) fn start(
         msg.operation,
         Some(destination.clone().into()),
         msg.attributes,
-        3,
+        3 + 16,
     );
     attributes.extend(subscription.iter().cloned());
     attributes.extend(msg.kind.attributes());
