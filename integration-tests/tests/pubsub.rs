@@ -1388,51 +1388,148 @@ async fn forged_history_attributes_on_an_untrusted_normal_subscription_are_refus
     .await;
 }
 
+/// What a relay test leaves: the spans, the short names of the two topics and two
+/// subscriptions, and the attributes the last subscriber saw.
+struct Relayed {
+    spans: Spans,
+    t_in: String,
+    t_out: String,
+    relay_sub: String,
+    last_sub: String,
+    attributes: std::collections::HashMap<String, String>,
+}
+
+/// A relay through Pub/Sub: a message published with baggage and a user attribute, received,
+/// and republished with its attributes by a publisher whose config has `rule`; the last
+/// subscriber's view of it.
+async fn relay(rule: mqtrace::ExistingContext) -> Relayed {
+    let s = setup(|sub| sub).await;
+    let out_topic = s.ps.create_topic(&unique("relay-out")).await;
+    let out_sub =
+        s.ps.create_subscription(&unique("relay-last"), &out_topic, |sub| sub)
+            .await;
+    let publisher = s.publisher().await;
+    let raw =
+        s.ps.emulator
+            .publisher(out_topic.as_str())
+            .build()
+            .await
+            .expect("publisher");
+    let forwarder = TracedPublisher::new(
+        raw,
+        out_topic.as_str(),
+        s.ps.emulator
+            .instrumentation(s.t.config().with_existing_context(rule)),
+    );
+    let cx = opentelemetry::baggage::BaggageExt::with_baggage(
+        &Context::current(),
+        [opentelemetry::KeyValue::new("tenant", "acme")],
+    );
+    publish(
+        &publisher,
+        Message::new()
+            .set_data("x")
+            .set_attributes([("order-id", "o-7")]),
+    )
+    .with_context(cx)
+    .await;
+    let mut stream = s.stream(&s.sub).await;
+    let (m, handler) = next_message(&mut stream).await;
+    let forwarded = Message::new()
+        .set_data(m.data.clone())
+        .set_attributes(m.attributes.clone());
+    handler.in_span(publish(&forwarder, forwarded)).await;
+    handler.ack();
+    let mut last_stream = s.stream(&out_sub).await;
+    let (last_m, last) = next_message(&mut last_stream).await;
+    last.ack();
+    let spans = s.wait(&format!("ack {}", short(&out_sub)), 1).await;
+    Relayed {
+        spans,
+        t_in: short(&s.topic).to_owned(),
+        t_out: short(&out_topic).to_owned(),
+        relay_sub: short(&s.sub).to_owned(),
+        last_sub: short(&out_sub).to_owned(),
+        attributes: last_m.attributes.into_iter().collect(),
+    }
+}
+
+fn traceparent_of(sc: &SpanContext) -> String {
+    format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
+}
+
 /// The default `ExistingContext::Keep` through Pub/Sub: a relay that republishes a received
 /// message's attributes sends its context unchanged (a CLIENT send span, child of the relay's
 /// subscribe span, linking it), so the last subscriber continues the first publish: one trace.
 #[tokio::test]
 async fn a_relay_that_forwards_attributes_keeps_the_context_one_trace_through_pubsub() {
     within(async {
-        let s = setup(|sub| sub).await;
-        let out_topic = s.ps.create_topic(&unique("relay-out")).await;
-        let out_sub =
-            s.ps.create_subscription(&unique("relay-last"), &out_topic, |sub| sub)
-                .await;
-        let publisher = s.publisher().await;
-        let forwarder = s.publisher_to(&out_topic, |b| b).await;
-        publish(&publisher, Message::new().set_data("x")).await;
-        let mut stream = s.stream(&s.sub).await;
-        let (m, handler) = next_message(&mut stream).await;
-        let forwarded = Message::new()
-            .set_data(m.data.clone())
-            .set_attributes(m.attributes.clone());
-        handler.in_span(publish(&forwarder, forwarded)).await;
-        handler.ack();
-        let mut last_stream = s.stream(&out_sub).await;
-        let (last_m, last) = next_message(&mut last_stream).await;
-        last.ack();
-        let (t_in, t_out) = (short(&s.topic), short(&out_topic));
-        let spans = s.wait(&format!("ack {}", short(&out_sub)), 1).await;
-        let first = spans.one(&format!("send {t_in}"));
-        let relay = spans.one(&format!("subscribe {}", short(&s.sub)));
-        let forward = spans.one(&format!("send {t_out}"));
+        let r = relay(mqtrace::ExistingContext::Keep).await;
+        let spans = &r.spans;
+        let first = spans.one(&format!("send {}", r.t_in));
+        let relay = spans.one(&format!("subscribe {}", r.relay_sub));
+        let forward = spans.one(&format!("send {}", r.t_out));
         forward.assert_kind(SpanKind::Client);
         forward.assert_child_of(relay);
         forward.assert_links_to(&first.span_context);
-        let last_span = spans.one(&format!("subscribe {}", short(&out_sub)));
+        let last_span = spans.one(&format!("subscribe {}", r.last_sub));
         last_span.assert_parent_context(&first.span_context);
+        let kept = traceparent_of(&first.span_context);
         assert_eq!(
-            last_m.attributes.get("traceparent").map(String::as_str),
-            Some(
-                format!(
-                    "00-{}-{}-01",
-                    first.span_context.trace_id(),
-                    first.span_context.span_id()
-                )
-                .as_str()
-            ),
+            r.attributes.get("traceparent"),
+            Some(&kept),
             "the first publish's traceparent, unchanged"
+        );
+        assert_eq!(r.attributes.get(GOOGCLIENT_TRACEPARENT), Some(&kept));
+        assert_eq!(
+            r.attributes.get("baggage").map(String::as_str),
+            Some("tenant=acme")
+        );
+        assert_eq!(
+            r.attributes.get("order-id").map(String::as_str),
+            Some("o-7")
+        );
+    })
+    .await;
+}
+
+/// `ExistingContext::Replace` through Pub/Sub: the relay's own context replaces every
+/// forwarded field, both `traceparent` and `googclient_traceparent` (never two contexts on one
+/// message); its send span is a PRODUCER span linking the replaced context as `replaced`, and
+/// the last subscriber continues the relay's send span. The user's attribute and the baggage
+/// (the relay's context carries it) go on.
+#[tokio::test]
+async fn the_replace_rule_writes_the_relays_context_through_pubsub() {
+    within(async {
+        let r = relay(mqtrace::ExistingContext::Replace).await;
+        let spans = &r.spans;
+        let first = spans.one(&format!("send {}", r.t_in));
+        let relay = spans.one(&format!("subscribe {}", r.relay_sub));
+        let forward = spans.one(&format!("send {}", r.t_out));
+        forward.assert_kind(SpanKind::Producer);
+        forward.assert_child_of(relay);
+        forward.assert_links_to(&first.span_context);
+        assert_eq!(
+            forward.links.links[0]
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == attr::LINK_TYPE)
+                .map(|kv| kv.value.to_string())
+                .as_deref(),
+            Some("replaced")
+        );
+        let last_span = spans.one(&format!("subscribe {}", r.last_sub));
+        last_span.assert_child_of(forward);
+        let relays = traceparent_of(&forward.span_context);
+        assert_eq!(r.attributes.get("traceparent"), Some(&relays));
+        assert_eq!(r.attributes.get(GOOGCLIENT_TRACEPARENT), Some(&relays));
+        assert_eq!(
+            r.attributes.get("baggage").map(String::as_str),
+            Some("tenant=acme")
+        );
+        assert_eq!(
+            r.attributes.get("order-id").map(String::as_str),
+            Some("o-7")
         );
     })
     .await;
