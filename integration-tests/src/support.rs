@@ -243,3 +243,50 @@ pub fn interop_baggage_as_python_reads_it() -> serde_json::Value {
         "pct": "10%", "esc": "%41", "sep": "a,b;c=d", "uni": "héllo€", "prop": "v;p=a,b",
     })
 }
+
+/// What a relay's send span must be under `rule` (`mqtrace::ExistingContext`), on every
+/// broker: a child of the relay's process span `relay`, linking the first producer's span
+/// `first`; under `Keep` a CLIENT span (the kept context is the message's creation context),
+/// under `Replace` a PRODUCER span whose link to `first` is tagged `replaced`.
+///
+/// ```
+/// use mqtrace::testing::TestTelemetry;
+/// use opentelemetry::trace::{Link, Span, SpanKind, Tracer, TracerProvider};
+/// let t = TestTelemetry::new();
+/// let tracer = t.provider().tracer("doc");
+/// let first = tracer.start("first");
+/// let first_cx = first.span_context().clone();
+/// drop(first);
+/// tracer.in_span("relay", |cx| {
+///     let link = Link::new(first_cx.clone(), vec![opentelemetry::KeyValue::new(mqtrace::attributes::LINK_TYPE, "replaced")], 0);
+///     tracer.span_builder("send").with_kind(SpanKind::Producer).with_links(vec![link]).start_with_context(&tracer, &cx);
+/// });
+/// let spans = t.spans();
+/// mqtrace_integration_tests::support::assert_relay_send(
+///     mqtrace::ExistingContext::Replace, spans.one("send"), spans.one("relay"), spans.one("first"),
+/// );
+/// ```
+pub fn assert_relay_send(
+    rule: mqtrace::ExistingContext,
+    forward: &opentelemetry_sdk::trace::SpanData,
+    relay: &opentelemetry_sdk::trace::SpanData,
+    first: &opentelemetry_sdk::trace::SpanData,
+) {
+    use mqtrace::testing::SpanDataExt;
+    use opentelemetry::trace::SpanKind;
+    forward.assert_child_of(relay);
+    forward.assert_links_to(&first.span_context);
+    match rule {
+        mqtrace::ExistingContext::Keep => forward.assert_kind(SpanKind::Client),
+        _ => {
+            forward.assert_kind(SpanKind::Producer);
+            assert_eq!(
+                forward
+                    .link_of_type("replaced")
+                    .map(|l| l.span_context.span_id()),
+                Some(first.span_context.span_id()),
+                "the replaced context is linked as `replaced`"
+            );
+        }
+    }
+}

@@ -10,7 +10,9 @@ use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace::w3c;
 use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
-use mqtrace_integration_tests::support::{fast, python_context, python_span, wait, within};
+use mqtrace_integration_tests::support::{
+    assert_relay_send, fast, python_context, python_span, wait, within,
+};
 use mqtrace_integration_tests::unique;
 use mqtrace_pubsub::attributes as ps;
 use mqtrace_pubsub::prelude::*;
@@ -1454,6 +1456,15 @@ async fn relay(rule: mqtrace::ExistingContext) -> Relayed {
     }
 }
 
+impl Relayed {
+    /// The first publish's baggage and user attribute reached the last subscriber unchanged.
+    fn assert_baggage_and_user_attribute_go_on(&self) {
+        let get = |k: &str| self.attributes.get(k).map(String::as_str);
+        assert_eq!(get("baggage"), Some("tenant=acme"));
+        assert_eq!(get("order-id"), Some("o-7"));
+    }
+}
+
 fn traceparent_of(sc: &SpanContext) -> String {
     format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
 }
@@ -1469,9 +1480,7 @@ async fn a_relay_that_forwards_attributes_keeps_the_context_one_trace_through_pu
         let first = spans.one(&format!("send {}", r.t_in));
         let relay = spans.one(&format!("subscribe {}", r.relay_sub));
         let forward = spans.one(&format!("send {}", r.t_out));
-        forward.assert_kind(SpanKind::Client);
-        forward.assert_child_of(relay);
-        forward.assert_links_to(&first.span_context);
+        assert_relay_send(mqtrace::ExistingContext::Keep, forward, relay, first);
         let last_span = spans.one(&format!("subscribe {}", r.last_sub));
         last_span.assert_parent_context(&first.span_context);
         let kept = traceparent_of(&first.span_context);
@@ -1481,14 +1490,7 @@ async fn a_relay_that_forwards_attributes_keeps_the_context_one_trace_through_pu
             "the first publish's traceparent, unchanged"
         );
         assert_eq!(r.attributes.get(GOOGCLIENT_TRACEPARENT), Some(&kept));
-        assert_eq!(
-            r.attributes.get("baggage").map(String::as_str),
-            Some("tenant=acme")
-        );
-        assert_eq!(
-            r.attributes.get("order-id").map(String::as_str),
-            Some("o-7")
-        );
+        r.assert_baggage_and_user_attribute_go_on();
     })
     .await;
 }
@@ -1506,31 +1508,13 @@ async fn the_replace_rule_writes_the_relays_context_through_pubsub() {
         let first = spans.one(&format!("send {}", r.t_in));
         let relay = spans.one(&format!("subscribe {}", r.relay_sub));
         let forward = spans.one(&format!("send {}", r.t_out));
-        forward.assert_kind(SpanKind::Producer);
-        forward.assert_child_of(relay);
-        forward.assert_links_to(&first.span_context);
-        assert_eq!(
-            forward.links.links[0]
-                .attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == attr::LINK_TYPE)
-                .map(|kv| kv.value.to_string())
-                .as_deref(),
-            Some("replaced")
-        );
+        assert_relay_send(mqtrace::ExistingContext::Replace, forward, relay, first);
         let last_span = spans.one(&format!("subscribe {}", r.last_sub));
         last_span.assert_child_of(forward);
         let relays = traceparent_of(&forward.span_context);
         assert_eq!(r.attributes.get("traceparent"), Some(&relays));
         assert_eq!(r.attributes.get(GOOGCLIENT_TRACEPARENT), Some(&relays));
-        assert_eq!(
-            r.attributes.get("baggage").map(String::as_str),
-            Some("tenant=acme")
-        );
-        assert_eq!(
-            r.attributes.get("order-id").map(String::as_str),
-            Some("o-7")
-        );
+        r.assert_baggage_and_user_attribute_go_on();
     })
     .await;
 }

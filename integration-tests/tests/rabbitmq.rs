@@ -12,7 +12,9 @@ use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace::{Config, ExistingContext, Outcome, ParentPolicy, Propagation, Trust};
-use mqtrace_integration_tests::support::{self, fast, python_context, python_span, wait, within};
+use mqtrace_integration_tests::support::{
+    self, assert_relay_send, fast, python_context, python_span, wait, within,
+};
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
 use mqtrace_lapin::prelude::*;
 use mqtrace_lapin::{TracedChannel, TracedConsumer};
@@ -1578,9 +1580,7 @@ async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_the_p
         first.assert_kind(SpanKind::Producer);
         let relay_process = spans.one(&format!("process {q_in}"));
         let forward = spans.one(&format!("publish {q_out}"));
-        forward.assert_kind(SpanKind::Client);
-        forward.assert_child_of(relay_process);
-        forward.assert_links_to(&first.span_context);
+        assert_relay_send(ExistingContext::Keep, forward, relay_process, first);
         let last = spans.one(&format!("process {q_out}"));
         last.assert_parent_context(&first.span_context);
         let trace = first.span_context.trace_id();
@@ -1616,18 +1616,7 @@ async fn the_replace_rule_writes_the_relays_context_and_links_the_forwarded_one(
         let first = spans.one(&format!("publish {q_in}"));
         let relay_process = spans.one(&format!("process {q_in}"));
         let forward = spans.one(&format!("publish {q_out}"));
-        forward.assert_kind(SpanKind::Producer);
-        forward.assert_child_of(relay_process);
-        forward.assert_links_to(&first.span_context);
-        assert_eq!(
-            forward.links.links[0]
-                .attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == attr::LINK_TYPE)
-                .map(|kv| kv.value.to_string())
-                .as_deref(),
-            Some("replaced")
-        );
+        assert_relay_send(ExistingContext::Replace, forward, relay_process, first);
         let last = spans.one(&format!("process {q_out}"));
         last.assert_child_of(forward);
         assert_eq!(
