@@ -80,7 +80,8 @@ pub(crate) fn start(
         msg.operation,
         Some(destination.clone().into()),
         msg.attributes,
-        3 + 16,
+        // The subscription and the destination kind's two, then what a sampled span records.
+        3 + RECORDED_AFTER_START,
     );
     attributes.extend(subscription.iter().cloned());
     attributes.extend(msg.kind.attributes());
@@ -159,6 +160,11 @@ pub(crate) fn start(
     };
     span
 }
+
+/// Room for what a sampled process span records after it starts (the delivery's attributes,
+/// the timing, the broker crate's recorded and settle attributes, the user's hook) in the
+/// usual case, so its attribute vector is allocated once; more only regrows it.
+const RECORDED_AFTER_START: usize = 16;
 
 fn has(kv: &[KeyValue], key: &str) -> bool {
     kv.iter().any(|kv| kv.key.as_str() == key)
