@@ -244,6 +244,21 @@ pub fn interop_baggage_as_python_reads_it() -> serde_json::Value {
     })
 }
 
+/// The `traceparent` a sampled span `sc` is propagated with, spelled out as the W3C format
+/// gives it (independent of mqtrace's own encoder, which the tests check).
+///
+/// ```
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+/// let sc = SpanContext::new(TraceId::from(1_u128), SpanId::from(2_u64), TraceFlags::SAMPLED, false, TraceState::NONE);
+/// assert_eq!(
+///     mqtrace_integration_tests::support::traceparent_of(&sc),
+///     "00-00000000000000000000000000000001-0000000000000002-01"
+/// );
+/// ```
+pub fn traceparent_of(sc: &SpanContext) -> String {
+    format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
+}
+
 /// What a relay's send span must be under `rule` (`mqtrace::ExistingContext`), on every
 /// broker: a child of the relay's process span `relay`, linking the first producer's span
 /// `first`; under `Keep` a CLIENT span (the kept context is the message's creation context),

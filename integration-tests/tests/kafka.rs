@@ -15,7 +15,7 @@ use mqtrace_integration_tests::kafka::{
     next_message, try_kafka,
 };
 use mqtrace_integration_tests::support::{
-    self, assert_relay_send, fast, python_context, python_span, wait, within,
+    self, assert_relay_send, fast, python_context, python_span, traceparent_of, wait, within,
 };
 use mqtrace_integration_tests::{WAIT, unique};
 use mqtrace_rdkafka::prelude::*;
@@ -98,10 +98,6 @@ fn user_headers() -> OwnedHeaders {
             key: "utf8",
             value: Some("héllo"),
         })
-}
-
-fn traceparent_of(sc: &SpanContext) -> String {
-    format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
 }
 
 /// What a consumer saw of a message: key, payload, headers.

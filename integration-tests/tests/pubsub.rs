@@ -11,7 +11,7 @@ use mqtrace::testing::{SpanDataExt, Spans, TestTelemetry};
 use mqtrace::w3c;
 use mqtrace_integration_tests::pubsub::{PubSub, next_message, pubsub, try_pubsub};
 use mqtrace_integration_tests::support::{
-    assert_relay_send, fast, python_context, python_span, wait, within,
+    assert_relay_send, fast, python_context, python_span, traceparent_of, wait, within,
 };
 use mqtrace_integration_tests::unique;
 use mqtrace_pubsub::attributes as ps;
@@ -66,11 +66,23 @@ impl Setup {
             google_cloud_pubsub::builder::publisher::PublisherBuilder,
         ) -> google_cloud_pubsub::builder::publisher::PublisherBuilder,
     ) -> TracedPublisher {
+        self.publisher_with(topic, configure, self.t.config()).await
+    }
+
+    /// As [`Self::publisher_to`], instrumented with `config`.
+    async fn publisher_with(
+        &self,
+        topic: &str,
+        configure: impl FnOnce(
+            google_cloud_pubsub::builder::publisher::PublisherBuilder,
+        ) -> google_cloud_pubsub::builder::publisher::PublisherBuilder,
+        config: mqtrace::Config,
+    ) -> TracedPublisher {
         let raw = configure(self.ps.emulator.publisher(topic))
             .build()
             .await
             .expect("publisher");
-        TracedPublisher::new(raw, topic, self.inst())
+        TracedPublisher::new(raw, topic, self.ps.emulator.instrumentation(config))
     }
 
     /// A publisher without instrumentation: what another producer sends.
@@ -1411,18 +1423,9 @@ async fn relay(rule: mqtrace::ExistingContext) -> Relayed {
         s.ps.create_subscription(&unique("relay-last"), &out_topic, |sub| sub)
             .await;
     let publisher = s.publisher().await;
-    let raw =
-        s.ps.emulator
-            .publisher(out_topic.as_str())
-            .build()
-            .await
-            .expect("publisher");
-    let forwarder = TracedPublisher::new(
-        raw,
-        out_topic.as_str(),
-        s.ps.emulator
-            .instrumentation(s.t.config().with_existing_context(rule)),
-    );
+    let forwarder = s
+        .publisher_with(&out_topic, |b| b, s.t.config().with_existing_context(rule))
+        .await;
     let cx = opentelemetry::baggage::BaggageExt::with_baggage(
         &Context::current(),
         [opentelemetry::KeyValue::new("tenant", "acme")],
@@ -1463,10 +1466,6 @@ impl Relayed {
         assert_eq!(get("baggage"), Some("tenant=acme"));
         assert_eq!(get("order-id"), Some("o-7"));
     }
-}
-
-fn traceparent_of(sc: &SpanContext) -> String {
-    format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
 }
 
 /// The default `ExistingContext::Keep` through Pub/Sub: a relay that republishes a received

@@ -13,7 +13,7 @@ use mqtrace::attributes as attr;
 use mqtrace::testing::{SpanDataExt, TestTelemetry};
 use mqtrace::{Config, ExistingContext, Outcome, ParentPolicy, Propagation, Trust};
 use mqtrace_integration_tests::support::{
-    self, assert_relay_send, fast, python_context, python_span, wait, within,
+    self, assert_relay_send, fast, python_context, python_span, traceparent_of, wait, within,
 };
 use mqtrace_integration_tests::{next_delivery, rabbitmq, try_rabbitmq, unique};
 use mqtrace_lapin::prelude::*;
@@ -187,14 +187,7 @@ async fn publish_then_consume_is_one_trace_with_exact_parents_links_names_kinds_
         ack.assert_child_of(process);
         process.assert_links_to(&publish.span_context);
         assert_eq!(process.links.links.len(), 1);
-        assert_eq!(
-            traceparent,
-            format!(
-                "00-{}-{}-01",
-                publish.span_context.trace_id(),
-                publish.span_context.span_id()
-            )
-        );
+        assert_eq!(traceparent, traceparent_of(&publish.span_context));
 
         publish.assert_kind(SpanKind::Producer);
         process.assert_kind(SpanKind::Consumer);
@@ -1589,11 +1582,7 @@ async fn a_relay_that_forwards_headers_keeps_the_context_one_trace_through_the_p
         }
         assert_eq!(
             table_text(&headers, "traceparent"),
-            Some(format!(
-                "00-{}-{}-01",
-                first.span_context.trace_id(),
-                first.span_context.span_id()
-            )),
+            Some(traceparent_of(&first.span_context)),
             "the first producer's traceparent, unchanged"
         );
         assert_eq!(
@@ -1621,11 +1610,7 @@ async fn the_replace_rule_writes_the_relays_context_and_links_the_forwarded_one(
         last.assert_child_of(forward);
         assert_eq!(
             table_text(&headers, "traceparent"),
-            Some(format!(
-                "00-{}-{}-01",
-                forward.span_context.trace_id(),
-                forward.span_context.span_id()
-            ))
+            Some(traceparent_of(&forward.span_context))
         );
         // The relay's context carries the baggage it received, written anew.
         assert_eq!(
